@@ -1,0 +1,1 @@
+"""Use cases: commands on the aggregates, access rules, and reads of the views."""

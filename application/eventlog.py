@@ -1,0 +1,48 @@
+"""The one eventsourcing Application that holds every aggregate, so one table holds one
+ordered log (the audit log) and a save of several aggregates is atomic."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
+from eventsourcing.persistence import IntegrityError, Recording
+
+from application.errors import Conflict
+
+T = TypeVar("T")
+A = TypeVar("A")
+
+# Optimistic concurrency: a command that loses a race on an aggregate's version is run
+# again on fresh state, so it re-checks its rules (an index claim then fails cleanly).
+MAX_ATTEMPTS = 40
+
+
+class EventLog(Application[UUID]):
+    name = "Sandbar"
+
+    def _record(self, processing_event: ProcessingEvent[UUID]) -> list[Recording[UUID]]:
+        # Hand the domain events to the recorder, which projects them in the same
+        # transaction that stores them.
+        processing_event.saved_kwargs["projected_events"] = processing_event.events
+        return super()._record(processing_event)
+
+    def find(self, aggregate_id: UUID, cls: type[A]) -> A | None:
+        try:
+            aggregate = self.repository.get(aggregate_id)
+        except AggregateNotFoundError:
+            return None
+        return aggregate if isinstance(aggregate, cls) else None
+
+    def retrying(self, command: Callable[[], T]) -> T:
+        """Run ``command`` (load, check, change, save) until it saves without a conflict."""
+        for attempt in range(MAX_ATTEMPTS):
+            try:
+                return command()
+            except IntegrityError:
+                time.sleep(random.uniform(0, min(0.05, 0.002 * 2**attempt)))  # noqa: S311
+        raise Conflict("too many concurrent changes; try again", code="busy")

@@ -1,0 +1,81 @@
+"""Sandboxes: what users command. The container and tunnel sides report outcomes
+through the ``record_*`` commands of the Sandbox aggregate."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from uuid import UUID
+
+from application import validation
+from application.access import Access
+from application.errors import NotFound, rule_conflicts
+from application.eventlog import EventLog
+from application.ports import ReadModel, Row
+from domain import roles
+from domain.base import acting_as
+from domain.sandboxes import Kind, Sandbox
+from domain.workspaces import Workspace
+
+
+class Sandboxes:
+    def __init__(self, log: EventLog, reads: ReadModel, access: Access) -> None:
+        self._log = log
+        self._reads = reads
+        self._access = access
+
+    def list(self, actor: UUID, workspace_id: UUID) -> list[Row]:
+        self._access.require(workspace_id, actor, roles.READ)
+        return self._reads.sandboxes(workspace_id)
+
+    def get(self, actor: UUID, sandbox_id: UUID) -> Row:
+        return self._visible(actor, sandbox_id)
+
+    def create(self, actor: UUID, workspace_id: UUID, name: str, type_name: str) -> Row:
+        self._access.require(workspace_id, actor, roles.OPERATE_SANDBOX)
+        name = validation.name(name)
+        sandbox_type = validation.sandbox_type(type_name)
+
+        def command() -> UUID:
+            workspace = self._log.find(workspace_id, Workspace)
+            if workspace is None or workspace.deleted:
+                raise NotFound("workspace not found", code="workspace_not_found")
+            with acting_as(actor):
+                sandbox = Sandbox(workspace_id=workspace_id, name=name,
+                                  type=sandbox_type.value, kind=Kind.cloud.value)
+                workspace.attach_sandbox(sandbox.id)
+            self._log.save(sandbox, workspace)
+            return sandbox.id
+
+        return self.get(actor, self._log.retrying(command))
+
+    def delete(self, actor: UUID, sandbox_id: UUID) -> Row:
+        return self._transition(actor, sandbox_id, Sandbox.request_deletion)
+
+    def pause(self, actor: UUID, sandbox_id: UUID) -> Row:
+        return self._transition(actor, sandbox_id, Sandbox.request_pause)
+
+    def resume(self, actor: UUID, sandbox_id: UUID) -> Row:
+        return self._transition(actor, sandbox_id, Sandbox.request_resume)
+
+    def _transition(
+        self, actor: UUID, sandbox_id: UUID, change: Callable[[Sandbox], None]
+    ) -> Row:
+        row = self._visible(actor, sandbox_id)
+        self._access.require(row["workspace_id"], actor, roles.OPERATE_SANDBOX)
+
+        def command() -> None:
+            sandbox = self._log.find(sandbox_id, Sandbox)
+            if sandbox is None:
+                raise NotFound("sandbox not found", code="sandbox_not_found")
+            with acting_as(actor), rule_conflicts():
+                change(sandbox)
+            self._log.save(sandbox)
+
+        self._log.retrying(command)
+        return self._visible(actor, sandbox_id)
+
+    def _visible(self, actor: UUID, sandbox_id: UUID) -> Row:
+        row = self._reads.sandbox(sandbox_id)
+        if row is None or self._reads.role(row["workspace_id"], actor) is None:
+            raise NotFound("sandbox not found", code="sandbox_not_found")
+        return row

@@ -1,0 +1,141 @@
+"""Workspaces and their members."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from application import validation
+from application.access import Access
+from application.errors import Forbidden, NotFound, rule_conflicts
+from application.eventlog import EventLog
+from application.ports import ReadModel, Row
+from domain import roles
+from domain.base import acting_as
+from domain.roles import Role
+from domain.sandboxes import Sandbox
+from domain.workspaces import Membership, Workspace
+
+
+class Workspaces:
+    def __init__(self, log: EventLog, reads: ReadModel, access: Access) -> None:
+        self._log = log
+        self._reads = reads
+        self._access = access
+
+    # Reads.
+    def list(self, actor: UUID) -> list[Row]:
+        return self._reads.workspaces_of(actor)
+
+    def get(self, actor: UUID, workspace_id: UUID) -> Row:
+        role = self._access.require(workspace_id, actor, roles.READ)
+        row = self._reads.workspace(workspace_id)
+        if row is None:
+            raise NotFound("workspace not found", code="workspace_not_found")
+        return {**row, "role": role.name}
+
+    def members(self, actor: UUID, workspace_id: UUID) -> list[Row]:
+        self._access.require(workspace_id, actor, roles.READ)
+        return self._reads.members(workspace_id)
+
+    # Commands.
+    def create(self, actor: UUID, name: str) -> Row:
+        name = validation.name(name)
+        with acting_as(actor):
+            workspace = Workspace(name=name, owner_id=actor)
+            member = Membership(workspace_id=workspace.id, user_id=actor, role=Role.owner.name)
+        self._log.save(workspace, member)
+        return self.get(actor, workspace.id)
+
+    def delete(self, actor: UUID, workspace_id: UUID) -> None:
+        self._access.require(workspace_id, actor, roles.MANAGE_MEMBERS)
+
+        def command() -> None:
+            workspace = self._workspace(workspace_id)
+            sandboxes = [self._log.find(s, Sandbox) for s in workspace.sandbox_ids]
+            with acting_as(actor):
+                workspace.delete()
+                live = [s for s in sandboxes if s is not None and s.is_live]
+                for sandbox in live:
+                    sandbox.request_deletion()
+            self._log.save(workspace, *live)
+
+        self._log.retrying(command)
+
+    def add_member(self, actor: UUID, workspace_id: UUID, username: str, role_name: str) -> Row:
+        actor_role = self._access.require(workspace_id, actor, roles.ADD_MEMBER)
+        role = validation.role(role_name)
+        if role is Role.owner and actor_role is not Role.owner:
+            raise Forbidden("only an owner can add another owner")
+        user = self._reads.user_by_username(username.strip())
+        if user is None:
+            raise NotFound(f"no user is named {username.strip()!r}", code="user_not_found")
+        user_id: UUID = user["id"]
+
+        def command() -> None:
+            workspace = self._workspace(workspace_id)
+            membership = self._log.find(Membership.create_id(workspace_id, user_id), Membership)
+            with acting_as(actor), rule_conflicts():
+                if membership is None:
+                    membership = Membership(workspace_id=workspace_id, user_id=user_id,
+                                            role=role.name)
+                else:
+                    membership.rejoin(role)
+                if role is Role.owner:
+                    workspace.grant_ownership(user_id)
+            self._log.save(membership, workspace)
+
+        self._log.retrying(command)
+        return self._member(workspace_id, user_id)
+
+    def change_role(self, actor: UUID, workspace_id: UUID, user_id: UUID, role_name: str) -> Row:
+        self._access.require(workspace_id, actor, roles.MANAGE_MEMBERS)
+        role = validation.role(role_name)
+
+        def command() -> None:
+            workspace = self._workspace(workspace_id)
+            membership = self._membership(workspace_id, user_id)
+            with acting_as(actor), rule_conflicts():
+                if role is Role.owner:
+                    workspace.grant_ownership(user_id)
+                else:
+                    workspace.revoke_ownership(user_id)
+                membership.change_role(role)
+            self._log.save(membership, workspace)
+
+        self._log.retrying(command)
+        return self._member(workspace_id, user_id)
+
+    def remove_member(self, actor: UUID, workspace_id: UUID, user_id: UUID) -> None:
+        if user_id != actor:  # anyone may leave; removing someone else takes an owner
+            self._access.require(workspace_id, actor, roles.MANAGE_MEMBERS)
+        else:
+            self._access.require(workspace_id, actor, roles.READ)
+
+        def command() -> None:
+            workspace = self._workspace(workspace_id)
+            membership = self._membership(workspace_id, user_id)
+            with acting_as(actor), rule_conflicts():
+                workspace.revoke_ownership(user_id)
+                membership.remove()
+            self._log.save(membership, workspace)
+
+        self._log.retrying(command)
+
+    # Helpers.
+    def _workspace(self, workspace_id: UUID) -> Workspace:
+        workspace = self._log.find(workspace_id, Workspace)
+        if workspace is None or workspace.deleted:
+            raise NotFound("workspace not found", code="workspace_not_found")
+        return workspace
+
+    def _membership(self, workspace_id: UUID, user_id: UUID) -> Membership:
+        membership = self._log.find(Membership.create_id(workspace_id, user_id), Membership)
+        if membership is None or not membership.active:
+            raise NotFound("that user is not a member of this workspace", code="member_not_found")
+        return membership
+
+    def _member(self, workspace_id: UUID, user_id: UUID) -> Row:
+        row = self._reads.member(workspace_id, user_id)
+        if row is None:  # removed again by a concurrent request
+            raise NotFound("that user is not a member of this workspace", code="member_not_found")
+        return row

@@ -1,0 +1,1 @@
+"""Sandbar's domain model: aggregates and their events. Imports nothing of ours."""

@@ -1,0 +1,191 @@
+"""Sandboxes and their lifecycle state machine.
+
+Status graph (the design brief's):
+  creating -> running | failed
+  running -> pausing -> paused -> resuming -> running | failed
+  offline <-> running                       (local sandboxes, as the tunnel comes and goes)
+  any live status -> deleting -> deleted
+Pause and resume are for cloud sandboxes only.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from uuid import UUID
+
+from eventsourcing.domain import event
+
+from domain.base import SandbarAggregate
+from domain.errors import IllegalTransition
+
+
+class SandboxType(StrEnum):
+    opencode = "opencode"
+    openclaw = "openclaw"
+
+
+class Kind(StrEnum):
+    cloud = "cloud"
+    local = "local"
+
+
+class Status(StrEnum):
+    creating = "creating"
+    running = "running"
+    pausing = "pausing"
+    paused = "paused"
+    resuming = "resuming"
+    offline = "offline"
+    failed = "failed"
+    deleting = "deleting"
+    deleted = "deleted"
+
+
+# The port each agent type serves on, and the subdomain prefix that opens it.
+PORTS = {SandboxType.opencode: 4096, SandboxType.openclaw: 18789}
+HOST_PREFIXES = {SandboxType.opencode: "oc", SandboxType.openclaw: "claw"}
+
+# The status each lifecycle event leads to; the read model uses it too.
+EVENT_STATUS: dict[str, Status] = {
+    "Requested": Status.creating,  # a local sandbox starts offline instead
+    "Started": Status.running,
+    "Resumed": Status.running,
+    "Failed": Status.failed,
+    "PauseRequested": Status.pausing,
+    "Paused": Status.paused,
+    "ResumeRequested": Status.resuming,
+    "DeletionRequested": Status.deleting,
+    "Deleted": Status.deleted,
+    "Connected": Status.running,
+    "Disconnected": Status.offline,
+}
+
+LIVE = frozenset(Status) - {Status.deleting, Status.deleted}
+
+# Every legal status change: (from, to).
+TRANSITIONS: frozenset[tuple[Status, Status]] = frozenset(
+    {
+        (Status.creating, Status.running),
+        (Status.creating, Status.failed),
+        (Status.running, Status.pausing),
+        (Status.pausing, Status.paused),
+        (Status.paused, Status.resuming),
+        (Status.resuming, Status.running),
+        (Status.resuming, Status.failed),
+        (Status.offline, Status.running),
+        (Status.running, Status.offline),
+        (Status.deleting, Status.deleted),
+    }
+    | {(s, Status.deleting) for s in LIVE}
+)
+
+
+class Sandbox(SandbarAggregate):
+    @event("Requested")
+    def __init__(self, workspace_id: UUID, name: str, type: str, kind: str) -> None:
+        self.workspace_id = workspace_id
+        self.name = name
+        self.type = SandboxType(type)
+        self.kind = Kind(kind)
+        self.status = Status.offline if self.kind is Kind.local else Status.creating
+        self.address: str | None = None
+        self.error: str | None = None
+
+    @property
+    def is_live(self) -> bool:
+        return self.status in LIVE
+
+    def _check(self, to: Status, *, cloud_only: bool = False, local_only: bool = False) -> None:
+        if cloud_only and self.kind is not Kind.cloud:
+            raise IllegalTransition("only cloud sandboxes can be paused and resumed")
+        if local_only and self.kind is not Kind.local:
+            raise IllegalTransition("only local sandboxes connect through a tunnel")
+        if (self.status, to) not in TRANSITIONS:
+            raise IllegalTransition(f"a {self.status} sandbox cannot become {to}")
+
+    # Commands from users.
+    def request_pause(self) -> None:
+        self._check(Status.pausing, cloud_only=True)
+        self._pause_requested()
+
+    def request_resume(self) -> None:
+        self._check(Status.resuming, cloud_only=True)
+        self._resume_requested()
+
+    def request_deletion(self) -> None:
+        self._check(Status.deleting)
+        self._deletion_requested()
+
+    # Outcomes reported by the process manager and the tunnel.
+    def record_started(self, address: str) -> None:
+        to = Status.running
+        self._check(to, cloud_only=True)
+        if self.status is Status.resuming:
+            self._resumed(address=address)
+        else:
+            self._started(address=address)
+
+    def record_failed(self, reason: str) -> None:
+        self._check(Status.failed)
+        self._failed(reason=reason)
+
+    def record_paused(self) -> None:
+        self._check(Status.paused, cloud_only=True)
+        self._paused()
+
+    def record_deleted(self) -> None:
+        self._check(Status.deleted)
+        self._deleted()
+
+    def record_connected(self) -> None:
+        self._check(Status.running, local_only=True)
+        self._connected()
+
+    def record_disconnected(self) -> None:
+        self._check(Status.offline, local_only=True)
+        self._disconnected()
+
+    @event("PauseRequested")
+    def _pause_requested(self) -> None:
+        self.status = Status.pausing
+
+    @event("ResumeRequested")
+    def _resume_requested(self) -> None:
+        self.status = Status.resuming
+
+    @event("DeletionRequested")
+    def _deletion_requested(self) -> None:
+        self.status = Status.deleting
+
+    @event("Started")
+    def _started(self, address: str) -> None:
+        self.status = Status.running
+        self.address = address
+        self.error = None
+
+    @event("Resumed")
+    def _resumed(self, address: str) -> None:
+        self.status = Status.running
+        self.address = address
+
+    @event("Failed")
+    def _failed(self, reason: str) -> None:
+        self.status = Status.failed
+        self.error = reason
+
+    @event("Paused")
+    def _paused(self) -> None:
+        self.status = Status.paused
+
+    @event("Deleted")
+    def _deleted(self) -> None:
+        self.status = Status.deleted
+        self.address = None
+
+    @event("Connected")
+    def _connected(self) -> None:
+        self.status = Status.running
+
+    @event("Disconnected")
+    def _disconnected(self) -> None:
+        self.status = Status.offline

@@ -1,0 +1,45 @@
+"""Users and the username index that keeps usernames unique (case-insensitively).
+
+No credential ever enters an event: ``PasswordSet`` records only that a password was set;
+the argon2id hash lives in the credentials table.
+"""
+
+from __future__ import annotations
+
+from uuid import NAMESPACE_URL, UUID, uuid5
+
+from eventsourcing.domain import event
+
+from domain.base import SandbarAggregate
+
+_USERNAME_NS = uuid5(NAMESPACE_URL, "sandbar:username")
+
+
+class User(SandbarAggregate):
+    """A person who signs in. Its id is chosen by the caller, so that the registration
+    itself can be attributed to the new user."""
+
+    @event("Registered")
+    def __init__(self, id: UUID, username: str, email: str | None, display_name: str) -> None:
+        self.username = username
+        self.email = email
+        self.display_name = display_name
+        self.has_password = False
+
+    @event("PasswordSet")
+    def password_set(self) -> None:
+        self.has_password = True
+
+
+class Username(SandbarAggregate):
+    """Index aggregate: its id is derived from the username, so a second claim of the
+    same name fails on version in the same save as the user's registration."""
+
+    @staticmethod
+    def create_id(username: str) -> UUID:
+        return uuid5(_USERNAME_NS, username.lower())
+
+    @event("Claimed")
+    def __init__(self, username: str, user_id: UUID) -> None:
+        self.username = username
+        self.user_id = user_id

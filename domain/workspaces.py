@@ -1,0 +1,114 @@
+"""Workspaces and their memberships.
+
+A Membership is one aggregate per (workspace, user), its id derived from both, so it is
+also the index that keeps a user from being a member twice. The Workspace aggregate holds
+the set of owners and the sandboxes made in it: every change to ownership and every new
+sandbox is saved with a Workspace event, so two concurrent commands that would together
+leave no owner, or add a sandbox to a workspace being deleted, conflict on its version.
+"""
+
+from __future__ import annotations
+
+from uuid import UUID, uuid5
+
+from eventsourcing.domain import event
+
+from domain.base import SandbarAggregate
+from domain.errors import AlreadyMember, DomainError, LastOwner, NotMember
+from domain.roles import Role
+
+
+class Workspace(SandbarAggregate):
+    @event("Created")
+    def __init__(self, name: str, owner_id: UUID) -> None:
+        self.name = name
+        self.owner_ids: list[UUID] = [owner_id]
+        self.sandbox_ids: list[UUID] = []
+        self.deleted = False
+
+    def check_live(self) -> None:
+        if self.deleted:
+            raise DomainError("the workspace is deleted")
+
+    def grant_ownership(self, user_id: UUID) -> None:
+        self.check_live()
+        if user_id not in self.owner_ids:
+            self._ownership_granted(user_id=user_id)
+
+    @event("OwnershipGranted")
+    def _ownership_granted(self, user_id: UUID) -> None:
+        self.owner_ids = [*self.owner_ids, user_id]
+
+    def revoke_ownership(self, user_id: UUID) -> None:
+        self.check_live()
+        if user_id not in self.owner_ids:
+            return
+        if len(self.owner_ids) == 1:
+            raise LastOwner("a workspace must keep at least one owner")
+        self._ownership_revoked(user_id=user_id)
+
+    @event("OwnershipRevoked")
+    def _ownership_revoked(self, user_id: UUID) -> None:
+        self.owner_ids = [u for u in self.owner_ids if u != user_id]
+
+    def attach_sandbox(self, sandbox_id: UUID) -> None:
+        self.check_live()
+        self._sandbox_attached(sandbox_id=sandbox_id)
+
+    @event("SandboxAttached")
+    def _sandbox_attached(self, sandbox_id: UUID) -> None:
+        self.sandbox_ids = [*self.sandbox_ids, sandbox_id]
+
+    def delete(self) -> None:
+        self.check_live()
+        self._deleted()
+
+    @event("Deleted")
+    def _deleted(self) -> None:
+        self.deleted = True
+
+
+class Membership(SandbarAggregate):
+    @staticmethod
+    def create_id(workspace_id: UUID, user_id: UUID) -> UUID:
+        return uuid5(workspace_id, str(user_id))
+
+    @event("Added")
+    def __init__(self, workspace_id: UUID, user_id: UUID, role: str) -> None:
+        self.workspace_id = workspace_id
+        self.user_id = user_id
+        self.role = role
+        self.active = True
+
+    @property
+    def level(self) -> Role:
+        return Role[self.role]
+
+    def rejoin(self, role: Role) -> None:
+        if self.active:
+            raise AlreadyMember("already a member of this workspace")
+        self._rejoined(role=role.name)
+
+    @event("Rejoined")
+    def _rejoined(self, role: str) -> None:
+        self.role = role
+        self.active = True
+
+    def change_role(self, role: Role) -> None:
+        if not self.active:
+            raise NotMember("not a member of this workspace")
+        if role.name != self.role:
+            self._role_changed(role=role.name)
+
+    @event("RoleChanged")
+    def _role_changed(self, role: str) -> None:
+        self.role = role
+
+    def remove(self) -> None:
+        if not self.active:
+            raise NotMember("not a member of this workspace")
+        self._removed()
+
+    @event("Removed")
+    def _removed(self) -> None:
+        self.active = False

@@ -1,0 +1,1 @@
+"""Adapters: settings, the event store on PostgreSQL, credentials, password hashing."""

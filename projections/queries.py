@@ -1,0 +1,93 @@
+"""Reads of the view tables: everything the GET endpoints and access checks need."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.postgres import PostgresDatastore
+
+Row = dict[str, Any]
+
+_MEMBER = (
+    "SELECT m.user_id, u.username, m.role, m.added_at FROM sandbar_members m"
+    " JOIN sandbar_users u ON u.id = m.user_id"
+)
+_SANDBOX = (
+    "SELECT id, workspace_id, name, type, kind, status, error, created_by, created_at,"
+    " updated_at FROM sandbar_sandboxes"
+)
+
+
+class ReadModelQueries:
+    def __init__(self, datastore: PostgresDatastore) -> None:
+        self._db = datastore
+
+    def _one(self, sql: str, params: tuple[Any, ...]) -> Row | None:
+        with self._db.get_connection() as conn:
+            return conn.execute(sql, params, prepare=True).fetchone()
+
+    def _all(self, sql: str, params: tuple[Any, ...]) -> list[Row]:
+        with self._db.get_connection() as conn:
+            return conn.execute(sql, params, prepare=True).fetchall()
+
+    def user(self, user_id: UUID) -> Row | None:
+        return self._one(
+            "SELECT id, username, email, display_name, created_at FROM sandbar_users"
+            " WHERE id = %s",
+            (user_id,),
+        )
+
+    def user_by_username(self, username: str) -> Row | None:
+        return self._one(
+            "SELECT id, username, email, display_name, created_at FROM sandbar_users"
+            " WHERE username_key = %s",
+            (username.lower(),),
+        )
+
+    def role(self, workspace_id: UUID, user_id: UUID) -> str | None:
+        row = self._one(
+            "SELECT role FROM sandbar_members WHERE workspace_id = %s AND user_id = %s"
+            " AND active",
+            (workspace_id, user_id),
+        )
+        return row["role"] if row else None
+
+    def workspaces_of(self, user_id: UUID) -> list[Row]:
+        return self._all(
+            "SELECT w.id, w.name, m.role, w.created_at FROM sandbar_workspaces w"
+            " JOIN sandbar_members m ON m.workspace_id = w.id"
+            " WHERE m.user_id = %s AND m.active ORDER BY w.created_at, w.id",
+            (user_id,),
+        )
+
+    def workspace(self, workspace_id: UUID) -> Row | None:
+        return self._one(
+            "SELECT w.id, w.name, w.created_at,"
+            " (SELECT count(*) FROM sandbar_members m"
+            "   WHERE m.workspace_id = w.id AND m.active) AS member_count,"
+            " (SELECT count(*) FROM sandbar_sandboxes s"
+            "   WHERE s.workspace_id = w.id AND s.status <> 'deleting') AS sandbox_count"
+            " FROM sandbar_workspaces w WHERE w.id = %s",
+            (workspace_id,),
+        )
+
+    def members(self, workspace_id: UUID) -> list[Row]:
+        return self._all(
+            f"{_MEMBER} WHERE m.workspace_id = %s AND m.active ORDER BY m.added_at, m.user_id",
+            (workspace_id,),
+        )
+
+    def member(self, workspace_id: UUID, user_id: UUID) -> Row | None:
+        return self._one(
+            f"{_MEMBER} WHERE m.workspace_id = %s AND m.user_id = %s AND m.active",
+            (workspace_id, user_id),
+        )
+
+    def sandboxes(self, workspace_id: UUID) -> list[Row]:
+        return self._all(
+            f"{_SANDBOX} WHERE workspace_id = %s ORDER BY created_at, id", (workspace_id,)
+        )
+
+    def sandbox(self, sandbox_id: UUID) -> Row | None:
+        return self._one(f"{_SANDBOX} WHERE id = %s", (sandbox_id,))

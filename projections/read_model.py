@@ -1,0 +1,192 @@
+"""The read model: the view tables behind every GET endpoint and the routing table.
+
+``apply(curs, event)`` turns one domain event into SQL on a cursor. The same function
+serves the inline path (run in the transaction that records the events, so a caller
+reads its own writes at once), the catch-up runner, and ``sandbar audit rebuild``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from psycopg import Cursor
+
+from domain.sandboxes import EVENT_STATUS, HOST_PREFIXES, Kind, Sandbox, SandboxType, Status
+from domain.users import User
+from domain.workspaces import Membership, Workspace
+
+# Bump when a table's shape or a handler's meaning changes: the views are then
+# dropped and rebuilt from the log on the next start.
+VERSION = 1
+
+TABLES: dict[str, tuple[str, str]] = {
+    # name: (columns, primary key used to order rows when comparing)
+    "sandbar_users": (
+        "id uuid PRIMARY KEY, username text NOT NULL, username_key text NOT NULL UNIQUE, "
+        "email text, display_name text NOT NULL, created_at timestamptz NOT NULL",
+        "id",
+    ),
+    "sandbar_workspaces": (
+        "id uuid PRIMARY KEY, name text NOT NULL, created_by text NOT NULL, "
+        "created_at timestamptz NOT NULL",
+        "id",
+    ),
+    # One row per membership ever made; a removed member keeps the row, inactive.
+    "sandbar_members": (
+        "id uuid PRIMARY KEY, workspace_id uuid NOT NULL, user_id uuid NOT NULL, "
+        "role text NOT NULL, active boolean NOT NULL, added_at timestamptz NOT NULL, "
+        "UNIQUE (workspace_id, user_id)",
+        "id",
+    ),
+    "sandbar_sandboxes": (
+        "id uuid PRIMARY KEY, workspace_id uuid NOT NULL, name text NOT NULL, "
+        "type text NOT NULL, kind text NOT NULL, status text NOT NULL, error text, "
+        "created_by text NOT NULL, created_at timestamptz NOT NULL, "
+        "updated_at timestamptz NOT NULL",
+        "id",
+    ),
+    # The routing table: sandbox id -> where its agent answers (filled by the
+    # container and tunnel sides), read by the subdomain proxy.
+    "sandbar_routes": (
+        "sandbox_id uuid PRIMARY KEY, host text NOT NULL UNIQUE, workspace_id uuid NOT NULL, "
+        "type text NOT NULL, kind text NOT NULL, status text NOT NULL, target text, "
+        "updated_at timestamptz NOT NULL",
+        "sandbox_id",
+    ),
+}
+
+INDEXES = (
+    "CREATE INDEX IF NOT EXISTS sandbar_members_user_idx ON sandbar_members (user_id)",
+    "CREATE INDEX IF NOT EXISTS sandbar_sandboxes_workspace_idx "
+    "ON sandbar_sandboxes (workspace_id, created_at)",
+)
+
+
+def create_statements() -> list[str]:
+    stmts = [f"CREATE TABLE IF NOT EXISTS {name} ({cols})" for name, (cols, _) in TABLES.items()]
+    return [*stmts, *INDEXES]
+
+
+Handler = Callable[[Cursor[Any], Any], None]
+_handlers: dict[type, Handler] = {}
+
+
+def handles(*event_classes: type) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        for cls in event_classes:
+            _handlers[cls] = fn
+        return fn
+
+    return register
+
+
+def apply(curs: Cursor[Any], event: Any) -> None:
+    """Apply one domain event to the view tables (events no view cares about pass)."""
+    handler = _handlers.get(type(event))
+    if handler is not None:
+        handler(curs, event)
+
+
+@handles(User.Registered)
+def _user_registered(curs: Cursor[Any], e: Any) -> None:
+    curs.execute(
+        "INSERT INTO sandbar_users (id, username, username_key, email, display_name, created_at)"
+        " VALUES (%s, %s, %s, %s, %s, %s)",
+        (e.originator_id, e.username, e.username.lower(), e.email, e.display_name, e.timestamp),
+    )
+
+
+@handles(Workspace.Created)
+def _workspace_created(curs: Cursor[Any], e: Any) -> None:
+    curs.execute(
+        "INSERT INTO sandbar_workspaces (id, name, created_by, created_at) VALUES (%s, %s, %s, %s)",
+        (e.originator_id, e.name, e.actor, e.timestamp),
+    )
+
+
+@handles(Workspace.Deleted)
+def _workspace_deleted(curs: Cursor[Any], e: Any) -> None:
+    curs.execute("DELETE FROM sandbar_members WHERE workspace_id = %s", (e.originator_id,))
+    curs.execute("DELETE FROM sandbar_workspaces WHERE id = %s", (e.originator_id,))
+
+
+@handles(Membership.Added)
+def _member_added(curs: Cursor[Any], e: Any) -> None:
+    curs.execute(
+        "INSERT INTO sandbar_members (id, workspace_id, user_id, role, active, added_at)"
+        " SELECT %s, %s, %s, %s, true, %s"
+        " WHERE EXISTS (SELECT 1 FROM sandbar_workspaces WHERE id = %s)",
+        (e.originator_id, e.workspace_id, e.user_id, e.role, e.timestamp, e.workspace_id),
+    )
+
+
+@handles(Membership.Rejoined)
+def _member_rejoined(curs: Cursor[Any], e: Any) -> None:
+    curs.execute(
+        "UPDATE sandbar_members SET role = %s, active = true, added_at = %s WHERE id = %s",
+        (e.role, e.timestamp, e.originator_id),
+    )
+
+
+@handles(Membership.RoleChanged)
+def _member_role_changed(curs: Cursor[Any], e: Any) -> None:
+    curs.execute(
+        "UPDATE sandbar_members SET role = %s WHERE id = %s", (e.role, e.originator_id)
+    )
+
+
+@handles(Membership.Removed)
+def _member_removed(curs: Cursor[Any], e: Any) -> None:
+    curs.execute("UPDATE sandbar_members SET active = false WHERE id = %s", (e.originator_id,))
+
+
+@handles(Sandbox.Requested)
+def _sandbox_requested(curs: Cursor[Any], e: Any) -> None:
+    kind = Kind(e.kind)
+    status = Status.offline if kind is Kind.local else EVENT_STATUS["Requested"]
+    curs.execute(
+        "INSERT INTO sandbar_sandboxes (id, workspace_id, name, type, kind, status, error,"
+        " created_by, created_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s, NULL, %s, %s, %s)",
+        (e.originator_id, e.workspace_id, e.name, e.type, kind, status, e.actor,
+         e.timestamp, e.timestamp),
+    )
+    host = f"{HOST_PREFIXES[SandboxType(e.type)]}-{e.originator_id}"
+    curs.execute(
+        "INSERT INTO sandbar_routes (sandbox_id, host, workspace_id, type, kind, status,"
+        " target, updated_at) VALUES (%s, %s, %s, %s, %s, %s, NULL, %s)",
+        (e.originator_id, host, e.workspace_id, e.type, kind, status, e.timestamp),
+    )
+
+
+@handles(
+    Sandbox.Started,
+    Sandbox.Resumed,
+    Sandbox.Failed,
+    Sandbox.PauseRequested,
+    Sandbox.Paused,
+    Sandbox.ResumeRequested,
+    Sandbox.DeletionRequested,
+    Sandbox.Connected,
+    Sandbox.Disconnected,
+)
+def _sandbox_status(curs: Cursor[Any], e: Any) -> None:
+    status = EVENT_STATUS[type(e).__name__]
+    error = getattr(e, "reason", None)
+    curs.execute(
+        "UPDATE sandbar_sandboxes SET status = %s, error = %s, updated_at = %s WHERE id = %s",
+        (status, error, e.timestamp, e.originator_id),
+    )
+    # The route's target is where the agent answers, as last reported; the proxy
+    # reads the status beside it before using it.
+    curs.execute(
+        "UPDATE sandbar_routes SET status = %s, updated_at = %s,"
+        " target = COALESCE(%s, target) WHERE sandbox_id = %s",
+        (status, e.timestamp, getattr(e, "address", None), e.originator_id),
+    )
+
+
+@handles(Sandbox.Deleted)
+def _sandbox_deleted(curs: Cursor[Any], e: Any) -> None:
+    curs.execute("DELETE FROM sandbar_routes WHERE sandbox_id = %s", (e.originator_id,))
+    curs.execute("DELETE FROM sandbar_sandboxes WHERE id = %s", (e.originator_id,))
