@@ -40,8 +40,12 @@ class Sandboxes:
             if workspace is None or workspace.deleted:
                 raise NotFound("workspace not found", code="workspace_not_found")
             with acting_as(actor):
-                sandbox = Sandbox(workspace_id=workspace_id, name=name,
-                                  type=sandbox_type.value, kind=Kind.cloud.value)
+                sandbox = Sandbox(
+                    workspace_id=workspace_id,
+                    name=name,
+                    type=sandbox_type.value,
+                    kind=Kind.cloud.value,
+                )
                 workspace.attach_sandbox(sandbox.id)
             self._log.save(sandbox, workspace)
             return sandbox.id
@@ -57,9 +61,7 @@ class Sandboxes:
     def resume(self, actor: UUID, sandbox_id: UUID) -> Row:
         return self._transition(actor, sandbox_id, Sandbox.request_resume)
 
-    def _transition(
-        self, actor: UUID, sandbox_id: UUID, change: Callable[[Sandbox], None]
-    ) -> Row:
+    def _transition(self, actor: UUID, sandbox_id: UUID, change: Callable[[Sandbox], None]) -> Row:
         row = self._visible(actor, sandbox_id)
         self._access.require(row["workspace_id"], actor, roles.OPERATE_SANDBOX)
 

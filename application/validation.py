@@ -25,9 +25,7 @@ def name(value: str, field: str = "name") -> str:
 def username(value: str, field: str = "username") -> str:
     value = value.strip().lower()
     if not _USERNAME.fullmatch(value):
-        raise Invalid(
-            f"{field} must be 3 to 32 of a-z, 0-9, '_' and '-'", field=field
-        )
+        raise Invalid(f"{field} must be 3 to 32 of a-z, 0-9, '_' and '-'", field=field)
     return value
 
 

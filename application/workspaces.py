@@ -76,8 +76,9 @@ class Workspaces:
             membership = self._log.find(Membership.create_id(workspace_id, user_id), Membership)
             with acting_as(actor), rule_conflicts():
                 if membership is None:
-                    membership = Membership(workspace_id=workspace_id, user_id=user_id,
-                                            role=role.name)
+                    membership = Membership(
+                        workspace_id=workspace_id, user_id=user_id, role=role.name
+                    )
                 else:
                     membership.rejoin(role)
                 if role is Role.owner:

@@ -33,8 +33,7 @@ class ReadModelQueries:
 
     def user(self, user_id: UUID) -> Row | None:
         return self._one(
-            "SELECT id, username, email, display_name, created_at FROM sandbar_users"
-            " WHERE id = %s",
+            "SELECT id, username, email, display_name, created_at FROM sandbar_users WHERE id = %s",
             (user_id,),
         )
 
@@ -47,8 +46,7 @@ class ReadModelQueries:
 
     def role(self, workspace_id: UUID, user_id: UUID) -> str | None:
         row = self._one(
-            "SELECT role FROM sandbar_members WHERE workspace_id = %s AND user_id = %s"
-            " AND active",
+            "SELECT role FROM sandbar_members WHERE workspace_id = %s AND user_id = %s AND active",
             (workspace_id, user_id),
         )
         return row["role"] if row else None

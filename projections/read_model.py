@@ -131,9 +131,7 @@ def _member_rejoined(curs: Cursor[Any], e: Any) -> None:
 
 @handles(Membership.RoleChanged)
 def _member_role_changed(curs: Cursor[Any], e: Any) -> None:
-    curs.execute(
-        "UPDATE sandbar_members SET role = %s WHERE id = %s", (e.role, e.originator_id)
-    )
+    curs.execute("UPDATE sandbar_members SET role = %s WHERE id = %s", (e.role, e.originator_id))
 
 
 @handles(Membership.Removed)
@@ -148,8 +146,17 @@ def _sandbox_requested(curs: Cursor[Any], e: Any) -> None:
     curs.execute(
         "INSERT INTO sandbar_sandboxes (id, workspace_id, name, type, kind, status, error,"
         " created_by, created_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s, NULL, %s, %s, %s)",
-        (e.originator_id, e.workspace_id, e.name, e.type, kind, status, e.actor,
-         e.timestamp, e.timestamp),
+        (
+            e.originator_id,
+            e.workspace_id,
+            e.name,
+            e.type,
+            kind,
+            status,
+            e.actor,
+            e.timestamp,
+            e.timestamp,
+        ),
     )
     host = f"{HOST_PREFIXES[SandboxType(e.type)]}-{e.originator_id}"
     curs.execute(

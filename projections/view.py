@@ -114,8 +114,9 @@ class ReadModelView(PostgresTrackingRecorder):
     def _replay(
         self, curs: Cursor[Any], decode: Decode, after: int, progress: Progress | None
     ) -> int:
-        curs.execute(SQL(f"SELECT count(*) AS n FROM {EVENTS_TABLE} WHERE notification_id > %s"),
-                     (after,))
+        curs.execute(
+            SQL(f"SELECT count(*) AS n FROM {EVENTS_TABLE} WHERE notification_id > %s"), (after,)
+        )
         total = curs.fetchone()["n"]
         done, last = 0, after
         conn = curs.connection

@@ -1,0 +1,170 @@
+"""``sandbar audit``: print the event log, replay a workspace at a moment, rebuild views."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+import orjson
+
+from application.audit import AuditLog, Entry, Filter
+from infrastructure.settings import Settings
+from interfaces.cli.output import Progress, table
+
+
+def _time(value: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a time; use RFC 3339, e.g. 2026-11-28T18:00:00Z"
+        ) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _uuid(value: str) -> UUID:
+    try:
+        return UUID(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a UUID") from None
+
+
+def _open() -> Any:
+    from interfaces.bootstrap import open_event_log
+
+    return open_event_log(Settings.from_env())
+
+
+def _stamp(t: datetime) -> str:
+    return t.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _details(entry: Entry, names: dict[str, str]) -> str:
+    parts = []
+    for key, value in entry.fields.items():
+        text = str(value)
+        if key == "user_id" or key == "owner_id":
+            text = names.get(text, text)
+            key = key.removesuffix("_id")
+        parts.append(f"{key}={text}")
+    return " ".join(parts)
+
+
+def _log(args: argparse.Namespace) -> int:
+    log = _open()
+    audit = AuditLog(log)
+    names = audit.usernames()
+    user_id = None
+    if args.user:
+        try:
+            user_id = UUID(args.user)
+        except ValueError:
+            by_name = {v: k for k, v in names.items()}
+            if args.user.lower() not in by_name:
+                print(f"sandbar: no user is named {args.user!r}", file=sys.stderr)
+                return 2
+            user_id = UUID(by_name[args.user.lower()])
+    where = Filter(workspace_id=args.workspace, user_id=user_id, since=args.since, until=args.until)
+    rows = []
+    for entry in audit.entries(where):
+        if args.json:
+            record = {
+                "position": entry.position,
+                "time": _stamp(entry.time),
+                "actor": entry.actor,
+                "actor_name": names.get(entry.actor),
+                "event": entry.event,
+                "aggregate_id": str(entry.aggregate_id),
+                "workspace_id": str(entry.workspace_id) if entry.workspace_id else None,
+                "fields": entry.fields,
+            }
+            sys.stdout.buffer.write(orjson.dumps(record, default=str) + b"\n")
+        else:
+            rows.append(
+                (
+                    entry.position,
+                    _stamp(entry.time),
+                    names.get(entry.actor, entry.actor),
+                    entry.event,
+                    str(entry.aggregate_id)[:8],
+                    _details(entry, names),
+                )
+            )
+    if not args.json:
+        table(["#", "TIME", "ACTOR", "EVENT", "AGGREGATE", "DETAILS"], rows)
+    log.close()
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    log = _open()
+    snap = AuditLog(log).replay(args.workspace, args.at)
+    log.close()
+    if snap.workspace is None:
+        print(f"workspace {args.workspace} did not exist at {_stamp(args.at)}")
+        return 1
+    state = "deleted" if snap.workspace.deleted else "live"
+    print(f"workspace {snap.workspace.name!r} ({args.workspace}) at {_stamp(args.at)}: {state}")
+    print(f"\nmembers ({len(snap.members)})")
+    table(["USERNAME", "ROLE", "USER ID"], [(n, m.role, m.user_id) for m, n in snap.members])
+    print(f"\nsandboxes ({len(snap.sandboxes)})")
+    table(
+        ["NAME", "TYPE", "KIND", "STATUS", "SANDBOX ID"],
+        [(s.name, s.type, s.kind, s.status, s.id) for s in snap.sandboxes],
+    )
+    return 0
+
+
+def _rebuild(args: argparse.Namespace) -> int:
+    log = _open()
+    view = log.recorder.read_model
+    report = view.rebuild(log.mapper.to_domain_event, progress=Progress("replaying"))
+    log.close()
+    print(
+        f"replayed {report.events:,} events in {report.seconds:.2f} s "
+        f"({report.events_per_second:,.0f} events/s)"
+    )
+    table(
+        ["VIEW", "ROWS BEFORE", "ROWS AFTER", "SAME"],
+        [
+            (
+                t,
+                report.rows_before[t],
+                report.rows_after[t],
+                "no" if t in report.differing_tables else "yes",
+            )
+            for t in report.rows_before
+        ],
+    )
+    if report.identical:
+        print("the rebuilt views equal the ones they replaced")
+        return 0
+    print(
+        "the rebuilt views differ from the ones they replaced: "
+        + ", ".join(report.differing_tables)
+    )
+    return 1
+
+
+def add_commands(sub: Any) -> None:
+    audit = sub.add_parser("audit", help="read the audit log (the event log)")
+    commands = audit.add_subparsers(dest="audit_command", required=True)
+
+    log = commands.add_parser("log", help="print the event log in order")
+    log.add_argument("--workspace", type=_uuid, help="only this workspace's events")
+    log.add_argument("--user", help="only events by or about this user (id or username)")
+    log.add_argument("--since", type=_time, help="from this time (RFC 3339)")
+    log.add_argument("--until", type=_time, help="up to this time (RFC 3339)")
+    log.add_argument("--json", action="store_true", help="one JSON object per line")
+    log.set_defaults(run=_log)
+
+    replay = commands.add_parser("replay", help="a workspace as it was at a moment")
+    replay.add_argument("--workspace", type=_uuid, required=True)
+    replay.add_argument("--at", type=_time, required=True, help="the moment (RFC 3339)")
+    replay.set_defaults(run=_replay)
+
+    rebuild = commands.add_parser("rebuild", help="drop and rebuild every view from the log")
+    rebuild.set_defaults(run=_rebuild)

@@ -1,0 +1,122 @@
+"""Every error answer has API.md's shape: {"error": {"code", "message"[, "field"]}}.
+Bad input is a 4xx naming the problem; anything unexpected is a bare 500, never a trace."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from application.errors import (
+    AppError,
+    Conflict,
+    Forbidden,
+    Invalid,
+    NotFound,
+    RateLimited,
+    Unauthorized,
+)
+
+log = logging.getLogger("sandbar.http")
+
+STATUS: dict[type[AppError], int] = {
+    Unauthorized: 401,
+    Forbidden: 403,
+    NotFound: 404,
+    Conflict: 409,
+    Invalid: 422,
+    RateLimited: 429,
+}
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_field",
+}
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    field: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    body: dict[str, Any] = {"code": code, "message": message}
+    if field:
+        body["field"] = field
+    return Response(
+        orjson.dumps({"error": body}),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+async def _app_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, AppError)
+    status = next((STATUS[c] for c in type(exc).__mro__ if c in STATUS), 400)
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else None
+    return error_response(status, exc.code, exc.message, exc.field, headers)
+
+
+def _describe(error: dict[str, Any]) -> tuple[int, str, str, str | None]:
+    """(status, code, message, field) for one of pydantic's validation errors."""
+    loc = [str(p) for p in error.get("loc", ()) if p != "body"]
+    kind = error.get("type", "")
+    field = ".".join(loc) or None
+    if kind == "json_invalid":
+        return 400, "malformed_json", "the request body is not valid JSON", None
+    if field is None:
+        if kind == "missing":
+            return 400, "missing_body", "a JSON object body is required", None
+        return 400, "malformed_body", "the request body must be a JSON object", None
+    if kind == "missing":
+        return 422, "missing_field", f"{field} is required", field
+    if kind == "extra_forbidden":
+        return 422, "unknown_field", f"{field} is not a field of this request", field
+    expected = {
+        "string_type": "a string",
+        "int_type": "an integer",
+        "bool_type": "true or false",
+    }.get(kind)
+    if expected:
+        return 422, "wrong_type", f"{field} must be {expected}", field
+    return 422, "invalid_field", f"{field}: {error.get('msg', 'invalid')}", field
+
+
+async def _validation_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    # The most basic problem first: unparsable JSON, then a body that is not an object.
+    status, code, message, field = min((_describe(e) for e in errors), key=lambda d: d[0])
+    return error_response(status, code, message, field)
+
+
+async def _http_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "error")
+    message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
+    return error_response(exc.status_code, code, message, headers=exc.headers)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return error_response(500, "internal_error", "something went wrong on our side")
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(AppError, _app_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,67 @@
+"""Rows of the read model as the JSON shapes of API.md (ids as text, RFC 3339 UTC times)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from domain.sandboxes import HOST_PREFIXES, SandboxType
+
+Row = dict[str, Any]
+
+
+def rfc3339(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def user(row: Row) -> Row:
+    return {
+        "id": str(row["id"]),
+        "username": row["username"],
+        "email": row["email"],
+        "display_name": row["display_name"],
+        "created_at": rfc3339(row["created_at"]),
+    }
+
+
+def workspace(row: Row) -> Row:
+    out = {
+        "id": str(row["id"]),
+        "name": row["name"],
+        "role": row["role"],
+        "created_at": rfc3339(row["created_at"]),
+    }
+    if "member_count" in row:
+        out["member_count"] = row["member_count"]
+        out["sandbox_count"] = row["sandbox_count"]
+    return out
+
+
+def member(row: Row) -> Row:
+    return {
+        "user_id": str(row["user_id"]),
+        "username": row["username"],
+        "role": row["role"],
+        "added_at": rfc3339(row["added_at"]),
+    }
+
+
+def sandbox(row: Row, origin: tuple[str, str, str]) -> Row:
+    """``origin`` is (scheme, base domain, ":port" or "") of the sandbox addresses."""
+    scheme, base_domain, port = origin
+    prefix = HOST_PREFIXES[SandboxType(row["type"])]
+    out = {
+        "id": str(row["id"]),
+        "workspace_id": str(row["workspace_id"]),
+        "name": row["name"],
+        "type": row["type"],
+        "kind": row["kind"],
+        "status": row["status"],
+        "url": f"{scheme}://{prefix}-{row['id']}.{base_domain}{port}/",
+        "created_by": row["created_by"],
+        "created_at": rfc3339(row["created_at"]),
+        "updated_at": rfc3339(row["updated_at"]),
+    }
+    if row.get("error"):
+        out["error"] = row["error"]
+    return out

