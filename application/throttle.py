@@ -1,5 +1,7 @@
-"""Slows password guessing: after too many failed logins for one username or from one
-client address within a window, further attempts answer ``RateLimited`` until it passes."""
+"""Slows password guessing: after too many failed logins for one username, or from one
+client address, within a window, further attempts answer ``RateLimited`` until it passes.
+A client address gets a larger allowance than a username, since many people may share
+one address."""
 
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ from application.errors import RateLimited
 
 
 class LoginThrottle:
+    CLIENT_FACTOR = 4
+
     def __init__(
         self, max_failures: int, window_seconds: int, clock: Callable[[], float] = time.monotonic
     ) -> None:
@@ -32,7 +36,8 @@ class LoginThrottle:
         with self._lock:
             for key in keys:
                 times = self._recent(key, now)
-                if len(times) >= self._max:
+                limit = self._max * (self.CLIENT_FACTOR if key.startswith("client:") else 1)
+                if len(times) >= limit:
                     wait = int(times[0] + self._window - now) + 1
                     raise RateLimited(
                         f"too many failed sign-ins; try again in {wait} seconds", wait
