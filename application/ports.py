@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -32,3 +33,57 @@ class CredentialStore(Protocol):
     def open_session(self, user_id: UUID) -> str: ...
     def session_user(self, token: str) -> UUID | None: ...
     def revoke_session(self, token: str) -> None: ...
+
+
+# The container side (cloud sandboxes).
+
+
+class EngineUnavailable(Exception):
+    """The container engine cannot be reached."""
+
+
+class ImageMissing(Exception):
+    """The image a sandbox needs is not in the engine."""
+
+
+class ContainerEngine(Protocol):
+    """Containers named after their sandbox, each with a home volume. Every method is
+    idempotent: asking twice never makes a second container."""
+
+    def start(self, sandbox_id: UUID, workspace_id: UUID, sandbox_type: str) -> str:
+        """Get or create the sandbox's container and start it; its address (host:port)."""
+        ...
+
+    def stop(self, sandbox_id: UUID) -> None: ...
+    def remove(self, sandbox_id: UUID, *, volume: bool) -> None: ...
+    def is_running(self, sandbox_id: UUID) -> bool: ...
+    def sandbox_ids(self) -> set[UUID]:
+        """The sandboxes that have a container labelled as ours."""
+        ...
+
+
+class AgentProbe(Protocol):
+    def wait_ready(self, sandbox_type: str, address: str, sandbox_id: UUID, timeout: float) -> bool:
+        """Whether the agent at ``address`` answered its health check within ``timeout``."""
+        ...
+
+
+class SandboxSecrets(Protocol):
+    """Per-sandbox credentials, derived from the server key so none is ever stored."""
+
+    def upstream_credential(self, sandbox_id: UUID) -> str: ...
+    def proxy_token(self, sandbox_id: UUID) -> str: ...
+
+
+class Activity(Protocol):
+    """When each sandbox was last used (fed by the subdomain and Anthropic proxies)."""
+
+    def touch(self, sandbox_id: UUID) -> None: ...
+    def last_seen(self, sandbox_id: UUID) -> datetime | None: ...
+
+
+class TrackingStore(Protocol):
+    """Where a follower of the log records how far it has processed."""
+
+    def position(self) -> int: ...
+    def advance(self, position: int) -> None: ...

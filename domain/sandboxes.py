@@ -56,6 +56,7 @@ EVENT_STATUS: dict[str, Status] = {
     "ResumeRequested": Status.resuming,
     "DeletionRequested": Status.deleting,
     "Deleted": Status.deleted,
+    "Relocated": Status.running,
     "Connected": Status.running,
     "Disconnected": Status.offline,
 }
@@ -125,6 +126,13 @@ class Sandbox(SandbarAggregate):
         else:
             self._started(address=address)
 
+    def record_relocated(self, address: str) -> None:
+        """A running sandbox's container was recreated (it had vanished) at ``address``."""
+        if self.kind is not Kind.cloud or self.status is not Status.running:
+            raise IllegalTransition(f"a {self.status} sandbox cannot move")
+        if address != self.address:
+            self._relocated(address=address)
+
     def record_failed(self, reason: str) -> None:
         self._check(Status.failed)
         self._failed(reason=reason)
@@ -166,6 +174,10 @@ class Sandbox(SandbarAggregate):
     @event("Resumed")
     def _resumed(self, address: str) -> None:
         self.status = Status.running
+        self.address = address
+
+    @event("Relocated")
+    def _relocated(self, address: str) -> None:
         self.address = address
 
     @event("Failed")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -28,6 +28,16 @@ def _bool(env: dict[str, str], name: str, default: bool) -> bool:
     raise SystemExit(f"{name} must be true or false, got {raw!r}")
 
 
+def _float(env: dict[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SystemExit(f"{name} must be a number, got {raw!r}") from None
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str | None = None
@@ -45,7 +55,17 @@ class Settings:
     argon2_parallelism: int = 4
     db_pool_size: int = 10
     db_max_overflow: int = 10
-    extra: dict[str, str] = field(default_factory=dict)
+    # Cloud sandboxes.
+    worker: bool = True
+    opencode_image: str = "sandbar-opencode:latest"
+    openclaw_image: str = "sandbar-openclaw:latest"
+    sandbox_memory: str = "2g"
+    sandbox_cpus: float = 1.0
+    sandbox_pids: int = 512
+    sandbox_stop_timeout: int = 5
+    ready_timeout: int = 120
+    idle_timeout: int = 1800
+    sandbox_api_url: str = "http://host.docker.internal:8080"
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -66,4 +86,16 @@ class Settings:
             argon2_parallelism=_int(env, "SANDBAR_ARGON2_PARALLELISM", 4),
             db_pool_size=_int(env, "SANDBAR_DB_POOL_SIZE", 10),
             db_max_overflow=_int(env, "SANDBAR_DB_MAX_OVERFLOW", 10),
+            worker=_bool(env, "SANDBAR_WORKER", True),
+            opencode_image=env.get("SANDBAR_OPENCODE_IMAGE") or "sandbar-opencode:latest",
+            openclaw_image=env.get("SANDBAR_OPENCLAW_IMAGE") or "sandbar-openclaw:latest",
+            sandbox_memory=env.get("SANDBAR_SANDBOX_MEMORY") or "2g",
+            sandbox_cpus=_float(env, "SANDBAR_SANDBOX_CPUS", 1.0),
+            sandbox_pids=_int(env, "SANDBAR_SANDBOX_PIDS", 512),
+            sandbox_stop_timeout=_int(env, "SANDBAR_SANDBOX_STOP_TIMEOUT", 5),
+            ready_timeout=_int(env, "SANDBAR_READY_TIMEOUT", 120),
+            idle_timeout=_int(env, "SANDBAR_IDLE_TIMEOUT", 1800),
+            sandbox_api_url=(
+                env.get("SANDBAR_SANDBOX_API_URL") or "http://host.docker.internal:8080"
+            ).rstrip("/"),
         )

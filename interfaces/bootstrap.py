@@ -7,15 +7,21 @@ from dataclasses import dataclass
 
 from application.access import Access
 from application.accounts import Accounts
+from application.container_worker import ContainerWorker
 from application.eventlog import EventLog
 from application.sandboxes import Sandboxes
 from application.throttle import LoginThrottle
 from application.workspaces import Workspaces
+from infrastructure.activity import ActivityTable
+from infrastructure.agents import DerivedSecrets
+from infrastructure.containers import DockerEngine
 from infrastructure.credentials import Credentials
 from infrastructure.database import database_url, eventsourcing_env, server_key
 from infrastructure.eventstore import ProjectingRecorder
 from infrastructure.passwords import Argon2Passwords
+from infrastructure.probe import HealthProbe
 from infrastructure.settings import Settings
+from infrastructure.tracking import FollowerTracking
 from projections.queries import ReadModelQueries
 from projections.view import ReadModelView
 
@@ -31,8 +37,25 @@ class Sandbar:
     accounts: Accounts
     workspaces: Workspaces
     sandboxes: Sandboxes
+    secrets: DerivedSecrets
+    activity: ActivityTable
+
+    def container_worker(self) -> ContainerWorker:
+        """The process manager for cloud sandboxes (run it with ``.run(stop_event)``)."""
+        secrets = self.secrets
+        return ContainerWorker(
+            self.log,
+            self.reads,
+            DockerEngine(self.settings, secrets),
+            HealthProbe(self.settings, secrets),
+            self.activity,
+            FollowerTracking(self.log.recorder.datastore, "container-worker"),
+            ready_timeout=self.settings.ready_timeout,
+            idle_timeout=self.settings.idle_timeout,
+        )
 
     def close(self) -> None:
+        self.activity.flush()
         self.log.close()
 
 
@@ -52,7 +75,8 @@ def build(settings: Settings) -> Sandbar:
     datastore = recorder.datastore
     reads = ReadModelQueries(datastore)
     access = Access(reads)
-    credentials = Credentials(datastore, server_key(settings), settings.session_ttl_seconds)
+    key = server_key(settings)
+    credentials = Credentials(datastore, key, settings.session_ttl_seconds)
     accounts = Accounts(
         event_log,
         reads,
@@ -68,4 +92,6 @@ def build(settings: Settings) -> Sandbar:
         accounts=accounts,
         workspaces=Workspaces(event_log, reads, access),
         sandboxes=Sandboxes(event_log, reads, access),
+        secrets=DerivedSecrets(key),
+        activity=ActivityTable(datastore),
     )

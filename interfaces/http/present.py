@@ -5,9 +5,21 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+from starlette.responses import Response
+
 from domain.sandboxes import HOST_PREFIXES, SandboxType
 
 Row = dict[str, Any]
+
+
+class JSON(Response):
+    """A JSON response rendered by orjson."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
 
 
 def rfc3339(value: datetime) -> str:

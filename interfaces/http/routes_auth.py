@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import ORJSONResponse
 
 from interfaces.http import present
 from interfaces.http.deps import SESSION_COOKIE, App, Caller
@@ -28,7 +27,7 @@ def _with_session(request: Request, response: Response, token: str) -> None:
 @router.post("/register", status_code=201)
 def register(body: Register, request: Request, sb: App) -> Response:
     user, token = sb.accounts.register(body.username, body.password, body.email)
-    response = ORJSONResponse(present.user(user), status_code=201)
+    response = present.JSON(present.user(user), status_code=201)
     _with_session(request, response, token)
     return response
 
@@ -37,7 +36,7 @@ def register(body: Register, request: Request, sb: App) -> Response:
 def login(body: Login, request: Request, sb: App) -> Response:
     client = request.client.host if request.client else "unknown"
     user, token = sb.accounts.login(body.username, body.password, client)
-    response = ORJSONResponse(present.user(user))
+    response = present.JSON(present.user(user))
     _with_session(request, response, token)
     return response
 
@@ -52,4 +51,4 @@ def logout(request: Request, sb: App, _: Caller) -> Response:
 
 @router.get("/me")
 def me(sb: App, user_id: Caller) -> Response:
-    return ORJSONResponse(present.user(sb.accounts.me(user_id)))
+    return present.JSON(present.user(sb.accounts.me(user_id)))

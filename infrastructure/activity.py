@@ -1,0 +1,60 @@
+"""When each sandbox was last used, shared by every process through one small table.
+
+``touch`` is called on the proxies' hot paths, so it only notes the time in memory; the
+notes are written at most once per ``flush_every`` seconds per process."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime
+from uuid import UUID
+
+from eventsourcing.postgres import PostgresDatastore
+
+SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS sandbar_activity ("
+    " sandbox_id uuid PRIMARY KEY, last_seen timestamptz NOT NULL)"
+)
+
+
+class ActivityTable:
+    def __init__(self, datastore: PostgresDatastore, flush_every: float = 5.0) -> None:
+        self._db = datastore
+        self._flush_every = flush_every
+        self._pending: dict[UUID, datetime] = {}
+        self._lock = threading.Lock()
+        self._last_flush = time.monotonic()
+        with self._db.get_connection() as conn:
+            conn.execute(SCHEMA)
+
+    def touch(self, sandbox_id: UUID) -> None:
+        with self._lock:
+            self._pending[sandbox_id] = datetime.now(UTC)
+            due = time.monotonic() - self._last_flush >= self._flush_every
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+            self._last_flush = time.monotonic()
+        if not pending:
+            return
+        with self._db.get_connection() as conn, conn.cursor() as curs:
+            curs.executemany(
+                "INSERT INTO sandbar_activity (sandbox_id, last_seen) VALUES (%s, %s)"
+                " ON CONFLICT (sandbox_id) DO UPDATE"
+                " SET last_seen = GREATEST(sandbar_activity.last_seen, EXCLUDED.last_seen)",
+                list(pending.items()),
+            )
+
+    def last_seen(self, sandbox_id: UUID) -> datetime | None:
+        with self._lock:
+            pending = self._pending.get(sandbox_id)
+        with self._db.get_connection() as conn:
+            row = conn.execute(
+                "SELECT last_seen FROM sandbar_activity WHERE sandbox_id = %s", (sandbox_id,)
+            ).fetchone()
+        stored = row["last_seen"] if row else None
+        return max(t for t in (pending, stored) if t) if (pending or stored) else None

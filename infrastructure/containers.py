@@ -1,0 +1,180 @@
+"""Cloud sandboxes as Docker containers, through the ``docker`` SDK (``DOCKER_HOST`` honoured).
+
+One container per sandbox, named ``sandbar-{id}``, with a named volume ``sandbar-home-{id}``
+for the agent's home, labels naming the sandbox and workspace, and the design brief's
+confinement: all capabilities dropped, no-new-privileges, memory / CPU / pids limits, an
+init process, no engine socket inside. Its port is published on 127.0.0.1 only."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from typing import Any, TypeVar
+from uuid import UUID
+
+import docker
+import requests
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+
+from application.ports import EngineUnavailable, ImageMissing
+from infrastructure import agents
+from infrastructure.settings import Settings
+
+log = logging.getLogger("sandbar.containers")
+
+LABEL = "sandbar.sandbox"
+T = TypeVar("T")
+
+
+def container_name(sandbox_id: UUID) -> str:
+    return f"sandbar-{sandbox_id}"
+
+
+def volume_name(sandbox_id: UUID) -> str:
+    return f"sandbar-home-{sandbox_id}"
+
+
+class DockerEngine:
+    def __init__(
+        self,
+        settings: Settings,
+        secrets: agents.DerivedSecrets,
+        client_factory: Callable[[], Any] = docker.from_env,
+    ) -> None:
+        self._settings = settings
+        self._secrets = secrets
+        self._factory = client_factory
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def _engine(self) -> Iterator[Any]:
+        """The SDK client; engine trouble becomes EngineUnavailable with a readable reason."""
+        try:
+            with self._lock:
+                if self._client is None:
+                    self._client = self._factory()
+            yield self._client
+        except ImageNotFound as e:
+            raise ImageMissing(str(e.explanation or e)) from e
+        except (requests.ConnectionError, DockerException) as e:
+            if isinstance(e, APIError) and e.status_code and e.status_code < 500:
+                raise
+            with self._lock:
+                self._client = None  # reconnect next time
+            raise EngineUnavailable(f"the container engine is unavailable: {_reason(e)}") from e
+
+    def _find(self, client: Any, sandbox_id: UUID) -> Any | None:
+        try:
+            return client.containers.get(container_name(sandbox_id))
+        except NotFound:
+            return None
+
+    def start(self, sandbox_id: UUID, workspace_id: UUID, sandbox_type: str) -> str:
+        agent = agents.agent(self._settings, sandbox_type)
+        with self._engine() as client:
+            container = self._find(client, sandbox_id)
+            if container is None:
+                container = self._create(client, sandbox_id, workspace_id, sandbox_type, agent)
+            if container.status == "paused":
+                container.unpause()
+            elif container.status != "running":
+                container.start()
+            container.reload()
+            return _published(container, agent.port)
+
+    def _create(
+        self,
+        client: Any,
+        sandbox_id: UUID,
+        workspace_id: UUID,
+        sandbox_type: str,
+        agent: agents.Agent,
+    ) -> Any:
+        s = self._settings
+        try:
+            client.images.get(agent.image)
+        except ImageNotFound:
+            raise ImageMissing(
+                f"image {agent.image} is not in the container engine; build it with"
+                " `make images` or point the setting at another image"
+            ) from None
+        env = agents.environment(
+            s,
+            sandbox_type,
+            self._secrets.upstream_credential(sandbox_id),
+            self._secrets.proxy_token(sandbox_id),
+        )
+        try:
+            return client.containers.create(
+                agent.image,
+                name=container_name(sandbox_id),
+                labels={
+                    LABEL: str(sandbox_id),
+                    "sandbar.workspace": str(workspace_id),
+                    "sandbar.type": sandbox_type,
+                },
+                environment=env,
+                volumes={volume_name(sandbox_id): {"bind": "/root", "mode": "rw"}},
+                ports={f"{agent.port}/tcp": ("127.0.0.1", None)},
+                cap_drop=["ALL"],
+                security_opt=["no-new-privileges"],
+                mem_limit=s.sandbox_memory,
+                nano_cpus=int(s.sandbox_cpus * 1e9),
+                pids_limit=s.sandbox_pids,
+                init=True,
+                extra_hosts={"host.docker.internal": "host-gateway"},
+                detach=True,
+            )
+        except APIError as e:
+            if e.status_code == 409:  # created concurrently: use that one
+                return client.containers.get(container_name(sandbox_id))
+            raise
+
+    def stop(self, sandbox_id: UUID) -> None:
+        with self._engine() as client:
+            container = self._find(client, sandbox_id)
+            if container is not None and container.status in {"running", "paused", "restarting"}:
+                if container.status == "paused":
+                    container.unpause()
+                container.stop(timeout=self._settings.sandbox_stop_timeout)
+
+    def remove(self, sandbox_id: UUID, *, volume: bool) -> None:
+        with self._engine() as client:
+            container = self._find(client, sandbox_id)
+            if container is not None:
+                container.remove(force=True)
+            if volume:
+                with suppress(NotFound):
+                    client.volumes.get(volume_name(sandbox_id)).remove(force=True)
+
+    def is_running(self, sandbox_id: UUID) -> bool:
+        with self._engine() as client:
+            container = self._find(client, sandbox_id)
+            return container is not None and container.status == "running"
+
+    def sandbox_ids(self) -> set[UUID]:
+        with self._engine() as client:
+            found = client.containers.list(all=True, filters={"label": LABEL})
+            ids = set()
+            for c in found:
+                try:
+                    ids.add(UUID(c.labels[LABEL]))
+                except (KeyError, ValueError):
+                    continue
+            return ids
+
+
+def _published(container: Any, port: int) -> str:
+    bindings = container.attrs["NetworkSettings"]["Ports"].get(f"{port}/tcp") or []
+    for b in bindings:
+        if b.get("HostIp") in ("127.0.0.1", "0.0.0.0", ""):  # noqa: S104 - reading, not binding
+            return f"127.0.0.1:{b['HostPort']}"
+    raise EngineUnavailable(f"the container's port {port} is not published")
+
+
+def _reason(e: BaseException) -> str:
+    text = str(getattr(e, "explanation", None) or e)
+    return text.splitlines()[0][:200] if text else type(e).__name__
