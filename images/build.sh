@@ -49,11 +49,14 @@ build_tiny() {
   local root=$work/tiny-rootfs
   busybox_rootfs "$root"
   echo '{"healthy":true,"version":"tiny"}' >"$root/www/global/health"
+  echo '{"ok":true,"status":"live"}' >"$root/www/healthz"
   echo '<!doctype html><title>tiny agent</title><p>tiny agent' >"$root/www/index.html"
   say "importing sandbar-tiny:latest"
+  # Answers like either agent: opencode's port and health path, and openclaw's.
   tar -C "$root" -c . | docker import \
     -c 'ENV PATH=/usr/local/bin:/bin HOME=/root' \
-    -c 'CMD ["/bin/httpd","-f","-p","4096","-h","/www"]' - sandbar-tiny:latest >/dev/null
+    -c 'CMD ["/bin/sh","-c","httpd -p 4096 -h /www && exec httpd -f -p 18789 -h /www"]' \
+    - sandbar-tiny:latest >/dev/null
 }
 
 build_opencode() {

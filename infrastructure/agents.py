@@ -27,6 +27,11 @@ class DerivedSecrets:
         mac = hmac.new(self._key, f"{purpose}:{sandbox_id}".encode(), hashlib.sha256).digest()
         return base64.urlsafe_b64encode(mac).decode().rstrip("=")
 
+    def instance(self) -> str:
+        """A name for this installation (same key, same name), so that two Sandbars
+        sharing one container engine never touch each other's containers."""
+        return hmac.new(self._key, b"instance", hashlib.sha256).hexdigest()[:16]
+
     def upstream_credential(self, sandbox_id: UUID) -> str:
         return self._derive("upstream", sandbox_id)
 

@@ -25,6 +25,7 @@ from infrastructure.settings import Settings
 log = logging.getLogger("sandbar.containers")
 
 LABEL = "sandbar.sandbox"
+INSTANCE_LABEL = "sandbar.instance"
 T = TypeVar("T")
 
 
@@ -45,6 +46,7 @@ class DockerEngine:
     ) -> None:
         self._settings = settings
         self._secrets = secrets
+        self._instance = secrets.instance()
         self._factory = client_factory
         self._client: Any = None
         self._lock = threading.Lock()
@@ -113,6 +115,7 @@ class DockerEngine:
                 name=container_name(sandbox_id),
                 labels={
                     LABEL: str(sandbox_id),
+                    INSTANCE_LABEL: self._instance,
                     "sandbar.workspace": str(workspace_id),
                     "sandbar.type": sandbox_type,
                 },
@@ -156,8 +159,11 @@ class DockerEngine:
             return container is not None and container.status == "running"
 
     def sandbox_ids(self) -> set[UUID]:
+        """Sandboxes with a container of this installation's."""
         with self._engine() as client:
-            found = client.containers.list(all=True, filters={"label": LABEL})
+            found = client.containers.list(
+                all=True, filters={"label": f"{INSTANCE_LABEL}={self._instance}"}
+            )
             ids = set()
             for c in found:
                 try:

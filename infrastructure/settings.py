@@ -65,6 +65,7 @@ class Settings:
     sandbox_stop_timeout: int = 5
     ready_timeout: int = 120
     idle_timeout: int = 1800
+    sweep_interval: float = 30.0
     sandbox_api_url: str = "http://host.docker.internal:8080"
 
     @classmethod
@@ -95,6 +96,7 @@ class Settings:
             sandbox_stop_timeout=_int(env, "SANDBAR_SANDBOX_STOP_TIMEOUT", 5),
             ready_timeout=_int(env, "SANDBAR_READY_TIMEOUT", 120),
             idle_timeout=_int(env, "SANDBAR_IDLE_TIMEOUT", 1800),
+            sweep_interval=_float(env, "SANDBAR_SWEEP_INTERVAL", 30.0),
             sandbox_api_url=(
                 env.get("SANDBAR_SANDBOX_API_URL") or "http://host.docker.internal:8080"
             ).rstrip("/"),

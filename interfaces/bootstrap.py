@@ -52,6 +52,7 @@ class Sandbar:
             FollowerTracking(self.log.recorder.datastore, "container-worker"),
             ready_timeout=self.settings.ready_timeout,
             idle_timeout=self.settings.idle_timeout,
+            sweep_every=self.settings.sweep_interval,
         )
 
     def close(self) -> None:

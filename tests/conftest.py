@@ -51,16 +51,29 @@ def postgres_server() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def database_url(postgres_server: str) -> Iterator[str]:
-    """A fresh, empty database for this test run."""
-    name = f"sandbar_test_{uuid.uuid4().hex[:12]}"
+def make_database(postgres_server: str) -> Iterator[Callable[[], str]]:
+    """Makes fresh, empty databases (dropped at the end of the run); returns their URLs."""
+    names: list[str] = []
+
+    def make() -> str:
+        name = f"sandbar_test_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(postgres_server, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        names.append(name)
+        params = conninfo_to_dict(postgres_server)
+        params["dbname"] = name
+        return make_conninfo(**params)
+
+    yield make
     with psycopg.connect(postgres_server, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    params = conninfo_to_dict(postgres_server)
-    params["dbname"] = name
-    yield make_conninfo(**params)
-    with psycopg.connect(postgres_server, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        for name in names:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def database_url(make_database: Callable[[], str]) -> str:
+    """The database of the API tests."""
+    return make_database()
 
 
 @pytest.fixture(scope="session")
@@ -104,43 +117,65 @@ def run_sandbar(
     )
 
 
+class ServerProcess:
+    """A real ``sandbar serve`` subprocess, its output in a log file."""
+
+    def __init__(self, env: dict[str, str], log: Path, port: int | None = None) -> None:
+        self.env = env
+        self.log = log
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60) -> ServerProcess:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "interfaces.cli.main",
+                    "serve",
+                    "--port",
+                    str(self.port),
+                    "--log-level",
+                    "warning",
+                ],
+                env={**os.environ, **self.env},
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.proc.kill()
+                raise RuntimeError(f"sandbar serve did not start:\n{self.log.read_text()}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, no clean-up."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
 @pytest.fixture(scope="session")
 def server(server_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Base URL of a real ``sandbar serve`` process."""
-    port = free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "interfaces.cli.main",
-                "serve",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-            ],
-            env={**os.environ, **server_env},
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"sandbar serve did not start:\n{log.read_text()}")
-        time.sleep(0.1)
-    yield base
-    proc.terminate()
-    proc.wait(timeout=10)
+    proc = ServerProcess(server_env, log).start()
+    yield proc.url
+    proc.stop()
     assert "Traceback" not in log.read_text(), log.read_text()
 
 
@@ -151,22 +186,27 @@ class User:
     client: httpx.Client
 
 
+def register(base_url: str, prefix: str = "user") -> User:
+    """A new user with a unique name, and an HTTP client signed in as them."""
+    client = httpx.Client(base_url=base_url, timeout=30)
+    username = f"{prefix[:12]}-{uuid.uuid4().hex[:10]}"
+    r = client.post("/api/auth/register", json={"username": username, "password": PASSWORD})
+    assert r.status_code == 201, r.text
+    return User(id=r.json()["id"], username=username, client=client)
+
+
 @pytest.fixture
 def new_user(server: str) -> Iterator[Callable[..., User]]:
     """Register a user with a unique name; returns it with a signed-in HTTP client."""
-    clients: list[httpx.Client] = []
+    users: list[User] = []
 
     def make(prefix: str = "user") -> User:
-        client = httpx.Client(base_url=server, timeout=30)
-        clients.append(client)
-        username = f"{prefix[:12]}-{uuid.uuid4().hex[:10]}"
-        r = client.post("/api/auth/register", json={"username": username, "password": PASSWORD})
-        assert r.status_code == 201, r.text
-        return User(id=r.json()["id"], username=username, client=client)
+        users.append(register(server, prefix))
+        return users[-1]
 
     yield make
-    for c in clients:
-        c.close()
+    for u in users:
+        u.client.close()
 
 
 @pytest.fixture

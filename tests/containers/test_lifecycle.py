@@ -1,0 +1,263 @@
+"""Cloud sandboxes on a real engine, with the tiny image: the worker starts, pauses,
+resumes and deletes real containers, confined as the design brief says."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import docker
+import httpx
+import psycopg
+import pytest
+
+from infrastructure.agents import DerivedSecrets
+from tests.conftest import register, run_sandbar
+from tests.containers.conftest import make_sandbox, make_workspace, wait_for
+
+
+def secrets_of(server) -> DerivedSecrets:
+    return DerivedSecrets(server.env["SANDBAR_SECRET_KEY"].encode())
+
+
+def recorded_address(database_url: str, sandbox_id: str) -> str:
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "SELECT target FROM sandbar_routes WHERE sandbox_id = %s", (sandbox_id,)
+        ).fetchone()
+    assert row and row[0], "no address recorded"
+    return row[0]
+
+
+def container(engine, sandbox_id: str):
+    return engine.containers.get(f"sandbar-{sandbox_id}")
+
+
+def no_trace_left(engine, sandbox_id: str) -> None:
+    with pytest.raises(docker.errors.NotFound):
+        container(engine, sandbox_id)
+    with pytest.raises(docker.errors.NotFound):
+        engine.volumes.get(f"sandbar-home-{sandbox_id}")
+
+
+def home_file(c, text: str | None = None) -> str:
+    if text is not None:
+        assert c.exec_run(["sh", "-c", f"echo {text} > /root/kept.txt"]).exit_code == 0
+    result = c.exec_run(["cat", "/root/kept.txt"])
+    return result.output.decode().strip() if result.exit_code == 0 else ""
+
+
+def test_create_pause_resume_delete(shared_server, engine):
+    alice = register(shared_server.url, "alice")
+    wid = make_workspace(alice)
+    sid = make_sandbox(alice, wid)
+    assert wait_for(alice.client, sid, "running", "failed")["status"] == "running"
+
+    # The recorded address is where the agent answers, with its own credential.
+    address = recorded_address(shared_server.env["SANDBAR_DATABASE_URL"], sid)
+    assert address.startswith("127.0.0.1:")
+    password = secrets_of(shared_server).upstream_credential(uuid.UUID(sid))
+    health = httpx.get(f"http://{address}/global/health", auth=("opencode", password))
+    assert health.status_code == 200
+
+    c = container(engine, sid)
+    home_file(c, "survives")
+    assert alice.client.post(f"/api/sandboxes/{sid}/pause").status_code == 202
+    wait_for(alice.client, sid, "paused")
+    c.reload()
+    assert c.status == "exited"  # stopped: its CPU and memory are free
+
+    assert alice.client.post(f"/api/sandboxes/{sid}/resume").status_code == 202
+    wait_for(alice.client, sid, "running")
+    c.reload()
+    assert c.status == "running"
+    assert home_file(c) == "survives"
+
+    assert alice.client.delete(f"/api/sandboxes/{sid}").status_code == 202
+    wait_for(alice.client, sid, "gone")
+    no_trace_left(engine, sid)
+    listed = alice.client.get(f"/api/workspaces/{wid}/sandboxes").json()
+    assert sid not in [s["id"] for s in listed]
+
+
+def test_container_is_confined_and_labelled(shared_server, engine):
+    alice = register(shared_server.url, "alice")
+    wid = make_workspace(alice)
+    sid = make_sandbox(alice, wid)
+    wait_for(alice.client, sid, "running")
+    attrs = container(engine, sid).attrs
+    host = attrs["HostConfig"]
+    assert host["CapDrop"] == ["ALL"]
+    assert "no-new-privileges" in host["SecurityOpt"]
+    assert host["Memory"] == 256 * 1024 * 1024
+    assert host["NanoCpus"] == 500_000_000
+    assert host["PidsLimit"] == 128
+    assert host["Init"] is True
+    assert not host.get("Privileged")
+    mounts = attrs["Mounts"]
+    assert [(m["Type"], m["Name"], m["Destination"]) for m in mounts] == [
+        ("volume", f"sandbar-home-{sid}", "/root")
+    ]
+    assert not any("docker.sock" in (m.get("Source") or "") for m in mounts)
+    labels = attrs["Config"]["Labels"]
+    assert labels["sandbar.sandbox"] == sid
+    assert labels["sandbar.workspace"] == wid
+    bindings = attrs["NetworkSettings"]["Ports"]["4096/tcp"]
+    assert {b["HostIp"] for b in bindings} == {"127.0.0.1"}
+
+    assert labels["sandbar.instance"] == secrets_of(shared_server).instance()
+    env = dict(e.split("=", 1) for e in attrs["Config"]["Env"])
+    secrets = secrets_of(shared_server)
+    assert env["OPENCODE_SERVER_PASSWORD"] == secrets.upstream_credential(uuid.UUID(sid))
+    config = json.loads(env["OPENCODE_CONFIG_CONTENT"])
+    options = config["provider"]["anthropic"]["options"]
+    assert options["apiKey"] == secrets.proxy_token(uuid.UUID(sid))
+    assert options["baseURL"].endswith("/proxy/anthropic/v1")
+    assert not any(k.startswith("SANDBAR_") for k in env)
+    assert shared_server.env["SANDBAR_SECRET_KEY"] not in json.dumps(attrs)
+
+
+def test_openclaw_sandbox_gets_its_gateway_token(shared_server, engine):
+    alice = register(shared_server.url, "alice")
+    sid = make_sandbox(alice, make_workspace(alice), "openclaw")
+    wait_for(alice.client, sid, "running")
+    attrs = container(engine, sid).attrs
+    env = dict(e.split("=", 1) for e in attrs["Config"]["Env"])
+    secrets = secrets_of(shared_server)
+    assert env["OPENCLAW_GATEWAY_TOKEN"] == secrets.upstream_credential(uuid.UUID(sid))
+    assert env["ANTHROPIC_API_KEY"] == secrets.proxy_token(uuid.UUID(sid))
+    assert env["ANTHROPIC_BASE_URL"].endswith("/proxy/anthropic")
+    assert "18789/tcp" in attrs["NetworkSettings"]["Ports"]
+
+
+def test_deleting_a_workspace_deletes_its_sandboxes(shared_server, engine):
+    alice = register(shared_server.url, "alice")
+    wid = make_workspace(alice)
+    sids = [make_sandbox(alice, wid) for _ in range(2)]
+    for sid in sids:
+        wait_for(alice.client, sid, "running")
+    assert alice.client.delete(f"/api/workspaces/{wid}").status_code == 204
+    deadline = time.monotonic() + 60
+    while any(_exists(engine, sid) for sid in sids):
+        assert time.monotonic() < deadline, "containers of a deleted workspace remain"
+        time.sleep(0.2)
+    for sid in sids:
+        no_trace_left(engine, sid)
+
+
+def _exists(engine, sandbox_id: str) -> bool:
+    try:
+        container(engine, sandbox_id)
+        return True
+    except docker.errors.NotFound:
+        return False
+
+
+def test_missing_image_fails_with_a_reason(container_env, start_server):
+    server = start_server(container_env(SANDBAR_OPENCLAW_IMAGE="sandbar-missing:latest"))
+    alice = register(server.url, "alice")
+    sid = make_sandbox(alice, make_workspace(alice), "openclaw")
+    body = wait_for(alice.client, sid, "failed")
+    assert "sandbar-missing:latest" in body["error"]
+    assert "make images" in body["error"]
+
+
+def test_engine_down_fails_with_a_reason_and_the_api_answers(container_env, start_server, tmp_path):
+    server = start_server(container_env(DOCKER_HOST=f"unix://{tmp_path}/no-engine.sock"))
+    alice = register(server.url, "alice")
+    wid = make_workspace(alice)
+    sid = make_sandbox(alice, wid)
+    body = wait_for(alice.client, sid, "failed")
+    assert "container engine is unavailable" in body["error"]
+    assert alice.client.get(f"/api/workspaces/{wid}").status_code == 200
+    # A failed sandbox can still be deleted.
+    assert alice.client.delete(f"/api/sandboxes/{sid}").status_code == 202
+
+
+def test_reprocessing_the_log_never_makes_a_second_container(container_env, start_server, engine):
+    env = container_env()
+    server = start_server(env)
+    alice = register(server.url, "alice")
+    wid = make_workspace(alice)
+    sids = [make_sandbox(alice, wid) for _ in range(3)]
+    for sid in sids:
+        wait_for(alice.client, sid, "running")
+    server.stop()
+    with psycopg.connect(env["SANDBAR_DATABASE_URL"], autocommit=True) as conn:
+        conn.execute("UPDATE sandbar_follower_tracking SET notification_id = 0")
+    server.start()
+    time.sleep(3)  # let the worker go through the whole log again
+    for sid in sids:
+        assert wait_for(alice.client, sid, "running")["status"] == "running"
+    ours = engine.containers.list(all=True, filters={"label": "sandbar.workspace=" + wid})
+    assert sorted(c.name for c in ours) == sorted(f"sandbar-{s}" for s in sids)
+
+
+def test_reconcile_removes_orphans_and_recreates_vanished(
+    container_env, start_server, engine, tiny_image
+):
+    env = container_env()
+    server = start_server(env)
+    alice = register(server.url, "alice")
+    sid = make_sandbox(alice, make_workspace(alice))
+    wait_for(alice.client, sid, "running")
+    server.stop()
+
+    container(engine, sid).remove(force=True)  # vanished while Sandbar was down
+    orphan_id = str(uuid.uuid4())
+    orphan = engine.containers.run(
+        tiny_image,
+        name=f"sandbar-{orphan_id}",
+        labels={"sandbar.sandbox": orphan_id, "sandbar.instance": secrets_of(server).instance()},
+        detach=True,
+    )
+    server.start()
+    deadline = time.monotonic() + 60
+    while _exists(engine, orphan_id) or not _running(engine, sid):
+        assert time.monotonic() < deadline, "reconciliation did not converge"
+        time.sleep(0.2)
+    assert orphan.name not in [c.name for c in engine.containers.list(all=True)]
+    assert wait_for(alice.client, sid, "running")["status"] == "running"
+    # The new container's address is recorded (a Relocated event) once it answers.
+    port = container(engine, sid).attrs["NetworkSettings"]["Ports"]["4096/tcp"][0]["HostPort"]
+    while recorded_address(env["SANDBAR_DATABASE_URL"], sid) != f"127.0.0.1:{port}":
+        assert time.monotonic() < deadline, "the new address was not recorded"
+        time.sleep(0.2)
+
+
+def _running(engine, sandbox_id: str) -> bool:
+    try:
+        return container(engine, sandbox_id).status == "running"
+    except docker.errors.NotFound:
+        return False
+
+
+def test_crash_while_creating_converges(container_env, start_server, engine):
+    env = container_env()
+    server = start_server(env)
+    alice = register(server.url, "alice")
+    wid = make_workspace(alice)
+    sids = [make_sandbox(alice, wid) for _ in range(6)]
+    server.kill()  # SIGKILL mid-creation
+    server.start()
+    for sid in sids:
+        assert wait_for(alice.client, sid, "running")["status"] == "running"
+    ours = engine.containers.list(all=True, filters={"label": "sandbar.workspace=" + wid})
+    assert sorted(c.name for c in ours) == sorted(f"sandbar-{s}" for s in sids)
+
+
+def test_idle_sandbox_is_paused_by_system(container_env, start_server):
+    env = container_env(SANDBAR_IDLE_TIMEOUT="2", SANDBAR_SWEEP_INTERVAL="0.5")
+    server = start_server(env)
+    alice = register(server.url, "alice")
+    sid = make_sandbox(alice, make_workspace(alice))
+    wait_for(alice.client, sid, "running")
+    wait_for(alice.client, sid, "paused", timeout=60)
+    log = run_sandbar("audit", "log", "--json", env=env)
+    assert log.returncode == 0, log.stderr
+    events = [json.loads(line) for line in log.stdout.splitlines()]
+    pauses = [
+        e for e in events if e["aggregate_id"] == sid and e["event"] == "Sandbox.PauseRequested"
+    ]
+    assert [e["actor"] for e in pauses] == ["system"]
