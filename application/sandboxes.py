@@ -62,8 +62,13 @@ class Sandboxes:
         return self._transition(actor, sandbox_id, Sandbox.request_resume)
 
     def _transition(self, actor: UUID, sandbox_id: UUID, change: Callable[[Sandbox], None]) -> Row:
-        row = self._visible(actor, sandbox_id)
-        self._access.require(row["workspace_id"], actor, roles.OPERATE_SANDBOX)
+        row = self._reads.sandbox(sandbox_id)
+        if row is None:
+            raise NotFound("sandbox not found", code="sandbox_not_found")
+        try:
+            self._access.require(row["workspace_id"], actor, roles.OPERATE_SANDBOX)
+        except NotFound:
+            raise NotFound("sandbox not found", code="sandbox_not_found") from None
 
         def command() -> None:
             sandbox = self._log.find(sandbox_id, Sandbox)

@@ -68,24 +68,17 @@ class DockerEngine:
                 self._client = None  # reconnect next time
             raise EngineUnavailable(f"the container engine is unavailable: {_reason(e)}") from e
 
-    def _find(self, client: Any, sandbox_id: UUID) -> Any | None:
-        try:
-            return client.containers.get(container_name(sandbox_id))
-        except NotFound:
-            return None
-
     def start(self, sandbox_id: UUID, workspace_id: UUID, sandbox_type: str) -> str:
         agent = agents.agent(self._settings, sandbox_type)
+        name = container_name(sandbox_id)
         with self._engine() as client:
-            container = self._find(client, sandbox_id)
-            if container is None:
-                container = self._create(client, sandbox_id, workspace_id, sandbox_type, agent)
-            if container.status == "paused":
-                container.unpause()
-            elif container.status != "running":
-                container.start()
-            container.reload()
-            return _published(container, agent.port)
+            # Start first and create only if missing: one engine call on the common path.
+            try:
+                client.api.start(name)
+            except NotFound:
+                self._create(client, sandbox_id, workspace_id, sandbox_type, agent)
+                client.api.start(name)
+            return _published(client.api.inspect_container(name), agent.port)
 
     def _create(
         self,
@@ -94,23 +87,27 @@ class DockerEngine:
         workspace_id: UUID,
         sandbox_type: str,
         agent: agents.Agent,
-    ) -> Any:
+    ) -> None:
         s = self._settings
-        try:
-            client.images.get(agent.image)
-        except ImageNotFound:
-            raise ImageMissing(
-                f"image {agent.image} is not in the container engine; build it with"
-                " `make images` or point the setting at another image"
-            ) from None
         env = agents.environment(
             s,
             sandbox_type,
             self._secrets.upstream_credential(sandbox_id),
             self._secrets.proxy_token(sandbox_id),
         )
+        host_config = client.api.create_host_config(
+            binds={volume_name(sandbox_id): {"bind": "/root", "mode": "rw"}},
+            port_bindings={agent.port: ("127.0.0.1", None)},
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+            mem_limit=s.sandbox_memory,
+            nano_cpus=int(s.sandbox_cpus * 1e9),
+            pids_limit=s.sandbox_pids,
+            init=True,
+            extra_hosts={"host.docker.internal": "host-gateway"},
+        )
         try:
-            return client.containers.create(
+            client.api.create_container(
                 agent.image,
                 name=container_name(sandbox_id),
                 labels={
@@ -120,43 +117,37 @@ class DockerEngine:
                     "sandbar.type": sandbox_type,
                 },
                 environment=env,
-                volumes={volume_name(sandbox_id): {"bind": "/root", "mode": "rw"}},
-                ports={f"{agent.port}/tcp": ("127.0.0.1", None)},
-                cap_drop=["ALL"],
-                security_opt=["no-new-privileges"],
-                mem_limit=s.sandbox_memory,
-                nano_cpus=int(s.sandbox_cpus * 1e9),
-                pids_limit=s.sandbox_pids,
-                init=True,
-                extra_hosts={"host.docker.internal": "host-gateway"},
-                detach=True,
+                ports=[agent.port],
+                host_config=host_config,
             )
+        except ImageNotFound:
+            raise ImageMissing(
+                f"image {agent.image} is not in the container engine; build it with"
+                " `make images` or point the setting at another image"
+            ) from None
         except APIError as e:
-            if e.status_code == 409:  # created concurrently: use that one
-                return client.containers.get(container_name(sandbox_id))
-            raise
+            if e.status_code != 409:  # 409: created concurrently, which is as good
+                raise
 
     def stop(self, sandbox_id: UUID) -> None:
-        with self._engine() as client:
-            container = self._find(client, sandbox_id)
-            if container is not None and container.status in {"running", "paused", "restarting"}:
-                if container.status == "paused":
-                    container.unpause()
-                container.stop(timeout=self._settings.sandbox_stop_timeout)
+        with self._engine() as client, suppress(NotFound):
+            client.api.stop(container_name(sandbox_id), timeout=self._settings.sandbox_stop_timeout)
 
     def remove(self, sandbox_id: UUID, *, volume: bool) -> None:
         with self._engine() as client:
-            container = self._find(client, sandbox_id)
-            if container is not None:
-                container.remove(force=True)
+            with suppress(NotFound):
+                client.api.remove_container(container_name(sandbox_id), force=True)
             if volume:
                 with suppress(NotFound):
-                    client.volumes.get(volume_name(sandbox_id)).remove(force=True)
+                    client.api.remove_volume(volume_name(sandbox_id), force=True)
 
     def is_running(self, sandbox_id: UUID) -> bool:
         with self._engine() as client:
-            container = self._find(client, sandbox_id)
-            return container is not None and container.status == "running"
+            try:
+                info = client.api.inspect_container(container_name(sandbox_id))
+            except NotFound:
+                return False
+            return bool(info["State"]["Running"]) and not info["State"]["Paused"]
 
     def sandbox_ids(self) -> set[UUID]:
         """Sandboxes with a container of this installation's."""
@@ -173,8 +164,8 @@ class DockerEngine:
             return ids
 
 
-def _published(container: Any, port: int) -> str:
-    bindings = container.attrs["NetworkSettings"]["Ports"].get(f"{port}/tcp") or []
+def _published(info: dict[str, Any], port: int) -> str:
+    bindings = info["NetworkSettings"]["Ports"].get(f"{port}/tcp") or []
     for b in bindings:
         if b.get("HostIp") in ("127.0.0.1", "0.0.0.0", ""):  # noqa: S104 - reading, not binding
             return f"127.0.0.1:{b['HostPort']}"

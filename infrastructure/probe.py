@@ -32,4 +32,4 @@ class HealthProbe:
                     pass
                 if time.monotonic() >= deadline:
                     return False
-                time.sleep(0.05)
+                time.sleep(0.02)
