@@ -4,6 +4,10 @@ resumes and deletes real containers, confined as the design brief says."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 import uuid
 
@@ -13,7 +17,7 @@ import psycopg
 import pytest
 
 from infrastructure.agents import DerivedSecrets
-from tests.conftest import register, run_sandbar
+from tests.conftest import ROOT, register, run_sandbar
 from tests.containers.conftest import make_sandbox, make_workspace, wait_for
 
 
@@ -261,3 +265,27 @@ def test_idle_sandbox_is_paused_by_system(container_env, start_server):
         e for e in events if e["aggregate_id"] == sid and e["event"] == "Sandbox.PauseRequested"
     ]
     assert [e["actor"] for e in pauses] == ["system"]
+
+
+def test_worker_runs_apart_from_the_api(container_env, start_server, tmp_path):
+    env = container_env(SANDBAR_WORKER="false")
+    server = start_server(env)
+    alice = register(server.url, "alice")
+    sid = make_sandbox(alice, make_workspace(alice))
+    time.sleep(1)
+    assert alice.client.get(f"/api/sandboxes/{sid}").json()["status"] == "creating"
+
+    log = (tmp_path / "worker.log").open("wb")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "interfaces.cli.main", "worker"],
+        env={**os.environ, **env},
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        assert wait_for(alice.client, sid, "running")["status"] == "running"
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0
+    assert "Traceback" not in (tmp_path / "worker.log").read_text()
