@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from interfaces.http.errors import error_response
 
 _SAFE = {"GET", "HEAD", "OPTIONS"}
+Problem = tuple[int, str, str]  # status, code, message
 
 
 class RequestGuard:
@@ -26,58 +27,14 @@ class RequestGuard:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        if scope["method"] not in _SAFE:
-            origin = headers.get("origin")
-            if origin and urlsplit(origin).netloc != headers.get("host", ""):
-                await self._refuse(
-                    scope,
-                    receive,
-                    send,
-                    403,
-                    "cross_origin",
-                    "requests from another origin may not change anything",
-                )
-                return
-        length = headers.get("content-length")
-        if length is not None:
-            if not length.isdigit():
-                await self._refuse(
-                    scope, receive, send, 400, "bad_request", "Content-Length is not a number"
-                )
-                return
-            if int(length) > self.max_body:
-                await self._refuse(
-                    scope,
-                    receive,
-                    send,
-                    413,
-                    "body_too_large",
-                    f"the request body is over {self.max_body} bytes",
-                )
-                return
-        body, too_large = await self._read(receive)
-        if too_large:
-            await self._refuse(
-                scope,
-                receive,
-                send,
-                413,
-                "body_too_large",
-                f"the request body is over {self.max_body} bytes",
-            )
+        problem = self._check_headers(scope["method"], headers)
+        body = b""
+        if problem is None:
+            body, too_large = await self._read(receive)
+            problem = self._check_body(body, too_large, headers)
+        if problem is not None:
+            await error_response(*problem)(scope, receive, send)
             return
-        if body.strip():
-            media = headers.get("content-type", "").split(";")[0].strip().lower()
-            if media != "application/json":
-                await self._refuse(
-                    scope,
-                    receive,
-                    send,
-                    415,
-                    "unsupported_media_type",
-                    "send the body as application/json",
-                )
-                return
 
         sent = False
 
@@ -89,6 +46,29 @@ class RequestGuard:
             return await receive()
 
         await self.app(scope, replay, send)
+
+    def _check_headers(self, method: str, headers: dict[str, str]) -> Problem | None:
+        if method not in _SAFE:
+            origin = headers.get("origin")
+            if origin and urlsplit(origin).netloc != headers.get("host", ""):
+                return 403, "cross_origin", "requests from another origin may not change anything"
+        length = headers.get("content-length")
+        if length is not None and not length.isdigit():
+            return 400, "bad_request", "Content-Length is not a number"
+        if length is not None and int(length) > self.max_body:
+            return self._too_large()
+        return None
+
+    def _check_body(self, body: bytes, too_large: bool, headers: dict[str, str]) -> Problem | None:
+        if too_large:
+            return self._too_large()
+        media = headers.get("content-type", "").split(";")[0].strip().lower()
+        if body.strip() and media != "application/json":
+            return 415, "unsupported_media_type", "send the body as application/json"
+        return None
+
+    def _too_large(self) -> Problem:
+        return 413, "body_too_large", f"the request body is over {self.max_body} bytes"
 
     async def _read(self, receive: Receive) -> tuple[bytes, bool]:
         """The whole body (API bodies are small), or stop once it passes the cap."""
@@ -106,9 +86,3 @@ class RequestGuard:
             if not message.get("more_body", False):
                 break
         return b"".join(chunks), False
-
-    @staticmethod
-    async def _refuse(
-        scope: Scope, receive: Receive, send: Send, status: int, code: str, message: str
-    ) -> None:
-        await error_response(status, code, message)(scope, receive, send)
