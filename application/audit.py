@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -15,6 +15,9 @@ from domain.users import User
 from domain.workspaces import Membership, Workspace
 
 PAGE = 1000
+# Events are stamped when made, just before their save, so two concurrent saves can commit
+# out of time order by a moment: a reader looking for "up to T" reads a little past T.
+SKEW = timedelta(seconds=30)
 # Event attributes that are bookkeeping rather than what happened.
 _META = {"originator_id", "originator_version", "timestamp", "originator_topic", "actor"}
 
@@ -34,17 +37,17 @@ class Entry:
 class Filter:
     workspace_id: UUID | None = None
     user_id: UUID | None = None
+    username: str | None = None  # the user, by name, when their id is not known
     since: datetime | None = None
     until: datetime | None = None
 
-    def admits(self, entry: Entry) -> bool:
+    def admits(self, entry: Entry, names: dict[str, str]) -> bool:
         if self.workspace_id and entry.workspace_id != self.workspace_id:
             return False
-        if self.user_id and str(self.user_id) not in (
-            entry.actor,
-            str(entry.aggregate_id),
-            str(entry.fields.get("user_id")),
-        ):
+        involved = {entry.actor, str(entry.aggregate_id), str(entry.fields.get("user_id"))}
+        if self.user_id and str(self.user_id) not in involved:
+            return False
+        if self.username and self.username.lower() not in {names.get(i) for i in involved}:
             return False
         if self.since and entry.time < self.since:
             return False
@@ -64,22 +67,30 @@ class Snapshot:
 class AuditLog:
     def __init__(self, log: EventLog) -> None:
         self._log = log
+        # User id (as text) -> username, for every user registered in what was read so far.
+        self.names: dict[str, str] = {}
 
-    def events(self) -> Iterator[tuple[int, Any]]:
-        """Every domain event with its position in the log, oldest first."""
+    def events(self, until: datetime | None = None) -> Iterator[tuple[int, Any]]:
+        """Every domain event with its position in the log, oldest first (stopping a
+        little past ``until`` when given)."""
         start = 1
         while True:
             page = self._log.recorder.select_notifications(start=start, limit=PAGE)
             if not page:
                 return
             for n in page:
-                yield n.id, self._log.mapper.to_domain_event(n)
+                event = self._log.mapper.to_domain_event(n)
+                if until is not None and event.timestamp > until + SKEW:
+                    return
+                if isinstance(event, User.Registered):
+                    self.names[str(event.originator_id)] = event.username
+                yield n.id, event
             start = page[-1].id + 1
 
     def entries(self, where: Filter | None = None) -> Iterator[Entry]:
         where = where or Filter()
         workspace_of: dict[UUID, UUID] = {}
-        for position, e in self.events():
+        for position, e in self.events(until=where.until):
             owner = type(e).__qualname__.split(".")[0]
             if owner == "Workspace":
                 workspace_of[e.originator_id] = e.originator_id
@@ -95,33 +106,21 @@ class AuditLog:
                 fields={k: v for k, v in e.__dict__.items() if k not in _META},
             )
             if where.until and entry.time > where.until:
-                return  # the log is in time order
-            if where.admits(entry):
+                continue
+            if where.admits(entry, self.names):
                 yield entry
-
-    def usernames(self) -> dict[str, str]:
-        """User id (as text) -> username, from the log."""
-        return {
-            str(e.originator_id): e.username
-            for _, e in self.events()
-            if isinstance(e, User.Registered)
-        }
 
     def replay(self, workspace_id: UUID, at: datetime) -> Snapshot:
         """Fold the log up to ``at`` with the aggregates' own event handlers."""
         aggregates: dict[UUID, Any] = {}
-        names: dict[UUID, str] = {}
-        for _, e in self.events():
-            if e.timestamp > at:
-                break
-            if isinstance(e, User.Registered):
-                names[e.originator_id] = e.username
-            aggregates[e.originator_id] = e.mutate(aggregates.get(e.originator_id))
+        for _, e in self.events(until=at):
+            if e.timestamp <= at:
+                aggregates[e.originator_id] = e.mutate(aggregates.get(e.originator_id))
         workspace = aggregates.get(workspace_id)
         if not isinstance(workspace, Workspace):
             return Snapshot(at, None, [], [])
         members = [
-            (a, names.get(a.user_id, str(a.user_id)))
+            (a, self.names.get(str(a.user_id), str(a.user_id)))
             for a in aggregates.values()
             if isinstance(a, Membership) and a.workspace_id == workspace_id and a.active
         ]

