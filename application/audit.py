@@ -31,23 +31,20 @@ class Entry:
     aggregate_id: UUID
     workspace_id: UUID | None
     fields: dict[str, Any]
+    user_id: str | None = None  # the user the event is about, if any
 
 
 @dataclass(frozen=True)
 class Filter:
     workspace_id: UUID | None = None
-    user_id: UUID | None = None
-    username: str | None = None  # the user, by name, when their id is not known
+    user_id: UUID | None = None  # events by or about this user
     since: datetime | None = None
     until: datetime | None = None
 
-    def admits(self, entry: Entry, names: dict[str, str]) -> bool:
+    def admits(self, entry: Entry) -> bool:
         if self.workspace_id and entry.workspace_id != self.workspace_id:
             return False
-        involved = {entry.actor, str(entry.aggregate_id), str(entry.fields.get("user_id"))}
-        if self.user_id and str(self.user_id) not in involved:
-            return False
-        if self.username and self.username.lower() not in {names.get(i) for i in involved}:
+        if self.user_id and str(self.user_id) not in (entry.actor, entry.user_id):
             return False
         if self.since and entry.time < self.since:
             return False
@@ -90,12 +87,18 @@ class AuditLog:
     def entries(self, where: Filter | None = None) -> Iterator[Entry]:
         where = where or Filter()
         workspace_of: dict[UUID, UUID] = {}
+        user_of: dict[UUID, str] = {}  # aggregate -> the user it is about
         for position, e in self.events(until=where.until):
             owner = type(e).__qualname__.split(".")[0]
             if owner == "Workspace":
                 workspace_of[e.originator_id] = e.originator_id
             elif hasattr(e, "workspace_id"):
                 workspace_of[e.originator_id] = e.workspace_id
+            if owner == "User":
+                user_of[e.originator_id] = str(e.originator_id)
+            elif owner == "Membership" and hasattr(e, "user_id"):
+                user_of[e.originator_id] = str(e.user_id)
+            subject = str(e.user_id) if hasattr(e, "user_id") else user_of.get(e.originator_id)
             entry = Entry(
                 position=position,
                 time=e.timestamp,
@@ -104,10 +107,11 @@ class AuditLog:
                 aggregate_id=e.originator_id,
                 workspace_id=workspace_of.get(e.originator_id),
                 fields={k: v for k, v in e.__dict__.items() if k not in _META},
+                user_id=subject,
             )
             if where.until and entry.time > where.until:
                 continue
-            if where.admits(entry, self.names):
+            if where.admits(entry):
                 yield entry
 
     def replay(self, workspace_id: UUID, at: datetime) -> Snapshot:

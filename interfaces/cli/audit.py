@@ -22,7 +22,13 @@ def _time(value: str) -> datetime:
         raise argparse.ArgumentTypeError(
             f"{value!r} is not a time; use RFC 3339, e.g. 2026-11-28T18:00:00Z"
         ) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is outside the years 1 to 9999 in UTC"
+        ) from None
 
 
 def _uuid(value: str) -> UUID:
@@ -57,19 +63,18 @@ def _log(args: argparse.Namespace) -> int:
     log = _open()
     audit = AuditLog(log)
     names = audit.names  # filled in as the log is read
-    user_id, username = None, None
+    user_id = None
     if args.user:
         try:
             user_id = UUID(args.user)
         except ValueError:
-            username = args.user
-    where = Filter(
-        workspace_id=args.workspace,
-        user_id=user_id,
-        username=username,
-        since=args.since,
-        until=args.until,
-    )
+            user = _user_by_name(log, args.user)
+            if user is None:
+                print(f"sandbar: no user is named {args.user!r}", file=sys.stderr)
+                log.close()
+                return 2
+            user_id = user
+    where = Filter(workspace_id=args.workspace, user_id=user_id, since=args.since, until=args.until)
     rows = []
     for entry in audit.entries(where):
         if args.json:
@@ -98,10 +103,14 @@ def _log(args: argparse.Namespace) -> int:
     if not args.json:
         table(["#", "TIME", "ACTOR", "EVENT", "AGGREGATE", "DETAILS"], rows)
     log.close()
-    if username and username.lower() not in names.values():
-        print(f"sandbar: no user is named {username!r}", file=sys.stderr)
-        return 2
     return 0
+
+
+def _user_by_name(log: Any, username: str) -> UUID | None:
+    from projections.queries import ReadModelQueries
+
+    row = ReadModelQueries(log.recorder.datastore).user_by_username(username)
+    return row["id"] if row else None
 
 
 def _replay(args: argparse.Namespace) -> int:
