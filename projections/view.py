@@ -51,13 +51,21 @@ class ReadModelView(PostgresTrackingRecorder):
             SQL(f"CREATE TABLE IF NOT EXISTS {META_TABLE} (version integer NOT NULL)")
         )
         self.sql_create_statements.extend(SQL(s) for s in read_model.create_statements())
+        self._advance_tracking = SQL(
+            "INSERT INTO {0} (application_name, notification_id) VALUES (%s, %s)"
+            " ON CONFLICT (application_name) DO UPDATE"
+            " SET notification_id = GREATEST({0}.notification_id, EXCLUDED.notification_id)"
+        ).format(Identifier(self.tracking_table_name))
 
     # Keeping up with the log.
     def apply_inline(self, curs: Cursor[Any], events: Sequence[Any], last_id: int) -> None:
-        """Called in the transaction that records ``events``, after their insert."""
+        """Called in the transaction that records ``events``, after their insert.
+
+        Saves are serialized by the events table's lock, so ``last_id`` only grows: the
+        tracking row is set without reading it back (no extra round trip)."""
         for event in events:
             read_model.apply(curs, event)
-        self._insert_tracking(curs, Tracking(APPLICATION_NAME, last_id))
+        curs.execute(self._advance_tracking, (APPLICATION_NAME, last_id), prepare=True)
 
     def process(self, event: Any, tracking: Tracking) -> None:
         """Apply one event and its tracking in one transaction (a follower's path)."""
