@@ -289,3 +289,35 @@ def test_worker_runs_apart_from_the_api(container_env, start_server, tmp_path):
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=30) == 0
     assert "Traceback" not in (tmp_path / "worker.log").read_text()
+
+
+def test_activity_keeps_a_sandbox_running(container_env, start_server):
+    """The activity port (fed by the proxies) is shared through the database: a sandbox in
+    use is not paused, and is paused once its use stops."""
+    from eventsourcing.postgres import PostgresDatastore
+    from psycopg.conninfo import conninfo_to_dict
+
+    from infrastructure.activity import ActivityTable
+
+    env = container_env(SANDBAR_IDLE_TIMEOUT="3", SANDBAR_SWEEP_INTERVAL="0.5")
+    server = start_server(env)
+    alice = register(server.url, "alice")
+    sid = make_sandbox(alice, make_workspace(alice))
+    wait_for(alice.client, sid, "running")
+
+    info = conninfo_to_dict(env["SANDBAR_DATABASE_URL"])
+    datastore = PostgresDatastore(
+        info["dbname"],
+        info.get("host", "127.0.0.1"),
+        info.get("port", 5432),
+        info.get("user", "postgres"),
+        info.get("password", ""),
+    )
+    activity = ActivityTable(datastore, flush_every=0)
+    in_use_until = time.monotonic() + 6  # twice the idle timeout
+    while time.monotonic() < in_use_until:
+        activity.touch(uuid.UUID(sid))
+        assert alice.client.get(f"/api/sandboxes/{sid}").json()["status"] == "running"
+        time.sleep(0.3)
+    wait_for(alice.client, sid, "paused", timeout=60)
+    datastore.close()
