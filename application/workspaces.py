@@ -79,7 +79,7 @@ class Workspaces:
             raise NotFound(f"no user is named {username.strip()!r}", code="user_not_found")
         user_id: UUID = user["id"]
 
-        def command() -> None:
+        def command() -> Membership:
             workspace = self._workspace(workspace_id)
             membership = self._log.find(Membership.create_id(workspace_id, user_id), Membership)
             with acting_as(actor), rule_conflicts():
@@ -92,15 +92,15 @@ class Workspaces:
                 if role is Role.owner:
                     workspace.grant_ownership(user_id)
             self._log.save(membership, workspace)
+            return membership
 
-        self._log.retrying(command)
-        return self._member(workspace_id, user_id)
+        return self._member(self._log.retrying(command))
 
     def change_role(self, actor: UUID, workspace_id: UUID, user_id: UUID, role_name: str) -> Row:
         self._access.require(workspace_id, actor, roles.MANAGE_MEMBERS)
         role = validation.role(role_name)
 
-        def command() -> None:
+        def command() -> Membership:
             workspace = self._workspace(workspace_id)
             membership = self._membership(workspace_id, user_id)
             with acting_as(actor), rule_conflicts():
@@ -110,9 +110,9 @@ class Workspaces:
                     workspace.revoke_ownership(user_id)
                 membership.change_role(role)
             self._log.save(membership, workspace)
+            return membership
 
-        self._log.retrying(command)
-        return self._member(workspace_id, user_id)
+        return self._member(self._log.retrying(command))
 
     def remove_member(self, actor: UUID, workspace_id: UUID, user_id: UUID) -> None:
         if user_id != actor:  # anyone may leave; removing someone else takes an owner
@@ -143,8 +143,16 @@ class Workspaces:
             raise NotFound("that user is not a member of this workspace", code="member_not_found")
         return membership
 
-    def _member(self, workspace_id: UUID, user_id: UUID) -> Row:
-        row = self._reads.member(workspace_id, user_id)
-        if row is None:  # removed again by a concurrent request
-            raise NotFound("that user is not a member of this workspace", code="member_not_found")
-        return row
+    def _member(self, saved: Membership) -> Row:
+        """The member as the views show it; if a concurrent request already removed them
+        again, as this command left them (the command did succeed)."""
+        row = self._reads.member(saved.workspace_id, saved.user_id)
+        if row is not None:
+            return row
+        user = self._reads.user(saved.user_id) or {}
+        return {
+            "user_id": saved.user_id,
+            "username": user.get("username", ""),
+            "role": saved.role,
+            "added_at": saved.modified_on,
+        }
