@@ -34,8 +34,9 @@ class Sandboxes:
         self._access.require(workspace_id, actor, roles.OPERATE_SANDBOX)
         name = validation.name(name)
         sandbox_type = validation.sandbox_type(type_name)
+        guard = self._access.guard(workspace_id, actor, roles.OPERATE_SANDBOX)
 
-        def command() -> UUID:
+        def command() -> Sandbox:
             workspace = self._log.find(workspace_id, Workspace)
             if workspace is None or workspace.deleted:
                 raise NotFound("workspace not found", code="workspace_not_found")
@@ -47,10 +48,10 @@ class Sandboxes:
                     kind=Kind.cloud.value,
                 )
                 workspace.attach_sandbox(sandbox.id)
-            self._log.save(sandbox, workspace)
-            return sandbox.id
+            self._log.save(sandbox, workspace, checks=[guard])
+            return sandbox
 
-        return self.get(actor, self._log.retrying(command))
+        return self._answer(actor, self._log.retrying(command))
 
     def delete(self, actor: UUID, sandbox_id: UUID) -> Row:
         return self._transition(actor, sandbox_id, Sandbox.request_deletion)
@@ -69,17 +70,37 @@ class Sandboxes:
             self._access.require(row["workspace_id"], actor, roles.OPERATE_SANDBOX)
         except NotFound:
             raise NotFound("sandbox not found", code="sandbox_not_found") from None
+        guard = self._access.guard(row["workspace_id"], actor, roles.OPERATE_SANDBOX)
 
-        def command() -> None:
+        def command() -> Sandbox:
             sandbox = self._log.find(sandbox_id, Sandbox)
             if sandbox is None:
                 raise NotFound("sandbox not found", code="sandbox_not_found")
             with acting_as(actor), rule_conflicts():
                 change(sandbox)
-            self._log.save(sandbox)
+            self._log.save(sandbox, checks=[guard])
+            return sandbox
 
-        self._log.retrying(command)
-        return self._visible(actor, sandbox_id)
+        return self._answer(actor, self._log.retrying(command))
+
+    def _answer(self, actor: UUID, saved: Sandbox) -> Row:
+        """The sandbox as the views show it, even if the caller lost sight of it meanwhile
+        (their workspace deleted, or they removed): the command they sent did succeed."""
+        row = self._reads.sandbox(saved.id)
+        if row is not None:
+            return row
+        return {  # gone from the views already
+            "id": saved.id,
+            "workspace_id": saved.workspace_id,
+            "name": saved.name,
+            "type": saved.type.value,
+            "kind": saved.kind.value,
+            "status": saved.status.value,
+            "error": saved.error,
+            "created_by": str(actor) if saved.version == 1 else None,
+            "created_at": saved.created_on,
+            "updated_at": saved.modified_on,
+        }
 
     def _visible(self, actor: UUID, sandbox_id: UUID) -> Row:
         row = self._reads.sandbox(sandbox_id)

@@ -56,6 +56,7 @@ class Workspaces:
 
     def delete(self, actor: UUID, workspace_id: UUID) -> None:
         self._access.require(workspace_id, actor, roles.MANAGE_MEMBERS)
+        guard = self._access.guard(workspace_id, actor, roles.MANAGE_MEMBERS)
 
         def command() -> None:
             workspace = self._workspace(workspace_id)
@@ -65,7 +66,7 @@ class Workspaces:
                 live = [s for s in sandboxes if s is not None and s.is_live]
                 for sandbox in live:
                     sandbox.request_deletion()
-            self._log.save(workspace, *live)
+            self._log.save(workspace, *live, checks=[guard])
 
         self._log.retrying(command)
 
@@ -74,6 +75,8 @@ class Workspaces:
         role = validation.role(role_name)
         if role is Role.owner and actor_role is not Role.owner:
             raise Forbidden("only an owner can add another owner")
+        least = Role.owner if role is Role.owner else roles.ADD_MEMBER
+        guard = self._access.guard(workspace_id, actor, least)
         user = self._reads.user_by_username(username.strip())
         if user is None:
             raise NotFound(f"no user is named {username.strip()!r}", code="user_not_found")
@@ -91,7 +94,7 @@ class Workspaces:
                     membership.rejoin(role)
                 if role is Role.owner:
                     workspace.grant_ownership(user_id)
-            self._log.save(membership, workspace)
+            self._log.save(membership, workspace, checks=[guard])
             return membership
 
         return self._member(self._log.retrying(command))
@@ -99,6 +102,7 @@ class Workspaces:
     def change_role(self, actor: UUID, workspace_id: UUID, user_id: UUID, role_name: str) -> Row:
         self._access.require(workspace_id, actor, roles.MANAGE_MEMBERS)
         role = validation.role(role_name)
+        guard = self._access.guard(workspace_id, actor, roles.MANAGE_MEMBERS)
 
         def command() -> Membership:
             workspace = self._workspace(workspace_id)
@@ -109,16 +113,16 @@ class Workspaces:
                 else:
                     workspace.revoke_ownership(user_id)
                 membership.change_role(role)
-            self._log.save(membership, workspace)
+            self._log.save(membership, workspace, checks=[guard])
             return membership
 
         return self._member(self._log.retrying(command))
 
     def remove_member(self, actor: UUID, workspace_id: UUID, user_id: UUID) -> None:
-        if user_id != actor:  # anyone may leave; removing someone else takes an owner
-            self._access.require(workspace_id, actor, roles.MANAGE_MEMBERS)
-        else:
-            self._access.require(workspace_id, actor, roles.READ)
+        # Anyone may leave; removing someone else takes an owner.
+        least = roles.READ if user_id == actor else roles.MANAGE_MEMBERS
+        self._access.require(workspace_id, actor, least)
+        guard = self._access.guard(workspace_id, actor, least)
 
         def command() -> None:
             workspace = self._workspace(workspace_id)
@@ -126,7 +130,7 @@ class Workspaces:
             with acting_as(actor), rule_conflicts():
                 workspace.revoke_ownership(user_id)
                 membership.remove()
-            self._log.save(membership, workspace)
+            self._log.save(membership, workspace, checks=[guard])
 
         self._log.retrying(command)
 

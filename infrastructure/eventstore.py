@@ -1,9 +1,10 @@
 """The event store: eventsourcing's PostgreSQL recorder, extended so that the events of a
-save, the read model's rows for them, its tracking row and any credential writes commit
-in one transaction.
+save, the checks that guard it, the read model's rows for it, its tracking row and any
+credential writes commit in one transaction, or not at all.
 
 Selected by the application's environment (``APPLICATION_RECORDER_TOPIC``). Writers are
-serialized by the library's lock on the events table, so views apply in log order.
+serialized by the library's lock on the events table, so views apply in log order, and a
+check run under that lock sees every earlier save.
 """
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from eventsourcing.persistence import StoredEvent
+from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+from eventsourcing.utils import retry
 from psycopg import Cursor
 
 from projections.view import ReadModelView
 
-# A write to run in the save's transaction after its events (credentials, sessions).
+# Something to run in the save's transaction: a check before the views change (it may
+# raise to refuse the save), or a write after them (credentials).
 SideWrite = Callable[[Cursor[Any]], None]
 
 
@@ -30,18 +33,38 @@ class ProjectingRecorder(PostgresApplicationRecorder):
         super().create_table()
         self.read_model.create_table()
 
-    def _fetch_ids_after_insert_events(
+    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
+    def insert_events(
         self,
-        curs: Cursor[Any],
         stored_events: Sequence[StoredEvent],
         *,
         projected_events: Sequence[Any] = (),
+        checks: Sequence[SideWrite] = (),
         side_writes: Sequence[SideWrite] = (),
         **kwargs: Any,
     ) -> Sequence[int] | None:
-        ids = super()._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
-        if ids:
-            self.read_model.apply_inline(curs, projected_events, max(ids))
-        for write in side_writes:
-            write(curs)
+        """As the library's, except that any error after the insert (a check that refuses,
+        a projection that fails) rolls the whole save back: the library's own version
+        commits the events when an exception is raised after their insert."""
+        if not stored_events:
+            return []
+        error: Exception | None = None
+        ids: Sequence[int] | None = None
+        with self.datastore.get_connection() as conn:
+            with conn.pipeline() as pipeline:
+                try:
+                    with conn.transaction(), conn.cursor() as curs:
+                        self._insert_stored_events(curs, stored_events, **kwargs)
+                        pipeline.sync()  # a version conflict raises here
+                        ids = self._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
+                        for check in checks:
+                            check(curs)
+                        if ids:
+                            self.read_model.apply_inline(curs, projected_events, max(ids))
+                        for write in side_writes:
+                            write(curs)
+                except Exception as e:  # raised after the pipeline closes, as the library does
+                    error = e
+            if error is not None:
+                raise error
         return ids

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
@@ -50,6 +51,23 @@ class ReadModelQueries:
             (workspace_id, user_id),
         )
         return row["role"] if row else None
+
+    @staticmethod
+    def role_check(
+        workspace_id: UUID, user_id: UUID, check: Callable[[str | None], None]
+    ) -> Callable[[Any], None]:
+        """``check`` the user's role as a save's transaction sees it (see eventstore)."""
+
+        def run(curs: Any) -> None:
+            curs.execute(
+                "SELECT role FROM sandbar_members WHERE workspace_id = %s AND user_id = %s"
+                " AND active",
+                (workspace_id, user_id),
+            )
+            row = curs.fetchone()
+            check(row["role"] if row else None)
+
+        return run
 
     def workspaces_of(self, user_id: UUID) -> list[Row]:
         return self._all(
