@@ -39,7 +39,7 @@ def email(value: str | None) -> str | None:
     if value is None:
         return None
     value = value.strip()
-    if len(value) > 254 or not _EMAIL.fullmatch(value):
+    if len(value) > 254 or not value.isprintable() or not _EMAIL.fullmatch(value):
         raise Invalid("email must be an email address", field="email")
     return value
 

@@ -4,6 +4,7 @@ Bad input is a 4xx naming the problem; anything unexpected is a bare 500, never 
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import orjson
@@ -53,7 +54,7 @@ def error_response(
     headers: dict[str, str] | None = None,
 ) -> Response:
     body: dict[str, Any] = {"code": code, "message": message}
-    if field:
+    if field is not None:
         body["field"] = field
     return Response(
         orjson.dumps({"error": body}),
@@ -72,9 +73,9 @@ async def _app_error(_: Request, exc: Exception) -> Response:
 
 def _describe(error: dict[str, Any]) -> tuple[int, str, str, str | None]:
     """(status, code, message, field) for one of pydantic's validation errors."""
-    loc = [str(p) for p in error.get("loc", ()) if p != "body"]
+    loc = [str(p) for p in error.get("loc", ())][1:]  # drop the leading "body"
     kind = error.get("type", "")
-    field = ".".join(loc) or None
+    field = ".".join(loc) if loc else None
     if kind == "json_invalid":
         return 400, "malformed_json", "the request body is not valid JSON", None
     if field is None:
@@ -103,11 +104,28 @@ async def _validation_error(_: Request, exc: Exception) -> Response:
     return error_response(status, code, message, field)
 
 
-async def _http_error(_: Request, exc: Exception) -> Response:
+async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = _HTTP_CODES.get(exc.status_code, "error")
     message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
-    return error_response(exc.status_code, code, message, headers=exc.headers)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        allowed = _allowed_methods(request)
+        headers["Allow"] = ", ".join(allowed)
+        message = f"{request.method} is not allowed here; use {', '.join(allowed)}"
+    return error_response(exc.status_code, code, message, headers=headers)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method the API offers for this path, from its OpenAPI document (public,
+    and it lists every route, whichever router holds it)."""
+    path = request.url.path
+    methods: set[str] = set()
+    for template, operations in request.app.openapi()["paths"].items():
+        pattern = re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(template))
+        if re.fullmatch(pattern, path):
+            methods.update(m.upper() for m in operations)
+    return sorted(methods)
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:

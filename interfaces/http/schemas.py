@@ -3,11 +3,28 @@ cases (application.validation), so the CLI and API share one set of rules."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, field_validator
 
 
 class Body(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
+
+    @field_validator("username", "password", "email", "name", check_fields=False)
+    @classmethod
+    def _plain_text(cls, value: Any) -> Any:
+        """No free-text field may hold NUL or an unpaired surrogate (JSON allows both;
+        neither can be stored or hashed). Fields with a fixed set of values (role, type)
+        are refused with that set by the use cases."""
+        if isinstance(value, str):
+            if "\x00" in value:
+                raise ValueError("must not contain NUL characters")
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("must be valid Unicode text") from None
+        return value
 
 
 class Register(Body):
