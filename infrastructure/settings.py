@@ -1,24 +1,14 @@
-"""One settings object, read from the environment (``SANDBAR_*``)."""
+"""One settings object, read from the environment: each field ``name`` is set by the
+variable ``SANDBAR_NAME`` (upper case), parsed by the field's type."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TypeVar
-
-T = TypeVar("T")
-
-
-def _read(env: dict[str, str], name: str, default: T, parse: Callable[[str], T], what: str) -> T:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return parse(raw)
-    except ValueError:
-        raise SystemExit(f"{name} must be {what}, got {raw!r}") from None
+from typing import Any
 
 
 def _boolean(raw: str) -> bool:
@@ -30,16 +20,14 @@ def _boolean(raw: str) -> bool:
     raise ValueError(raw)
 
 
-def _int(env: dict[str, str], name: str, default: int) -> int:
-    return _read(env, name, default, int, "an integer")
-
-
-def _float(env: dict[str, str], name: str, default: float) -> float:
-    return _read(env, name, default, float, "a number")
-
-
-def _bool(env: dict[str, str], name: str, default: bool) -> bool:
-    return _read(env, name, default, _boolean, "true or false")
+# How to read each type of field, and what to call it in an error; bool before int.
+_READERS: list[tuple[type, Callable[[str], Any], str]] = [
+    (bool, _boolean, "true or false"),
+    (int, int, "an integer"),
+    (float, float, "a number"),
+    (Path, Path, "a path"),
+    (str, str, "text"),
+]
 
 
 @dataclass(frozen=True)
@@ -50,10 +38,10 @@ class Settings:
     base_domain: str = "localhost"
     public_scheme: str = "http"
     cookie_secure: bool = False
-    session_ttl_seconds: int = 14 * 24 * 3600
+    session_ttl: int = 14 * 24 * 3600  # seconds
     max_body_bytes: int = 1024 * 1024
     login_max_failures: int = 5
-    login_window_seconds: int = 300
+    login_window: int = 300  # seconds
     argon2_time_cost: int = 3
     argon2_memory_kib: int = 65536
     argon2_parallelism: int = 4
@@ -72,36 +60,26 @@ class Settings:
     sweep_interval: float = 30.0
     sandbox_api_url: str = "http://host.docker.internal:8080"
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sandbox_api_url", self.sandbox_api_url.rstrip("/"))
+
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
-        env = dict(os.environ if env is None else env)
-        return cls(
-            database_url=env.get("SANDBAR_DATABASE_URL") or None,
-            data_dir=Path(env.get("SANDBAR_DATA_DIR") or ".sandbar"),
-            secret_key=env.get("SANDBAR_SECRET_KEY") or None,
-            base_domain=env.get("SANDBAR_BASE_DOMAIN") or "localhost",
-            public_scheme=env.get("SANDBAR_PUBLIC_SCHEME") or "http",
-            cookie_secure=_bool(env, "SANDBAR_COOKIE_SECURE", False),
-            session_ttl_seconds=_int(env, "SANDBAR_SESSION_TTL", 14 * 24 * 3600),
-            max_body_bytes=_int(env, "SANDBAR_MAX_BODY_BYTES", 1024 * 1024),
-            login_max_failures=_int(env, "SANDBAR_LOGIN_MAX_FAILURES", 5),
-            login_window_seconds=_int(env, "SANDBAR_LOGIN_WINDOW", 300),
-            argon2_time_cost=_int(env, "SANDBAR_ARGON2_TIME_COST", 3),
-            argon2_memory_kib=_int(env, "SANDBAR_ARGON2_MEMORY_KIB", 65536),
-            argon2_parallelism=_int(env, "SANDBAR_ARGON2_PARALLELISM", 4),
-            db_pool_size=_int(env, "SANDBAR_DB_POOL_SIZE", 10),
-            db_max_overflow=_int(env, "SANDBAR_DB_MAX_OVERFLOW", 10),
-            worker=_bool(env, "SANDBAR_WORKER", True),
-            opencode_image=env.get("SANDBAR_OPENCODE_IMAGE") or "sandbar-opencode:latest",
-            openclaw_image=env.get("SANDBAR_OPENCLAW_IMAGE") or "sandbar-openclaw:latest",
-            sandbox_memory=env.get("SANDBAR_SANDBOX_MEMORY") or "2g",
-            sandbox_cpus=_float(env, "SANDBAR_SANDBOX_CPUS", 1.0),
-            sandbox_pids=_int(env, "SANDBAR_SANDBOX_PIDS", 512),
-            sandbox_stop_timeout=_int(env, "SANDBAR_SANDBOX_STOP_TIMEOUT", 5),
-            ready_timeout=_int(env, "SANDBAR_READY_TIMEOUT", 120),
-            idle_timeout=_int(env, "SANDBAR_IDLE_TIMEOUT", 1800),
-            sweep_interval=_float(env, "SANDBAR_SWEEP_INTERVAL", 30.0),
-            sandbox_api_url=(
-                env.get("SANDBAR_SANDBOX_API_URL") or "http://host.docker.internal:8080"
-            ).rstrip("/"),
-        )
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """The settings in ``env`` (default: the process environment); an unset or empty
+        variable keeps the default, an unreadable one stops with a message naming it."""
+        env = os.environ if env is None else env
+        hints = typing.get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = f"SANDBAR_{f.name.upper()}"
+            raw = env.get(name, "").strip()
+            if not raw:
+                continue
+            hint = hints[f.name]
+            types = typing.get_args(hint) or (hint,)
+            read, what = next((r, w) for t, r, w in _READERS if t in types)
+            try:
+                values[f.name] = read(raw)
+            except ValueError:
+                raise SystemExit(f"{name} must be {what}, got {raw!r}") from None
+        return cls(**values)

@@ -77,13 +77,13 @@ def build(settings: Settings) -> Sandbar:
     reads = ReadModelQueries(datastore)
     access = Access(reads)
     key = server_key(settings)
-    credentials = Credentials(datastore, key, settings.session_ttl_seconds)
+    credentials = Credentials(datastore, key, settings.session_ttl)
     accounts = Accounts(
         event_log,
         reads,
         Argon2Passwords(settings),
         credentials,
-        LoginThrottle(settings.login_max_failures, settings.login_window_seconds),
+        LoginThrottle(settings.login_max_failures, settings.login_window),
     )
     return Sandbar(
         settings=settings,

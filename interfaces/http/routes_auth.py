@@ -16,7 +16,7 @@ def _with_session(request: Request, response: Response, token: str) -> None:
     response.set_cookie(
         SESSION_COOKIE,
         token,
-        max_age=settings.session_ttl_seconds,
+        max_age=settings.session_ttl,
         path="/",
         httponly=True,
         samesite="lax",
