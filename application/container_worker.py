@@ -72,6 +72,7 @@ class ContainerWorker:
         self._idle_timeout = idle_timeout
         self._sweep_every = sweep_every
         self._lanes = Lanes(self._converge_key, tracking.advance)
+        self._engine_seen: bool | None = None  # unknown until the first sweep
 
     # The loop.
     def run(self, stop: threading.Event) -> None:
@@ -112,8 +113,13 @@ class ContainerWorker:
         known = {r["id"] for r in rows}
         try:
             orphans = self._engine.sandbox_ids() - known
+            if not self._engine_seen:
+                log.info("the container engine answers")
+            self._engine_seen = True
         except EngineUnavailable as e:
-            log.warning("reconciliation skipped: %s", e)
+            if self._engine_seen is not False:  # say so once, not every sweep
+                log.warning("%s; cloud sandboxes cannot start until it answers", e)
+            self._engine_seen = False
             orphans = set()
         for sandbox_id in orphans:
             log.info("removing container of sandbox %s, which is not live", sandbox_id)
