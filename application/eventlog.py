@@ -6,13 +6,14 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.persistence import IntegrityError, Recording
 
 from application.errors import Conflict
+from domain.workspaces import Workspace
 
 T = TypeVar("T")
 A = TypeVar("A")
@@ -24,6 +25,9 @@ MAX_ATTEMPTS = 40
 
 class EventLog(Application[UUID]):
     name = "Sandbar"
+    # A workspace gains an event per sandbox made in it and is loaded by every create
+    # and delete: snapshots keep that load short.
+    snapshotting_intervals: ClassVar[dict[type, int]] = {Workspace: 50}
 
     def _record(self, processing_event: ProcessingEvent[UUID]) -> list[Recording[UUID]]:
         # Hand the domain events to the recorder, which projects them in the same
