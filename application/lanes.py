@@ -44,12 +44,6 @@ class Lanes:
             self._active.add(key)
         self._pool.submit(self._run, key)
 
-    def passed(self, position: int) -> None:
-        """A position with nothing to do."""
-        with self._lock:
-            self._highest = max(self._highest, position)
-        self._report()
-
     def _run(self, key: Hashable) -> None:
         while True:
             with self._lock:

@@ -71,13 +71,6 @@ class AgentProbe(Protocol):
         ...
 
 
-class SandboxSecrets(Protocol):
-    """Per-sandbox credentials, derived from the server key so none is ever stored."""
-
-    def upstream_credential(self, sandbox_id: UUID) -> str: ...
-    def proxy_token(self, sandbox_id: UUID) -> str: ...
-
-
 class Activity(Protocol):
     """When each sandbox was last used (fed by the subdomain and Anthropic proxies)."""
 

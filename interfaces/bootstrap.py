@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 from application.access import Access
@@ -24,8 +23,6 @@ from infrastructure.settings import Settings
 from infrastructure.tracking import FollowerTracking
 from projections.queries import ReadModelQueries
 from projections.view import ReadModelView
-
-log = logging.getLogger("sandbar")
 
 
 @dataclass
