@@ -8,7 +8,7 @@ from application import validation
 from application.errors import Conflict, NotFound, Unauthorized
 from application.eventlog import EventLog
 from application.ports import CredentialStore, PasswordHasher, ReadModel, Row
-from application.throttle import LoginThrottle
+from application.throttle import LoginThrottle, RateLimit
 from domain.base import acting_as
 from domain.users import User, Username
 
@@ -21,18 +21,24 @@ class Accounts:
         passwords: PasswordHasher,
         credentials: CredentialStore,
         throttle: LoginThrottle,
+        registrations: RateLimit,
     ) -> None:
         self._log = log
         self._reads = reads
         self._passwords = passwords
         self._credentials = credentials
         self._throttle = throttle
+        self._registrations = registrations
 
-    def register(self, username: str, password: str, email: str | None) -> tuple[Row, str]:
-        """Create a user with a password; returns the user and a new session token."""
+    def register(
+        self, username: str, password: str, email: str | None, client: str = "local"
+    ) -> tuple[Row, str]:
+        """Create a user with a password; returns the user and a new session token.
+        Each attempt costs an argon2id hash, so attempts per client address are limited."""
         username = validation.username(username)
         password = validation.password(password)
         email = validation.email(email)
+        self._registrations.hit(f"signup:{client}", "sign-ups")
         if self._reads.user_by_username(username) is not None:
             raise Conflict("that username is taken", code="username_taken")
         hashed = self._passwords.hash(password)

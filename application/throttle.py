@@ -55,3 +55,22 @@ class LoginThrottle:
     def succeeded(self, username_key: str) -> None:
         with self._lock:
             self._failures.pop(username_key, None)
+
+
+class RateLimit:
+    """At most ``limit`` uses per key within ``window_seconds`` (a sliding window)."""
+
+    def __init__(
+        self, limit: int, window_seconds: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._window = LoginThrottle(limit, window_seconds, clock)
+
+    def hit(self, key: str, what: str) -> None:
+        """Count one use of ``key``, or raise RateLimited (saying ``what`` is limited)."""
+        try:
+            self._window.check(key)
+        except RateLimited as e:
+            raise RateLimited(
+                f"too many {what} from here; try again in {e.retry_after} seconds", e.retry_after
+            ) from None
+        self._window.failed(key)

@@ -42,6 +42,7 @@ class Settings:
     max_body_bytes: int = 1024 * 1024
     login_max_failures: int = 5
     login_window: int = 300  # seconds
+    registrations_per_window: int = 30  # per client address, in that window
     argon2_time_cost: int = 3
     argon2_memory_kib: int = 65536
     argon2_parallelism: int = 4

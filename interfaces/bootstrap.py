@@ -9,7 +9,7 @@ from application.accounts import Accounts
 from application.container_worker import ContainerWorker
 from application.eventlog import EventLog
 from application.sandboxes import Sandboxes
-from application.throttle import LoginThrottle
+from application.throttle import LoginThrottle, RateLimit
 from application.workspaces import Workspaces
 from infrastructure.activity import ActivityTable
 from infrastructure.agents import DerivedSecrets
@@ -81,6 +81,7 @@ def build(settings: Settings) -> Sandbar:
         Argon2Passwords(settings),
         credentials,
         LoginThrottle(settings.login_max_failures, settings.login_window),
+        RateLimit(settings.registrations_per_window, settings.login_window),
     )
     return Sandbar(
         settings=settings,

@@ -26,7 +26,8 @@ def _with_session(request: Request, response: Response, token: str) -> None:
 
 @router.post("/register", status_code=201)
 def register(body: Register, request: Request, sb: App) -> Response:
-    user, token = sb.accounts.register(body.username, body.password, body.email)
+    client = request.client.host if request.client else "unknown"
+    user, token = sb.accounts.register(body.username, body.password, body.email, client)
     response = present.JSON(present.user(user), status_code=201)
     _with_session(request, response, token)
     return response
