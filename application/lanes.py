@@ -70,9 +70,5 @@ class Lanes:
         except Exception:
             log.exception("could not record the worker's position %s", mark)
 
-    def idle(self) -> bool:
-        with self._lock:
-            return not self._active
-
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

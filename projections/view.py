@@ -67,18 +67,10 @@ class ReadModelView(PostgresTrackingRecorder):
             read_model.apply(curs, event)
         curs.execute(self._advance_tracking, (APPLICATION_NAME, last_id), prepare=True)
 
-    def process(self, event: Any, tracking: Tracking) -> None:
-        """Apply one event and its tracking in one transaction (a follower's path)."""
-        with self.datastore.transaction(commit=True) as curs:
-            read_model.apply(curs, event)
-            self._insert_tracking(curs, tracking)
-
-    def position(self) -> int:
-        return self.max_tracking_id(APPLICATION_NAME) or 0
-
     # Start-up: make the tables current with this code's version and the log.
     def ensure_current(self, decode: Decode) -> None:
-        self.create_table()
+        """Tables exist (the recorder made them); rebuild them if this code's version
+        differs from theirs, then apply any events past the tracking position."""
         with self.datastore.transaction(commit=True) as curs:
             _lock_events(curs)
             curs.execute(SQL(f"SELECT version FROM {META_TABLE}"))
