@@ -29,11 +29,16 @@ class ActivityTable:
             conn.execute(SCHEMA)
 
     def touch(self, sandbox_id: UUID) -> None:
+        """Note a use, and write the notes if they are due."""
+        self.note(sandbox_id)
+        if time.monotonic() - self._last_flush >= self._flush_every:
+            self.flush()
+
+    def note(self, sandbox_id: UUID) -> None:
+        """Note a use; never touches the database (for an event loop's hot path, whose
+        owner calls ``flush`` from a thread now and then)."""
         with self._lock:
             self._pending[sandbox_id] = datetime.now(UTC)
-            due = time.monotonic() - self._last_flush >= self._flush_every
-        if due:
-            self.flush()
 
     def flush(self) -> None:
         with self._lock:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -16,6 +17,7 @@ from eventsourcing.postgres import PostgresDatastore
 from psycopg import Cursor
 
 from infrastructure.eventstore import SideWrite
+from infrastructure.grants import ACCESS_CHANNEL
 
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS sandbar_passwords ("
@@ -36,6 +38,7 @@ class Credentials:
         self._db = datastore
         self._key = key
         self._ttl = timedelta(seconds=session_ttl)
+        self.revoked: list[Callable[[], None]] = []
         with self._db.transaction(commit=True) as curs:
             for stmt in SCHEMA:
                 curs.execute(stmt)
@@ -81,9 +84,14 @@ class Credentials:
         return row["user_id"] if row else None
 
     def revoke_session(self, token: str) -> None:
-        with self._db.get_connection() as conn:
-            conn.execute(
+        """Revoke a session, and with it the sandbox grants it opened; proxies in every
+        process hear of it (``NOTIFY``) and this one at once (``revoked``)."""
+        with self._db.transaction(commit=True) as curs:
+            curs.execute(
                 "UPDATE sandbar_sessions SET revoked_at = now()"
                 " WHERE digest = %s AND revoked_at IS NULL",
                 (self.digest(token),),
             )
+            curs.execute(f"NOTIFY {ACCESS_CHANNEL}")
+        for hook in self.revoked:
+            hook()

@@ -28,6 +28,8 @@ class ProjectingRecorder(PostgresApplicationRecorder):
     def __init__(self, datastore: PostgresDatastore, **kwargs: Any) -> None:
         super().__init__(datastore, **kwargs)
         self.read_model = ReadModelView(datastore)
+        # Called after each save commits (the proxies' caches listen here).
+        self.committed: list[Callable[[], None]] = []
 
     def create_table(self) -> None:
         super().create_table()
@@ -67,4 +69,6 @@ class ProjectingRecorder(PostgresApplicationRecorder):
                     error = e
             if error is not None:
                 raise error
+        for hook in self.committed:
+            hook()
         return ids

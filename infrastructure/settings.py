@@ -60,9 +60,18 @@ class Settings:
     idle_timeout: int = 1800
     sweep_interval: float = 30.0
     sandbox_api_url: str = "http://host.docker.internal:8080"
+    # Opening sandboxes in the browser (the subdomain proxy).
+    public_url: str = ""  # the API host as browsers reach it; default: base domain, same port
+    ticket_ttl: int = 60  # seconds a one-time ticket lives
+    grant_ttl: int = 12 * 3600  # seconds a sandbox host's cookie lives
+    access_token_ttl: int = 30 * 24 * 3600  # seconds a sandbox access token lives
+    open_wait: int = 60  # seconds a request to a paused sandbox waits for it to resume
+    upstream_timeout: float = 300.0  # seconds to wait for an agent's response headers
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sandbox_api_url", self.sandbox_api_url.rstrip("/"))
+        object.__setattr__(self, "public_url", self.public_url.rstrip("/"))
+        object.__setattr__(self, "base_domain", self.base_domain.strip(".").lower())
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

@@ -8,19 +8,23 @@ from application.access import Access
 from application.accounts import Accounts
 from application.container_worker import ContainerWorker
 from application.eventlog import EventLog
+from application.opening import Opening
 from application.sandboxes import Sandboxes
 from application.throttle import LoginThrottle, RateLimit
 from application.workspaces import Workspaces
 from infrastructure.activity import ActivityTable
 from infrastructure.agents import DerivedSecrets
+from infrastructure.changes import ChangeFeed
 from infrastructure.containers import DockerEngine
 from infrastructure.credentials import Credentials
 from infrastructure.database import database_url, eventsourcing_env, server_key
 from infrastructure.eventstore import ProjectingRecorder
+from infrastructure.grants import ACCESS_CHANNEL, Grants
 from infrastructure.passwords import Argon2Passwords
 from infrastructure.probe import HealthProbe
 from infrastructure.settings import Settings
 from infrastructure.tracking import FollowerTracking
+from interfaces.addresses import Addresses
 from projections.queries import ReadModelQueries
 from projections.view import ReadModelView
 
@@ -36,6 +40,10 @@ class Sandbar:
     sandboxes: Sandboxes
     secrets: DerivedSecrets
     activity: ActivityTable
+    grants: Grants
+    opening: Opening
+    changes: ChangeFeed
+    addresses: Addresses
 
     def container_worker(self) -> ContainerWorker:
         """The process manager for cloud sandboxes (run it with ``.run(stop_event)``)."""
@@ -53,13 +61,14 @@ class Sandbar:
         )
 
     def close(self) -> None:
+        self.changes.stop()
         self.activity.flush()
         self.log.close()
 
 
-def open_event_log(settings: Settings) -> EventLog:
+def open_event_log(settings: Settings, url: str | None = None) -> EventLog:
     """The event log on the configured (or embedded) PostgreSQL, its views current."""
-    event_log = EventLog(env=eventsourcing_env(database_url(settings), settings))
+    event_log = EventLog(env=eventsourcing_env(url or database_url(settings), settings))
     recorder = event_log.recorder
     assert isinstance(recorder, ProjectingRecorder)
     recorder.read_model.ensure_current(event_log.mapper.to_domain_event)
@@ -67,7 +76,8 @@ def open_event_log(settings: Settings) -> EventLog:
 
 
 def build(settings: Settings) -> Sandbar:
-    event_log = open_event_log(settings)
+    url = database_url(settings)
+    event_log = open_event_log(settings, url)
     recorder = event_log.recorder
     assert isinstance(recorder, ProjectingRecorder)
     datastore = recorder.datastore
@@ -75,6 +85,11 @@ def build(settings: Settings) -> Sandbar:
     access = Access(reads)
     key = server_key(settings)
     credentials = Credentials(datastore, key, settings.session_ttl)
+    grants = Grants(datastore, key)
+    changes = ChangeFeed(url, [recorder.channel_name, ACCESS_CHANNEL])
+    recorder.committed.append(changes.bump)
+    credentials.revoked.append(changes.bump)
+    sandboxes = Sandboxes(event_log, reads, access)
     accounts = Accounts(
         event_log,
         reads,
@@ -90,7 +105,19 @@ def build(settings: Settings) -> Sandbar:
         reads=reads,
         accounts=accounts,
         workspaces=Workspaces(event_log, reads, access),
-        sandboxes=Sandboxes(event_log, reads, access),
+        sandboxes=sandboxes,
         secrets=DerivedSecrets(key),
         activity=ActivityTable(datastore),
+        grants=grants,
+        opening=Opening(
+            sandboxes,
+            access,
+            credentials,
+            grants,
+            ticket_ttl=settings.ticket_ttl,
+            grant_ttl=settings.grant_ttl,
+            token_ttl=settings.access_token_ttl,
+        ),
+        changes=changes,
+        addresses=Addresses(settings),
     )

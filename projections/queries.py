@@ -108,6 +108,14 @@ class ReadModelQueries:
     def sandbox(self, sandbox_id: UUID) -> Row | None:
         return self._one(f"{_SANDBOX} WHERE id = %s", (sandbox_id,))
 
+    def route(self, sandbox_id: UUID) -> Row | None:
+        """Where a sandbox's agent answers, and whether it may be reached now."""
+        return self._one(
+            "SELECT sandbox_id, host, workspace_id, type, kind, status, target"
+            " FROM sandbar_routes WHERE sandbox_id = %s",
+            (sandbox_id,),
+        )
+
     def cloud_sandboxes(self) -> list[Row]:
         """Every cloud sandbox not yet deleted (for the container worker)."""
         return self._all(f"{_SANDBOX} WHERE kind = 'cloud' ORDER BY created_at", ())

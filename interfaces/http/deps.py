@@ -31,12 +31,8 @@ def parse_id(value: str, field: str) -> UUID:
 
 def sandbox_origin(request: Request) -> tuple[str, str, str]:
     """Scheme, base domain and port of sandbox addresses, as the caller reached us."""
-    settings = sandbar(request).settings
-    host = request.headers.get("host", "")
-    port = host.rsplit(":", 1)[1] if ":" in host and not host.endswith("]") else ""
-    default = {"http": "80", "https": "443"}.get(settings.public_scheme)
-    suffix = f":{port}" if port.isdigit() and port != default else ""
-    return settings.public_scheme, settings.base_domain, suffix
+    where = sandbar(request).addresses
+    return where.scheme, where.base, where.port_suffix(request.headers.get("host", ""))
 
 
 App = Annotated[Sandbar, Depends(sandbar)]

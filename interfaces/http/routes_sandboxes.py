@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 from fastapi import APIRouter, Request, Response
 
+from application.errors import Invalid
+from domain.sandboxes import HOST_PREFIXES, SandboxType
+from interfaces.addresses import safe_next
 from interfaces.http import present
-from interfaces.http.deps import App, Caller, parse_id, sandbox_origin
+from interfaces.http.deps import SESSION_COOKIE, App, Caller, parse_id, sandbox_origin
 from interfaces.http.schemas import NewSandbox
 
 router = APIRouter(prefix="/api", tags=["sandboxes"])
@@ -49,3 +54,45 @@ def pause_sandbox(sandbox_id: str, request: Request, sb: App, user_id: Caller) -
 def resume_sandbox(sandbox_id: str, request: Request, sb: App, user_id: Caller) -> Response:
     row = sb.sandboxes.resume(user_id, parse_id(sandbox_id, "sandbox_id"))
     return present.JSON(present.sandbox(row, sandbox_origin(request)), 202)
+
+
+# Opening a sandbox: the sandbox host sends a browser here; the answer carries it back.
+TICKET_PATH = "/_sandbar/ticket"
+
+
+@router.get("/sandboxes/{sandbox_id}/open", status_code=302)
+def open_sandbox(
+    sandbox_id: str, request: Request, sb: App, user_id: Caller, next: str = "/"
+) -> Response:
+    """Redirect to the sandbox's own host with a one-time ticket (about a minute, single
+    use, bound to this sandbox, user and session). ``next`` is a path on that host."""
+    target = safe_next(next)
+    if target is None:
+        raise Invalid("next must be a path on the sandbox's host, like /doc", field="next")
+    session = request.cookies.get(SESSION_COOKIE, "")
+    row, ticket = sb.opening.ticket(user_id, session, parse_id(sandbox_id, "sandbox_id"))
+    label = f"{HOST_PREFIXES[SandboxType(row['type'])]}-{row['id']}"
+    origin = sb.addresses.sandbox_origin(label, request.headers.get("host", ""))
+    query = urlencode({"ticket": ticket, "next": target})
+    return Response(
+        status_code=302,
+        headers={
+            "location": f"{origin}{TICKET_PATH}?{query}",
+            "cache-control": "no-store",
+            "referrer-policy": "no-referrer",
+        },
+    )
+
+
+@router.post("/sandboxes/{sandbox_id}/access-tokens", status_code=201)
+def new_access_token(sandbox_id: str, request: Request, sb: App, user_id: Caller) -> Response:
+    """A token for programs (not browsers) to reach the sandbox's host, sent as
+    ``Authorization: Bearer <token>``. It acts as its creator: it stops working when they
+    lose the role or the sandbox is deleted."""
+    row, token = sb.opening.access_token(user_id, parse_id(sandbox_id, "sandbox_id"))
+    url = present.sandbox(row, sandbox_origin(request))["url"]
+    return present.JSON(
+        {"token": token, "url": url, "expires_in": sb.opening.token_ttl},
+        201,
+        headers={"cache-control": "no-store"},
+    )

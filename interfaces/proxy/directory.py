@@ -1,0 +1,65 @@
+"""What the proxy asks on every request (the route, the grant, the member's role), cached
+in memory for as long as nothing has changed.
+
+The cache is dropped whenever the change feed moves (any save to the log, any revoked
+session), so pausing a sandbox or removing a member shows on the next request; a miss
+reads the projections in a worker thread. While the feed cannot vouch for the cache (its
+LISTEN connection is down), every lookup reads the database."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, TypeVar
+from uuid import UUID
+
+from application.ports import ReadModel, Row
+from infrastructure.changes import ChangeFeed
+from infrastructure.grants import Grant, Grants
+
+MAX_ENTRIES = 50_000
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class Directory:
+    def __init__(self, reads: ReadModel, grants: Grants, changes: ChangeFeed) -> None:
+        self._reads = reads
+        self._grants = grants
+        self._changes = changes
+        self._generation = -1
+        self._routes: dict[UUID, Row | None] = {}
+        self._roles: dict[tuple[UUID, UUID], str | None] = {}
+        self._grant_cache: dict[bytes, Grant | None] = {}
+
+    async def route(self, sandbox_id: UUID) -> Row | None:
+        return await self._cached(self._routes, sandbox_id, self._reads.route, sandbox_id)
+
+    async def role(self, workspace_id: UUID, user_id: UUID) -> str | None:
+        key = (workspace_id, user_id)
+        return await self._cached(self._roles, key, self._reads.role, workspace_id, user_id)
+
+    async def grant(self, token: str) -> Grant | None:
+        digest = self._grants.digest(token)
+        return await self._cached(self._grant_cache, digest, self._grants.grant, digest)
+
+    async def fresh_route(self, sandbox_id: UUID) -> Row | None:
+        """The route as stored now, bypassing the cache."""
+        return await asyncio.to_thread(self._reads.route, sandbox_id)
+
+    async def _cached(self, cache: dict[K, V], key: K, load: Callable[..., V], *args: Any) -> V:
+        generation = self._changes.generation
+        if generation != self._generation:
+            self._routes.clear()
+            self._roles.clear()
+            self._grant_cache.clear()
+            self._generation = generation
+        elif key in cache:
+            return cache[key]
+        value = await asyncio.to_thread(load, *args)
+        # Keep it only if nothing changed while it was read, and the feed is listening.
+        if self._changes.reliable and self._changes.generation == generation:
+            if len(cache) >= MAX_ENTRIES:
+                cache.clear()
+            cache[key] = value
+        return value
