@@ -34,6 +34,8 @@ class TestAgent:
     each sent when the previous one is taken: ``released``), /cookies (sets some),
     /ws (echo; "close N" closes with code N), anything else: 200 "ok"."""
 
+    __test__ = False  # not a pytest class
+
     def __init__(self) -> None:
         self.seen: list[dict[str, Any]] = []
         self.sse_gated = False
@@ -78,6 +80,16 @@ class TestAgent:
             await self._bytes(send, int(query.get("n", "0")))
         elif path == "/sse":
             await self._sse(send, int(query.get("n", "3")))
+        elif path == "/broken":  # promises more than it sends, then hangs up
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-length", b"1000000")],
+                }
+            )
+            await send({"type": "http.response.body", "body": b"x" * 1000, "more_body": True})
+            raise ConnectionAbortedError("the test agent hangs up mid-body")
         elif path == "/cookies":
             await _json(
                 send,

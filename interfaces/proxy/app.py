@@ -90,11 +90,14 @@ class SandboxProxy:
             if not websocket and scope["path"] == TICKET_PATH:
                 await self._redeem(scope, send, sandbox_id)
                 return
+            route = await self._directory.route(sandbox_id)
+            if route is None or route["host"] != label or route["status"] in GONE:
+                raise NOT_FOUND
             user_id = await self._user(scope, sandbox_id, host, websocket)
             if user_id is None:
                 await self._to_ticket(scope, send, sandbox_id, host)
                 return
-            route = await self._reachable(label, sandbox_id, user_id)
+            route = await self._reachable(route, user_id)
             self._sb.activity.note(sandbox_id)
             if websocket:
                 await relay_websocket(
@@ -150,10 +153,8 @@ class SandboxProxy:
             "Open this sandbox from Sandbar, or send an access token as Authorization: Bearer.",
         )
 
-    async def _reachable(self, label: str, sandbox_id: UUID, user_id: UUID) -> dict[str, Any]:
-        route = await self._directory.route(sandbox_id)
-        if route is None or route["host"] != label or route["status"] in GONE:
-            raise NOT_FOUND
+    async def _reachable(self, route: dict[str, Any], user_id: UUID) -> dict[str, Any]:
+        sandbox_id = route["sandbox_id"]
         role = await self._directory.role(route["workspace_id"], user_id)
         if role is None:
             raise NOT_FOUND
@@ -364,10 +365,12 @@ class SandboxProxy:
         try:
             async for chunk in conn.body():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except UpstreamError:
-            if watcher.done():
-                return  # the client went away, and we let the agent go
-            raise  # the agent broke off mid-body: abort the client's connection too
+        except UpstreamError as e:
+            if not watcher.done():  # not the client leaving, but the agent breaking off
+                log.warning("sandbox %s broke off a response: %s", sandbox_id, e)
+            # Returning with the response unfinished makes the server drop the client's
+            # connection, so a cut-short body is never taken for a whole one.
+            return
         finally:
             watcher.cancel()
             self._streams[sandbox_id] -= 1

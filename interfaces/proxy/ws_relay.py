@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
 from starlette.types import Receive, Scope, Send
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+log = logging.getLogger(__name__)
 MAX_MESSAGE = 16 * 1024 * 1024
 # Codes a peer may not send in a close frame (RFC 6455 7.4.1), and what to say instead.
 _UNSENDABLE = {1004: 1011, 1005: 1000, 1006: 1011, 1015: 1011}
@@ -51,11 +53,18 @@ async def relay_websocket(
         await send({"type": "websocket.accept", "subprotocol": agent.subprotocol})
         to_agent = asyncio.create_task(_browser_to_agent(receive, agent))
         to_browser = asyncio.create_task(_agent_to_browser(agent, send))
-        _, pending = await asyncio.wait({to_agent, to_browser}, return_when=asyncio.FIRST_COMPLETED)
+        done, pending = await asyncio.wait(
+            {to_agent, to_browser}, return_when=asyncio.FIRST_COMPLETED
+        )
         for task in pending:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
+        for task in done | pending:
+            try:
                 await task
+            except asyncio.CancelledError:
+                pass
+            except Exception as e:
+                log.info("websocket relay ended: %r", e)
 
 
 async def _browser_to_agent(receive: Receive, agent: ClientConnection) -> None:
@@ -81,7 +90,7 @@ async def _agent_to_browser(agent: ClientConnection, send: Send) -> None:
                 await send({"type": "websocket.send", "bytes": data})
     except ConnectionClosed:
         pass
-    rcvd = agent.close_rcvd
+    rcvd = agent.protocol.close_rcvd
     code = sendable(rcvd.code if rcvd else 1006)
     with contextlib.suppress(Exception):  # the browser may be gone already
         await send({"type": "websocket.close", "code": code, "reason": rcvd.reason if rcvd else ""})
