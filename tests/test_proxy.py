@@ -509,3 +509,14 @@ def test_head_and_a_response_cut_short(make_box: Callable[..., Box]) -> None:
         with pytest.raises(httpx.TransportError):
             client.get("/broken")
         assert client.get("/echo").status_code == 200
+
+
+def test_proxied_requests_count_as_activity(make_box: Callable[..., Box], sandbar: Sandbar) -> None:
+    box = make_box()
+    assert sandbar.activity.last_seen(box.id) is None
+    client = open_in_browser(box, box.owner)
+    assert client.get("/echo").status_code == 200
+    deadline = time.monotonic() + 30  # the proxy writes its notes every few seconds
+    while sandbar.activity.last_seen(box.id) is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert sandbar.activity.last_seen(box.id) is not None

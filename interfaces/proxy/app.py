@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, quote
@@ -100,17 +101,24 @@ class SandboxProxy:
             route = await self._reachable(route, user_id)
             self._sb.activity.note(sandbox_id)
             if websocket:
-                await relay_websocket(
-                    scope,
-                    receive,
-                    send,
-                    route["target"],
-                    self._agent_headers(scope, route, host, websocket=True),
-                )
+                headers = self._agent_headers(scope, route, host, websocket=True)
+                with self._open_stream(sandbox_id):
+                    await relay_websocket(scope, receive, send, route["target"], headers)
             else:
                 await self._forward(scope, receive, send, route, host)
         except Refused as r:
             await self._refuse(scope, send, r, wants_html)
+
+    @contextlib.contextmanager
+    def _open_stream(self, sandbox_id: UUID) -> Iterator[None]:
+        """An open stream (a long download, SSE, a WebSocket) keeps its sandbox in use."""
+        self._streams[sandbox_id] += 1
+        try:
+            yield
+        finally:
+            self._streams[sandbox_id] -= 1
+            if self._streams[sandbox_id] <= 0:
+                del self._streams[sandbox_id]
 
     def _start(self) -> None:
         self._sb.changes.start()
@@ -360,7 +368,17 @@ class SandboxProxy:
             await send({"type": "http.response.body", "body": ready})
             return
         await send(start)
-        self._streams[sandbox_id] += 1
+        with self._open_stream(sandbox_id):
+            await self._stream_body(receive, send, conn, sandbox_id, uploader)
+
+    async def _stream_body(
+        self,
+        receive: Receive,
+        send: Send,
+        conn: Exchange,
+        sandbox_id: UUID,
+        uploader: asyncio.Task[None] | None,
+    ) -> None:
         watcher = asyncio.create_task(_watch_disconnect(receive, conn, uploader))
         try:
             async for chunk in conn.body():
@@ -373,9 +391,6 @@ class SandboxProxy:
             return
         finally:
             watcher.cancel()
-            self._streams[sandbox_id] -= 1
-            if self._streams[sandbox_id] <= 0:
-                del self._streams[sandbox_id]
         await send({"type": "http.response.body", "body": b""})
 
     async def _refuse(self, scope: Scope, send: Send, r: Refused, wants_html: bool) -> None:
