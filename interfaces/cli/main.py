@@ -17,6 +17,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from interfaces.bootstrap import build
     from interfaces.http.app import create_app
+    from interfaces.proxy.front import SandboxProxy
 
     sandbar = build(Settings.from_env())
     stop = threading.Event()
@@ -29,6 +30,8 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         uvicorn.run(
             create_app(sandbar),
+            # Sandbox hosts are answered at the protocol level; the rest reaches the API.
+            http=SandboxProxy(sandbar).protocol(),  # type: ignore[arg-type]
             host=args.host,
             port=args.port,
             log_level=args.log_level,

@@ -18,6 +18,7 @@ from infrastructure.changes import ChangeFeed
 from infrastructure.grants import Grant, Grants
 
 MAX_ENTRIES = 50_000
+MISS: Any = object()  # not in the cache
 K = TypeVar("K")
 V = TypeVar("V")
 
@@ -30,7 +31,32 @@ class Directory:
         self._generation = -1
         self._routes: dict[UUID, Row | None] = {}
         self._roles: dict[tuple[UUID, UUID], str | None] = {}
-        self._grant_cache: dict[bytes, Grant | None] = {}
+        self._grant_cache: dict[str, Grant | None] = {}  # by token: no HMAC on a hit
+
+    # Without waiting: the cached answer, or MISS.
+
+    def peek_route(self, sandbox_id: UUID) -> Row | None:
+        return self._fresh().get(sandbox_id, MISS)
+
+    def peek_role(self, workspace_id: UUID, user_id: UUID) -> str | None:
+        self._fresh()
+        return self._roles.get((workspace_id, user_id), MISS)
+
+    def peek_grant(self, token: str) -> Grant | None:
+        self._fresh()
+        return self._grant_cache.get(token, MISS)
+
+    def _fresh(self) -> dict[UUID, Row | None]:
+        """Drop everything if anything changed since it was cached."""
+        generation = self._changes.generation
+        if generation != self._generation:
+            self._routes.clear()
+            self._roles.clear()
+            self._grant_cache.clear()
+            self._generation = generation
+        return self._routes
+
+    # Reading through to the database on a miss.
 
     async def route(self, sandbox_id: UUID) -> Row | None:
         return await self._cached(self._routes, sandbox_id, self._reads.route, sandbox_id)
@@ -41,7 +67,7 @@ class Directory:
 
     async def grant(self, token: str) -> Grant | None:
         digest = self._grants.digest(token)
-        return await self._cached(self._grant_cache, digest, self._grants.grant, digest)
+        return await self._cached(self._grant_cache, token, self._grants.grant, digest)
 
     async def fresh_route(self, sandbox_id: UUID) -> Row | None:
         """The route as stored now, bypassing the cache."""
@@ -49,12 +75,8 @@ class Directory:
 
     async def _cached(self, cache: dict[K, V], key: K, load: Callable[..., V], *args: Any) -> V:
         generation = self._changes.generation
-        if generation != self._generation:
-            self._routes.clear()
-            self._roles.clear()
-            self._grant_cache.clear()
-            self._generation = generation
-        elif key in cache:
+        self._fresh()
+        if key in cache:
             return cache[key]
         value = await asyncio.to_thread(load, *args)
         # Keep it only if nothing changed while it was read, and the feed is listening.

@@ -32,17 +32,8 @@ _DROPPED = HOP_BY_HOP | {
     b"x-forwarded-port",
     b"x-real-ip",
 }
-_HANDSHAKE = frozenset(
-    {
-        b"host",
-        b"origin",
-        b"sec-websocket-key",
-        b"sec-websocket-version",
-        b"sec-websocket-extensions",
-        b"sec-websocket-protocol",
-    }
-)
 OWN_COOKIE_PREFIX = b"sandbar_"
+_UPGRADE = [(b"connection", b"upgrade"), (b"upgrade", b"websocket")]
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -85,13 +76,11 @@ def to_agent(
     client: bytes,
     proto: bytes,
     host: bytes,
-    websocket: bool = False,
+    upgrade: bool = False,
 ) -> Headers:
-    """The request headers the agent sees (for a WebSocket, less those of the
-    handshake, which the relay's own client makes)."""
+    """The request headers the agent sees. A WebSocket handshake keeps its own
+    (``Sec-WebSocket-*``, ``Origin``) and asks the agent to upgrade."""
     drop = _DROPPED | _named_by_connection(headers)
-    if websocket:
-        drop |= _HANDSHAKE
     out: Headers = []
     for name, value in headers:
         if name in drop:
@@ -102,6 +91,8 @@ def to_agent(
                 continue
         out.append((name, value))
     out.append(credential)
+    if upgrade:
+        out += _UPGRADE
     out.append((b"x-forwarded-for", client))
     out.append((b"x-forwarded-proto", proto))
     out.append((b"x-forwarded-host", host))
@@ -117,10 +108,10 @@ def _host_only(set_cookie: bytes) -> bytes | None:
     return b";".join(parts)
 
 
-def to_browser(headers: Headers) -> Headers:
-    """The response headers the browser sees."""
+def to_browser(headers: Headers, upgrade: bool = False) -> Headers:
+    """The response headers the browser sees (an accepted upgrade says so again)."""
     drop = HOP_BY_HOP | _named_by_connection(headers)
-    out: Headers = []
+    out: Headers = list(_UPGRADE) if upgrade else []
     for name, value in headers:
         if name in drop:
             continue

@@ -1,0 +1,605 @@
+"""The server side of the subdomain proxy: an HTTP/1.1 protocol that uvicorn runs for every
+connection to Sandbar's port.
+
+A connection whose first request names a sandbox host stays here: each request is
+decided by the Gate and relayed to the agent over a pooled keep-alive connection, bodies
+streamed in both directions with backpressure (a slow reader pauses the writer's socket;
+nothing is buffered beyond a few chunks), WebSocket upgrades spliced into a byte pipe once
+the agent answers 101 (frames and close codes pass as they are). Any other connection is
+handed, with the bytes already read, to uvicorn's own protocol and so to the REST API.
+
+Working at this level rather than through ASGI is what makes the proxy fast enough: no
+task, scope or message per request on the common path (see bench/bench_proxy.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import http
+import logging
+from collections import Counter, deque
+from collections.abc import Callable
+from typing import Any
+from uuid import UUID
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from interfaces.bootstrap import Sandbar
+from interfaces.proxy.gate import Admit, Answer, Gate, Refused, Request
+from interfaces.proxy.headers import Headers, header, to_agent, to_browser
+from interfaces.proxy.upstream import Pool, Upstream
+
+log = logging.getLogger(__name__)
+
+HIGH_WATER = 256 * 1024  # request body bytes held while the agent connection opens
+MAX_HEAD = 64 * 1024  # request line and headers
+KEEPER_EVERY = 5.0  # seconds between activity flushes
+_REASONS = {s.value: s.phrase.encode() for s in http.HTTPStatus}
+
+
+def status_line(status: int) -> bytes:
+    return b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b""))
+
+
+def render_head(status: int, headers: Headers) -> bytes:
+    parts = [status_line(status)]
+    for name, value in headers:
+        parts += [name, b": ", value, b"\r\n"]
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+class SandboxProxy:
+    """What all proxy connections of a process share: the gate, the agent connection
+    pool, and the open streams (which keep their sandboxes from going idle)."""
+
+    def __init__(self, sandbar: Sandbar) -> None:
+        self.sandbar = sandbar
+        self.gate = Gate(sandbar)
+        self.pool = Pool()
+        self.streams: Counter[UUID] = Counter()
+        self.proto = sandbar.settings.public_scheme.encode()
+        self.timeout = sandbar.settings.upstream_timeout
+        self._keeper: asyncio.Task[None] | None = None
+
+    def protocol(self) -> Callable[..., asyncio.Protocol]:
+        """The protocol factory to give uvicorn as its ``http`` setting."""
+        return functools.partial(FrontProtocol, proxy=self)
+
+    def started(self) -> None:
+        if self._keeper is None:
+            self.sandbar.changes.start()
+            self._keeper = asyncio.get_running_loop().create_task(self._keep())
+
+    async def _keep(self) -> None:
+        """Open streams count as activity; notes reach the table every few seconds."""
+        activity = self.sandbar.activity
+        while True:
+            await asyncio.sleep(KEEPER_EVERY)
+            for sandbox_id in list(self.streams):
+                activity.note(sandbox_id)
+            try:
+                await asyncio.to_thread(activity.flush)
+            except Exception:
+                log.warning("could not record sandbox activity", exc_info=True)
+
+    def open_stream(self, sandbox_id: UUID) -> None:
+        self.streams[sandbox_id] += 1
+
+    def close_stream(self, sandbox_id: UUID) -> None:
+        self.streams[sandbox_id] -= 1
+        if self.streams[sandbox_id] <= 0:
+            del self.streams[sandbox_id]
+
+
+class _HandOff(Exception):
+    """Not a sandbox host: uvicorn's protocol takes the connection."""
+
+
+class _Malformed(Exception):
+    def __init__(self, status: int) -> None:
+        self.status = status
+
+
+class FrontProtocol(asyncio.Protocol):
+    def __init__(
+        self,
+        config: Any,
+        server_state: Any,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        proxy: SandboxProxy,
+    ) -> None:
+        self._uvicorn = (config, server_state, app_state, _loop)
+        self._connections = server_state.connections
+        self._keep_alive_timeout = config.timeout_keep_alive
+        self.proxy = proxy
+        self.transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpRequestParser(self)
+        self._raw: bytearray | None = bytearray()  # until the first request is placed
+        self._client = b""
+        self._queue: deque[Exchange] = deque()
+        self._paused: set[str] = set()
+        self._closing = False
+        self._spliced: Exchange | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._corked: list[bytes] | None = None
+        # The request being parsed.
+        self._url = b""
+        self._headers: Headers = []
+        self._head_size = 0
+
+    # Connection
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self._connections.add(self)
+        peer = transport.get_extra_info("peername")
+        self._client = (peer[0] if isinstance(peer, tuple) else "").encode()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._connections.discard(self)
+        self._closing = True
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        while self._queue:
+            self._queue.popleft().abort()
+
+    def shutdown(self) -> None:
+        """uvicorn's graceful shutdown: close now if idle, else after this response."""
+        self._closing = True
+        if not self._queue and self.transport is not None:
+            self.transport.close()
+
+    def pause_writing(self) -> None:
+        if self._queue:
+            self._queue[0].client_writable(False)
+
+    def resume_writing(self) -> None:
+        if self._queue:
+            self._queue[0].client_writable(True)
+
+    def data_received(self, data: bytes) -> None:
+        if self._spliced is not None:
+            self._spliced.client_raw(data)
+            return
+        if self._raw is not None:
+            self._raw += data
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as e:
+            exchange = self._queue[-1] if self._queue else None
+            if exchange is None or not exchange.request.websocket:
+                self._fail(400)
+                return
+            self._spliced = exchange  # what follows is the WebSocket's, once spliced
+            rest = data[e.args[0] :]
+            if rest:
+                exchange.client_raw(rest)
+        except httptools.HttpParserError as e:
+            # An exception raised in a callback arrives wrapped, as its context.
+            reason = e.__context__
+            if isinstance(reason, _HandOff):
+                self._hand_off()
+            else:
+                self._fail(reason.status if isinstance(reason, _Malformed) else 400)
+
+    def _hand_off(self) -> None:
+        config, server_state, app_state, loop = self._uvicorn
+        inner = HttpToolsProtocol(config, server_state, app_state, loop)
+        self._connections.discard(self)
+        assert self.transport is not None and self._raw is not None
+        self.transport.set_protocol(inner)
+        inner.connection_made(self.transport)  # type: ignore[arg-type]
+        inner.data_received(bytes(self._raw))
+        self._raw = None
+
+    def _fail(self, status: int) -> None:
+        """A request we cannot parse: answer if nothing else is being answered, close."""
+        if self.transport is None:
+            return
+        if not self._queue:
+            body = http.HTTPStatus(status).phrase.encode()
+            self.transport.write(
+                render_head(
+                    status,
+                    [(b"content-length", b"%d" % len(body)), (b"connection", b"close")],
+                )
+                + body
+            )
+        self.transport.close()
+
+    # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._head_size = 0
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._head_size += len(url)
+        if self._head_size > MAX_HEAD:
+            raise _Malformed(414)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.lower(), value))
+        self._head_size += len(name) + len(value)
+        if self._head_size > MAX_HEAD:
+            raise _Malformed(431)
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        host = (header(self._headers, b"host") or b"").decode("latin-1")
+        gate = self.proxy.gate
+        sandbox = gate.sandbox_of(host)
+        is_sandbox_host = sandbox is not None or self.proxy.sandbar.addresses.is_sandbox_host(host)
+        if self._raw is not None:  # the connection's first request decides whose it is
+            if not is_sandbox_host:
+                raise _HandOff
+            self._raw = None
+            self.proxy.started()
+        upgrade = parser.should_upgrade()
+        websocket = upgrade and (header(self._headers, b"upgrade") or b"").lower() == b"websocket"
+        if upgrade and not websocket:
+            raise _Malformed(400)
+        request = Request(host, parser.get_method(), self._url, self._headers, websocket, sandbox)
+        exchange = Exchange(self, request, parser.should_keep_alive())
+        if not is_sandbox_host:  # a keep-alive connection asking for another host
+            exchange.keep_alive = False
+            exchange.preset = Answer(421, [], b"Misdirected Request")
+        self._queue.append(exchange)
+        if len(self._queue) == 1:
+            exchange.start()
+
+    def on_body(self, body: bytes) -> None:
+        self._queue[-1].request_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._queue:
+            self._queue[-1].request_complete()
+
+    # Used by exchanges
+
+    def pause_reading(self, reason: str) -> None:
+        if not self._paused and self.transport is not None:
+            self.transport.pause_reading()
+        self._paused.add(reason)
+
+    def resume_reading(self, reason: str) -> None:
+        if reason in self._paused:
+            self._paused.discard(reason)
+            if not self._paused and self.transport is not None and not self._closing:
+                self.transport.resume_reading()
+
+    def write(self, data: bytes) -> None:
+        if self._corked is not None:
+            self._corked.append(data)
+        elif self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def cork(self) -> None:
+        if self._corked is None:
+            self._corked = []
+
+    def uncork(self) -> None:
+        corked, self._corked = self._corked, None
+        if corked:
+            self.write(b"".join(corked))
+
+    def finished(self, exchange: Exchange) -> None:
+        if self._queue and self._queue[0] is exchange:
+            self._queue.popleft()
+        if not exchange.keep_alive or self._closing:
+            self._closing = True
+            self.uncork()
+            if self.transport is not None:
+                self.transport.close()
+            return
+        if self._queue:
+            self._queue[0].start()
+        else:
+            loop = asyncio.get_running_loop()
+            self._idle_timer = loop.call_later(self._keep_alive_timeout, self._idle_close)
+
+    def _idle_close(self) -> None:
+        if not self._queue and self.transport is not None:
+            self.transport.close()
+
+
+class Exchange:
+    """One request from the browser and its answer: the Sink of its agent connection."""
+
+    def __init__(self, front: FrontProtocol, request: Request, keep_alive: bool) -> None:
+        self.front = front
+        self.request = request
+        # After a WebSocket handshake the connection is the socket's, or closes.
+        self.keep_alive = keep_alive and not request.websocket
+        self.preset: Answer | None = None
+        self._replay: bytes | None = None  # a whole idempotent request, to retry once
+        self._upstream: Upstream | None = None
+        self._admit: Admit | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._held: list[bytes] = []  # request body that came before the agent connection
+        self._held_size = 0
+        self._request_done = False
+        self._chunked_upload = header(request.headers, b"transfer-encoding") is not None
+        self._responded = False
+        self._chunked_response = False
+        self._streaming: UUID | None = None
+        self._done = False
+
+    # Deciding
+
+    def start(self) -> None:
+        decision = self.preset or self.front.proxy.gate.decide_cached(self.request)
+        if decision is None:
+            self._task = asyncio.get_running_loop().create_task(self._decide())
+        else:
+            self._act(decision)
+
+    async def _decide(self) -> None:
+        try:
+            decision = await self.front.proxy.gate.decide(self.request)
+        except Exception:  # the database is down, say: the client may try again
+            log.exception("could not decide on a sandbox request")
+            decision = Refused(
+                503, "unavailable", "Try again", "Sandbar cannot check access right now.", 5
+            ).answer(self.request)
+        if not self._done:
+            self._act(decision)
+
+    def _act(self, decision: Admit | Answer) -> None:
+        if isinstance(decision, Answer):
+            self._answer(decision)
+            return
+        self._admit = decision
+        target = decision.route["target"]
+        conn = None if self.request.websocket else self.front.proxy.pool.idle(target)
+        if conn is not None:
+            self._send(conn, reused=True)
+        else:
+            self._task = asyncio.get_running_loop().create_task(self._connect(target))
+
+    async def _connect(self, target: str) -> None:
+        try:
+            conn = await self.front.proxy.pool.connect(target)
+        except ConnectionError as e:
+            if not self._done:
+                self.upstream_failed(str(e))
+            return
+        if self._done:
+            conn.close()
+        else:
+            self._send(conn)
+
+    async def _resend(self, target: str, data: bytes) -> None:
+        try:
+            conn = await self.front.proxy.pool.connect(target)
+        except ConnectionError as e:
+            if not self._done:
+                self.upstream_failed(str(e))
+            return
+        if self._done:
+            conn.close()
+            return
+        self._upstream = conn
+        self._timer = asyncio.get_running_loop().call_later(
+            self.front.proxy.timeout, self._timed_out
+        )
+        conn.send(self, data, head_only=self.request.method == b"HEAD")
+
+    # Request, toward the agent
+
+    def _send(self, conn: Upstream, reused: bool = False) -> None:
+        admit = self._admit
+        assert admit is not None
+        request = self.request
+        self._upstream = conn
+        headers = to_agent(
+            request.headers,
+            credential=admit.credential,
+            client=self.front._client,
+            proto=self.front.proxy.proto,
+            host=request.host.encode("latin-1"),
+            upgrade=request.websocket,
+        )
+        parts = [request.method, b" ", request.target, b" HTTP/1.1\r\n"]
+        for name, value in headers:
+            parts += [name, b": ", value, b"\r\n"]
+        if self._chunked_upload:
+            parts.append(b"transfer-encoding: chunked\r\n")
+        parts.append(b"\r\n")
+        for chunk in self._held:
+            parts.append(self._frame(chunk))
+        if self._request_done and self._chunked_upload:
+            parts.append(b"0\r\n\r\n")
+        self._held = []
+        self._held_size = 0
+        self.front.resume_reading("body")
+        if (header(request.headers, b"expect") or b"").lower() == b"100-continue":
+            self.front.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self.front.proxy.timeout, self._timed_out)
+        data = b"".join(parts)
+        if reused and self._request_done and request.method in (b"GET", b"HEAD", b"OPTIONS"):
+            self._replay = data  # a pooled connection may have just been closed by the agent
+        conn.send(self, data, head_only=request.method == b"HEAD")
+
+    def _frame(self, chunk: bytes) -> bytes:
+        return b"%x\r\n%b\r\n" % (len(chunk), chunk) if self._chunked_upload else chunk
+
+    def request_body(self, chunk: bytes) -> None:
+        if self._upstream is not None:
+            self._upstream.write(self._frame(chunk))
+        elif not self._done:
+            self._held.append(chunk)
+            self._held_size += len(chunk)
+            if self._held_size > HIGH_WATER:
+                self.front.pause_reading("body")
+
+    def request_complete(self) -> None:
+        self._request_done = True
+        if self._upstream is not None and self._chunked_upload:
+            self._upstream.write(b"0\r\n\r\n")
+
+    def client_raw(self, data: bytes) -> None:
+        """WebSocket bytes from the browser."""
+        if self._upstream is not None and self._upstream.spliced:
+            self._upstream.write(data)
+        else:
+            self._held.append(data)  # sent once the agent has accepted the upgrade
+
+    def cork(self) -> None:
+        self.front.cork()
+
+    def uncork(self) -> None:
+        self.front.uncork()
+
+    def client_writable(self, writable: bool) -> None:
+        if self._upstream is not None:
+            if writable:
+                self._upstream.resume_reading()
+            else:
+                self._upstream.pause_reading()
+
+    # Response, toward the browser (the Sink of the agent connection)
+
+    def response_head(self, status: int, headers: Headers, upgraded: bool) -> None:
+        self._cancel_timer()
+        self._responded = True
+        if upgraded:
+            out = to_browser(headers, upgrade=True)
+            self.front.write(render_head(101, out))
+            assert self._upstream is not None and self._admit is not None
+            for data in self._held:
+                self._upstream.write(data)
+            self._held = []
+            self._open_stream()
+            return
+        out = to_browser(headers)
+        bodiless = self.request.method == b"HEAD" or status in (204, 304)
+        if not bodiless and header(headers, b"content-length") is None:
+            out.append((b"transfer-encoding", b"chunked"))
+            self._chunked_response = True
+            self._open_stream()
+        if not self.keep_alive or self.front._closing:
+            self.keep_alive = False
+            out.append((b"connection", b"close"))
+        self.front.write(render_head(status, out))
+
+    def response_body(self, data: bytes) -> None:
+        if self._chunked_response:
+            self.front.write(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            self.front.write(data)
+
+    def response_end(self) -> None:
+        if self._chunked_response:
+            self.front.write(b"0\r\n\r\n")
+        conn, self._upstream = self._upstream, None
+        if conn is not None:
+            if self._request_done:
+                self.front.proxy.pool.release(conn)
+            else:
+                conn.close()  # answered before the request was sent whole
+                self.keep_alive = False
+        self._finish()
+
+    def upstream_failed(self, reason: str) -> None:
+        self._cancel_timer()
+        self._upstream = None
+        replay, self._replay = self._replay, None
+        if replay is not None and not self._responded and self._admit is not None:
+            self._task = asyncio.get_running_loop().create_task(
+                self._resend(self._admit.route["target"], replay)
+            )
+            return
+        if self._responded:
+            # Cut short mid-body: drop the browser's connection too, so a partial body
+            # is never taken for a whole one.
+            self.keep_alive = False
+            self._finish()
+            return
+        refused = Refused(502, "agent_unreachable", "The sandbox did not answer", f"{reason}.")
+        self._answer(refused.answer(self.request))
+
+    def upstream_writable(self, writable: bool) -> None:
+        if writable:
+            self.front.resume_reading("upstream")
+        else:
+            self.front.pause_reading("upstream")
+
+    def upstream_raw(self, data: bytes) -> None:
+        self.front.write(data)
+
+    def upstream_closed(self) -> None:
+        self.keep_alive = False
+        self._finish()
+
+    # Ending
+
+    def _answer(self, answer: Answer) -> None:
+        if not self._request_done:
+            self.keep_alive = False  # do not read a body we will not forward
+        headers = list(answer.headers)
+        if header(headers, b"content-length") is None:
+            headers.append((b"content-length", b"%d" % len(answer.body)))
+        if not self.keep_alive or self.front._closing:
+            self.keep_alive = False
+            headers.append((b"connection", b"close"))
+        body = b"" if self.request.method == b"HEAD" else answer.body
+        self.front.write(render_head(answer.status, headers) + body)
+        self._finish()
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if self._upstream is not None:
+            self._upstream.close()
+            self._upstream = None
+        self._answer(
+            Refused(
+                504,
+                "agent_timeout",
+                "The sandbox did not answer in time",
+                f"The agent did not answer within {self.front.proxy.timeout:g} s.",
+            ).answer(self.request)
+        )
+
+    def _open_stream(self) -> None:
+        if self._admit is not None and self._streaming is None:
+            self._streaming = self._admit.sandbox_id
+            self.front.proxy.open_stream(self._streaming)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _finish(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._cancel_timer()
+        if self._streaming is not None:
+            self.front.proxy.close_stream(self._streaming)
+        self.front.finished(self)
+
+    def abort(self) -> None:
+        """The browser went away: let the agent go too."""
+        self._done = True
+        self._cancel_timer()
+        if self._task is not None:
+            self._task.cancel()
+        if self._upstream is not None:
+            self._upstream.close()
+            self._upstream = None
+        if self._streaming is not None:
+            self.front.proxy.close_stream(self._streaming)
+            self._streaming = None
