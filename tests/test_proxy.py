@@ -520,3 +520,56 @@ def test_proxied_requests_count_as_activity(make_box: Callable[..., Box], sandba
     while sandbar.activity.last_seen(box.id) is None and time.monotonic() < deadline:
         time.sleep(0.1)
     assert sandbar.activity.last_seen(box.id) is not None
+
+
+def raw_exchange(server: ServerProcess, data: bytes) -> bytes:
+    """Send bytes as they are; read until the server closes the connection (the last
+    request says ``Connection: close``)."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(data)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+        return received
+
+
+def test_the_connection_level_rules(make_box: Callable[..., Box]) -> None:
+    box = make_box()
+    token = box.owner.client.post(f"/api/sandboxes/{box.id}/access-tokens").json()["token"]
+    auth = f"Host: {box.host}\r\nAuthorization: Bearer {token}\r\n".encode()
+    # Two pipelined requests: two answers, in order.
+    got = raw_exchange(
+        box.server,
+        b"GET /first HTTP/1.1\r\n"
+        + auth
+        + b"\r\nGET /echo?second HTTP/1.1\r\n"
+        + auth
+        + b"Connection: close\r\n\r\n",
+    )
+    assert got.startswith(b"HTTP/1.1 200 OK\r\n") and got.count(b"HTTP/1.1 200 OK") == 2
+    assert got.index(b"\r\n\r\nok") < got.index(b'"query": "second"')
+    # A client that waits for 100 Continue gets it, and its body arrives.
+    with socket.create_connection(("127.0.0.1", box.server.port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /echo HTTP/1.1\r\n" + auth + b"Content-Length: 5\r\nExpect: 100-continue\r\n\r\n"
+        )
+        assert sock.recv(100).startswith(b"HTTP/1.1 100 Continue")
+        sock.sendall(b"hello")
+        answer = b""
+        while b'"body_size": 5' not in answer:
+            chunk = sock.recv(65536)
+            assert chunk, answer
+            answer += chunk
+    # Garbage, and a head that never ends, are refused and the connection closed.
+    assert raw_exchange(box.server, b"NONSENSE\x00\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+    huge = b"GET / HTTP/1.1\r\n" + auth + b"X-Big: " + b"a" * 100_000 + b"\r\n\r\n"
+    assert raw_exchange(box.server, huge).startswith(b"HTTP/1.1 431 ")
+    # A connection opened for a sandbox cannot be turned toward the API.
+    got = raw_exchange(
+        box.server,
+        b"GET /echo HTTP/1.1\r\n"
+        + auth
+        + b"\r\n"
+        + b"GET /api/auth/me HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    )
+    assert b"HTTP/1.1 421 " in got

@@ -16,6 +16,10 @@ import httptools
 from interfaces.proxy.headers import Headers
 
 MAX_IDLE = 64  # idle connections kept per agent address
+# An idle connection older than this is not reused: agents' servers close idle
+# connections after a few seconds (5 s for Node's and uvicorn's), and a request sent just
+# as that happens is lost. (nginx's upstream keep-alive has the same race.)
+MAX_IDLE_AGE = 2.0
 
 
 class Sink(Protocol):
@@ -48,6 +52,7 @@ class Upstream(asyncio.Protocol):
         self.done = True
         self.closed = False
         self.spliced = False
+        self.idle_since = 0.0
 
     # Used by the proxy.
 
@@ -188,10 +193,14 @@ class Pool:
 
     def idle(self, address: str) -> Upstream | None:
         idle = self._idle.get(address)
+        if not idle:
+            return None
+        now = asyncio.get_running_loop().time()
         while idle:
             conn = idle.pop()
-            if not conn.closed:
+            if not conn.closed and now - conn.idle_since < MAX_IDLE_AGE:
                 return conn
+            conn.close()
         return None
 
     async def connect(self, address: str) -> Upstream:
@@ -215,6 +224,7 @@ class Pool:
             return
         idle = self._idle.setdefault(conn.address, [])
         if len(idle) < MAX_IDLE:
+            conn.idle_since = asyncio.get_running_loop().time()
             idle.append(conn)
         else:
             conn.close()
