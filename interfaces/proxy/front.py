@@ -138,6 +138,10 @@ class FrontProtocol(asyncio.Protocol):
         self._connections.add(self)
         peer = transport.get_extra_info("peername")
         self._client = (peer[0] if isinstance(peer, tuple) else "").encode()
+        # A connection that never asks anything is closed like an idle one.
+        self._idle_timer = asyncio.get_running_loop().call_later(
+            self._keep_alive_timeout, self._idle_close
+        )
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._connections.discard(self)
@@ -190,6 +194,8 @@ class FrontProtocol(asyncio.Protocol):
         config, server_state, app_state, loop = self._uvicorn
         inner = HttpToolsProtocol(config, server_state, app_state, loop)
         self._connections.discard(self)
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
         assert self.transport is not None and self._raw is not None
         self.transport.set_protocol(inner)
         inner.connection_made(self.transport)  # type: ignore[arg-type]
@@ -198,7 +204,7 @@ class FrontProtocol(asyncio.Protocol):
 
     def _fail(self, status: int) -> None:
         """A request we cannot parse: answer if nothing else is being answered, close."""
-        if self.transport is None:
+        if self.transport is None or self.transport.is_closing():
             return
         if not self._queue:
             body = http.HTTPStatus(status).phrase.encode()
@@ -258,7 +264,8 @@ class FrontProtocol(asyncio.Protocol):
             exchange.start()
 
     def on_body(self, body: bytes) -> None:
-        self._queue[-1].request_body(body)
+        if self._queue:  # (else: the body of a request already refused)
+            self._queue[-1].request_body(body)
 
     def on_message_complete(self) -> None:
         if self._queue:
@@ -328,6 +335,7 @@ class Exchange:
         self._timer: asyncio.TimerHandle | None = None
         self._held: list[bytes] = []  # request body that came before the agent connection
         self._held_size = 0
+        self._early: list[bytes] = []  # WebSocket bytes that came before the agent's 101
         self._request_done = False
         self._chunked_upload = header(request.headers, b"transfer-encoding") is not None
         self._responded = False
@@ -454,7 +462,7 @@ class Exchange:
         if self._upstream is not None and self._upstream.spliced:
             self._upstream.write(data)
         else:
-            self._held.append(data)  # sent once the agent has accepted the upgrade
+            self._early.append(data)  # sent once the agent has accepted the upgrade
 
     def cork(self) -> None:
         self.front.cork()
@@ -478,9 +486,9 @@ class Exchange:
             out = to_browser(headers, upgrade=True)
             self.front.write(render_head(101, out))
             assert self._upstream is not None and self._admit is not None
-            for data in self._held:
+            for data in self._early:
                 self._upstream.write(data)
-            self._held = []
+            self._early = []
             self._open_stream()
             return
         out = to_browser(headers)
