@@ -67,6 +67,7 @@ class Settings:
     access_token_ttl: int = 30 * 24 * 3600  # seconds a sandbox access token lives
     open_wait: int = 60  # seconds a request to a paused sandbox waits for it to resume
     upstream_timeout: float = 300.0  # seconds to wait for an agent's response headers
+    trusted_proxies: str = ""  # comma-separated addresses whose X-Forwarded-* are kept
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sandbox_api_url", self.sandbox_api_url.rstrip("/"))

@@ -40,7 +40,8 @@ def proxy_server(
     server_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
     log = tmp_path_factory.mktemp("proxy") / "server.log"
-    proc = ServerProcess({**server_env, "SANDBAR_OPEN_WAIT": "20"}, log).start()
+    env = {**server_env, "SANDBAR_OPEN_WAIT": "20", "SANDBAR_TRUSTED_PROXIES": "127.0.0.2"}
+    proc = ServerProcess(env, log).start()
     yield proc
     proc.stop()
     assert "Traceback" not in log.read_text(), log.read_text()
@@ -573,3 +574,21 @@ def test_the_connection_level_rules(make_box: Callable[..., Box]) -> None:
         + b"GET /api/auth/me HTTP/1.1\r\nHost: localhost\r\n\r\n",
     )
     assert b"HTTP/1.1 421 " in got
+
+
+def test_forwarding_headers_of_a_trusted_front_proxy_are_kept(
+    make_box: Callable[..., Box],
+) -> None:
+    box = make_box()
+    token = box.owner.client.post(f"/api/sandboxes/{box.id}/access-tokens").json()["token"]
+    forged = {"x-forwarded-for": "6.6.6.6", "x-forwarded-proto": "https"}
+    headers = {"host": box.host, "authorization": f"Bearer {token}", **forged}
+    # From 127.0.0.1 (untrusted): replaced.
+    seen = seen_headers(httpx.get(f"{box.server.url}/echo", headers=headers))
+    assert seen["x-forwarded-for"] == ["127.0.0.1"] and seen["x-forwarded-proto"] == ["http"]
+    # From 127.0.0.2 (SANDBAR_TRUSTED_PROXIES): kept, and the hop appended.
+    transport = httpx.HTTPTransport(local_address="127.0.0.2")
+    with httpx.Client(transport=transport) as client:
+        seen = seen_headers(client.get(f"{box.server.url}/echo", headers=headers))
+    assert seen["x-forwarded-for"] == ["6.6.6.6, 127.0.0.2"]
+    assert seen["x-forwarded-proto"] == ["https"]

@@ -61,6 +61,9 @@ class SandboxProxy:
         self.streams: Counter[UUID] = Counter()
         self.proto = sandbar.settings.public_scheme.encode()
         self.timeout = sandbar.settings.upstream_timeout
+        self.trusted = frozenset(
+            a.strip().encode() for a in sandbar.settings.trusted_proxies.split(",") if a.strip()
+        )
         self._keeper: asyncio.Task[None] | None = None
 
     def protocol(self) -> Callable[..., asyncio.Protocol]:
@@ -417,6 +420,7 @@ class Exchange:
             proto=self.front.proxy.proto,
             host=request.host.encode("latin-1"),
             upgrade=request.websocket,
+            trusted=self.front._client in self.front.proxy.trusted,
         )
         parts = [request.method, b" ", request.target, b" HTTP/1.1\r\n"]
         for name, value in headers:

@@ -77,9 +77,17 @@ def to_agent(
     proto: bytes,
     host: bytes,
     upgrade: bool = False,
+    trusted: bool = False,
 ) -> Headers:
     """The request headers the agent sees. A WebSocket handshake keeps its own
-    (``Sec-WebSocket-*``, ``Origin``) and asks the agent to upgrade."""
+    (``Sec-WebSocket-*``, ``Origin``) and asks the agent to upgrade. The forwarding
+    headers of a ``trusted`` client (Sandbar's own front proxy) are kept and extended;
+    anyone else's are replaced."""
+    if trusted:
+        forwarded = header(headers, b"x-forwarded-for")
+        client = forwarded + b", " + client if forwarded else client
+        proto = header(headers, b"x-forwarded-proto") or proto
+        host = header(headers, b"x-forwarded-host") or host
     drop = _DROPPED | _named_by_connection(headers)
     out: Headers = []
     for name, value in headers:
