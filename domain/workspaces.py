@@ -19,6 +19,11 @@ from domain.roles import Role
 
 
 class Workspace(SandbarAggregate):
+    # Daily limits on Anthropic proxy use; None: the installation's default. (Class
+    # attributes, so snapshots taken before limits existed still load.)
+    daily_requests: int | None = None
+    daily_tokens: int | None = None
+
     @event("Created")
     def __init__(self, name: str, owner_id: UUID) -> None:
         self.name = name
@@ -58,6 +63,18 @@ class Workspace(SandbarAggregate):
     @event("SandboxAttached")
     def _sandbox_attached(self, sandbox_id: UUID) -> None:
         self.sandbox_ids = [*self.sandbox_ids, sandbox_id]
+
+    def set_limits(self, daily_requests: int | None, daily_tokens: int | None) -> None:
+        self.check_live()
+        for value in (daily_requests, daily_tokens):
+            if value is not None and value < 0:
+                raise DomainError("a limit cannot be negative")
+        self._limits_set(daily_requests=daily_requests, daily_tokens=daily_tokens)
+
+    @event("LimitsSet")
+    def _limits_set(self, daily_requests: int | None, daily_tokens: int | None) -> None:
+        self.daily_requests = daily_requests
+        self.daily_tokens = daily_tokens
 
     def delete(self) -> None:
         self.check_live()

@@ -41,7 +41,7 @@ class DerivedSecrets:
 
     def proxy_token_sandbox(self, token: str) -> UUID | None:
         """The sandbox a proxy token belongs to, if it is genuine (constant-time check)."""
-        parts = token.split("_")
+        parts = token.split("_", 2)  # (the mac may hold "_" too)
         if len(parts) != 3 or parts[0] != "sbp":
             return None
         try:

@@ -68,10 +68,18 @@ class Settings:
     open_wait: int = 60  # seconds a request to a paused sandbox waits for it to resume
     upstream_timeout: float = 300.0  # seconds to wait for an agent's response headers
     trusted_proxies: str = ""  # comma-separated addresses whose X-Forwarded-* are kept
+    # The Anthropic API proxy.
+    anthropic_api_key: str | None = None
+    anthropic_base_url: str = "https://api.anthropic.com"
+    anthropic_max_body: int = 10 * 1024 * 1024
+    anthropic_timeout: float = 600.0  # seconds to wait for the API's response headers
+    anthropic_daily_requests: int | None = None  # default per-workspace limits (None: none)
+    anthropic_daily_tokens: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sandbox_api_url", self.sandbox_api_url.rstrip("/"))
         object.__setattr__(self, "public_url", self.public_url.rstrip("/"))
+        object.__setattr__(self, "anthropic_base_url", self.anthropic_base_url.rstrip("/"))
         object.__setattr__(self, "base_domain", self.base_domain.strip(".").lower())
 
     @classmethod

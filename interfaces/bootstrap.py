@@ -11,6 +11,7 @@ from application.eventlog import EventLog
 from application.opening import Opening
 from application.sandboxes import Sandboxes
 from application.throttle import LoginThrottle, RateLimit
+from application.usage import Usage
 from application.workspaces import Workspaces
 from infrastructure.activity import ActivityTable
 from infrastructure.agents import DerivedSecrets
@@ -24,6 +25,7 @@ from infrastructure.passwords import Argon2Passwords
 from infrastructure.probe import HealthProbe
 from infrastructure.settings import Settings
 from infrastructure.tracking import FollowerTracking
+from infrastructure.usage import UsageTable
 from interfaces.addresses import Addresses
 from projections.queries import ReadModelQueries
 from projections.view import ReadModelView
@@ -44,6 +46,7 @@ class Sandbar:
     opening: Opening
     changes: ChangeFeed
     addresses: Addresses
+    usage: Usage
 
     def container_worker(self) -> ContainerWorker:
         """The process manager for cloud sandboxes (run it with ``.run(stop_event)``)."""
@@ -120,4 +123,12 @@ def build(settings: Settings) -> Sandbar:
         ),
         changes=changes,
         addresses=Addresses(settings),
+        usage=Usage(
+            event_log,
+            reads,
+            access,
+            UsageTable(datastore),
+            default_requests=settings.anthropic_daily_requests,
+            default_tokens=settings.anthropic_daily_tokens,
+        ),
     )

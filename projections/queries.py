@@ -108,6 +108,13 @@ class ReadModelQueries:
     def sandbox(self, sandbox_id: UUID) -> Row | None:
         return self._one(f"{_SANDBOX} WHERE id = %s", (sandbox_id,))
 
+    def limits(self, workspace_id: UUID) -> Row | None:
+        """A workspace's own daily limits (None where it uses the default)."""
+        return self._one(
+            "SELECT daily_requests, daily_tokens FROM sandbar_workspaces WHERE id = %s",
+            (workspace_id,),
+        )
+
     def route(self, sandbox_id: UUID) -> Row | None:
         """Where a sandbox's agent answers, and whether it may be reached now."""
         return self._one(

@@ -18,7 +18,7 @@ from domain.workspaces import Membership, Workspace
 
 # Bump when a table's shape or a handler's meaning changes: the views are then
 # dropped and rebuilt from the log on the next start.
-VERSION = 1
+VERSION = 2
 
 TABLES: dict[str, tuple[str, str]] = {
     # name: (columns, primary key used to order rows when comparing)
@@ -29,7 +29,7 @@ TABLES: dict[str, tuple[str, str]] = {
     ),
     "sandbar_workspaces": (
         "id uuid PRIMARY KEY, name text NOT NULL, created_by text NOT NULL, "
-        "created_at timestamptz NOT NULL",
+        "created_at timestamptz NOT NULL, daily_requests bigint, daily_tokens bigint",
         "id",
     ),
     # One row per membership ever made; a removed member keeps the row, inactive.
@@ -102,6 +102,14 @@ def _workspace_created(curs: Cursor[Any], e: Any) -> None:
     curs.execute(
         "INSERT INTO sandbar_workspaces (id, name, created_by, created_at) VALUES (%s, %s, %s, %s)",
         (e.originator_id, e.name, e.actor, e.timestamp),
+    )
+
+
+@handles(Workspace.LimitsSet)
+def _workspace_limits(curs: Cursor[Any], e: Any) -> None:
+    curs.execute(
+        "UPDATE sandbar_workspaces SET daily_requests = %s, daily_tokens = %s WHERE id = %s",
+        (e.daily_requests, e.daily_tokens, e.originator_id),
     )
 
 

@@ -76,6 +76,11 @@ class ReadModelView(PostgresTrackingRecorder):
             curs.execute(SQL(f"SELECT version FROM {META_TABLE}"))
             row = curs.fetchone()
             if row is None or row["version"] != read_model.VERSION:
+                # Another shape: drop the tables and make them anew, then replay.
+                for table in read_model.TABLES:
+                    curs.execute(SQL("DROP TABLE IF EXISTS {}").format(Identifier(table)))
+                for stmt in read_model.create_statements():
+                    curs.execute(SQL(stmt))  # type: ignore[arg-type]
                 _truncate(curs, self.tracking_table_name)
                 curs.execute(SQL(f"DELETE FROM {META_TABLE}"))
                 curs.execute(

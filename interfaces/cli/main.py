@@ -20,6 +20,7 @@ def _serve(args: argparse.Namespace) -> int:
     from interfaces.proxy.front import SandboxProxy
 
     sandbar = build(Settings.from_env())
+    proxy = SandboxProxy(sandbar)
     stop = threading.Event()
     worker = None
     if sandbar.settings.worker:
@@ -29,9 +30,9 @@ def _serve(args: argparse.Namespace) -> int:
         worker.start()
     try:
         uvicorn.run(
-            create_app(sandbar),
+            create_app(sandbar, proxy),
             # Sandbox hosts are answered at the protocol level; the rest reaches the API.
-            http=SandboxProxy(sandbar).protocol(),  # type: ignore[arg-type]
+            http=proxy.protocol(),  # type: ignore[arg-type]
             host=args.host,
             port=args.port,
             log_level=args.log_level,

@@ -1,17 +1,27 @@
-"""The ASGI application: the REST API behind the request guard. (Sandbox hosts never
-reach it: interfaces/proxy/front.py answers them at the protocol level.)"""
+"""The ASGI application: the REST API behind the request guard, and the Anthropic proxy
+at ``/proxy/anthropic/``. (Sandbox hosts never reach it: interfaces/proxy/front.py
+answers them at the protocol level.)"""
 
 from __future__ import annotations
 
 from fastapi import FastAPI
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from interfaces.bootstrap import Sandbar
-from interfaces.http import errors, present, routes_auth, routes_sandboxes, routes_workspaces
+from interfaces.http import (
+    errors,
+    present,
+    routes_auth,
+    routes_sandboxes,
+    routes_usage,
+    routes_workspaces,
+)
 from interfaces.http.guard import RequestGuard
+from interfaces.proxy.anthropic import PREFIX, AnthropicProxy
+from interfaces.proxy.front import SandboxProxy
 
 
-def create_app(sandbar: Sandbar) -> ASGIApp:
+def create_app(sandbar: Sandbar, proxy: SandboxProxy | None = None) -> ASGIApp:
     api = FastAPI(
         title="Sandbar",
         summary="Run AI coding agents in sandboxes, opened from the browser.",
@@ -23,9 +33,27 @@ def create_app(sandbar: Sandbar) -> ASGIApp:
     api.include_router(routes_auth.router)
     api.include_router(routes_workspaces.router)
     api.include_router(routes_sandboxes.router)
+    api.include_router(routes_usage.router)
 
     @api.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    return RequestGuard(api, max_body=sandbar.settings.max_body_bytes)
+    guarded = RequestGuard(api, max_body=sandbar.settings.max_body_bytes)
+    return PathDispatch(guarded, AnthropicProxy(proxy or SandboxProxy(sandbar)))
+
+
+class PathDispatch:
+    """``/proxy/anthropic/...`` to the Anthropic proxy (no framework on its hot path);
+    everything else to the API."""
+
+    def __init__(self, api: ASGIApp, anthropic: ASGIApp) -> None:
+        self._api = api
+        self._anthropic = anthropic
+        self._prefix = PREFIX + "/"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(self._prefix):
+            await self._anthropic(scope, receive, send)
+        else:
+            await self._api(scope, receive, send)

@@ -77,3 +77,27 @@ def sandbox(row: Row, origin: tuple[str, str, str]) -> Row:
     if row.get("error"):
         out["error"] = row["error"]
     return out
+
+
+def limits(row: Row) -> Row:
+    return {
+        "daily_requests": row["daily_requests"],
+        "daily_tokens": row["daily_tokens"],
+        "own": {"daily_requests": row["own_requests"], "daily_tokens": row["own_tokens"]},
+    }
+
+
+def usage(report: Row) -> Row:
+    days = [
+        {
+            "day": r["day"].isoformat(),
+            "sandbox_id": str(r["sandbox_id"]),
+            "requests": r["requests"],
+            "input_tokens": r["input_tokens"],
+            "output_tokens": r["output_tokens"],
+            "cache_creation_input_tokens": r["cache_creation_input_tokens"],
+            "cache_read_input_tokens": r["cache_read_input_tokens"],
+        }
+        for r in report["rows"]
+    ]
+    return {"limits": limits(report["limits"]), "days": days}

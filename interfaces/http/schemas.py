@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class Body(BaseModel):
@@ -54,3 +54,10 @@ class RoleChange(Body):
 class NewSandbox(Body):
     name: str
     type: str
+
+
+class Limits(Body):
+    """Both fields are required (null: the installation's default), so a PUT says all."""
+
+    daily_requests: int | None = Field(ge=0, le=2**53)
+    daily_tokens: int | None = Field(ge=0, le=2**53)

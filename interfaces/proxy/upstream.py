@@ -9,6 +9,9 @@ BASELINES.md); this does only what forwarding needs."""
 from __future__ import annotations
 
 import asyncio
+import ssl
+from collections import deque
+from collections.abc import AsyncIterator
 from typing import Protocol
 
 import httptools
@@ -190,6 +193,12 @@ class Pool:
     def __init__(self, connect_timeout: float = 10.0) -> None:
         self._idle: dict[str, list[Upstream]] = {}
         self._connect_timeout = connect_timeout
+        self._tls: ssl.SSLContext | None = None
+
+    def _tls_context(self) -> ssl.SSLContext:
+        if self._tls is None:
+            self._tls = ssl.create_default_context()
+        return self._tls
 
     def idle(self, address: str) -> Upstream | None:
         idle = self._idle.get(address)
@@ -203,12 +212,23 @@ class Pool:
             conn.close()
         return None
 
-    async def connect(self, address: str) -> Upstream:
+    async def connect(self, address: str, tls: bool = False) -> Upstream:
+        """A new connection to ``address`` ("host:port"), over TLS if asked (pooled
+        under "https://host:port" then)."""
         host, _, port = address.rpartition(":")
+        host = host.strip("[]")
         loop = asyncio.get_running_loop()
+        key = f"https://{address}" if tls else address
+        context = self._tls_context() if tls else None
         try:
             transport, conn = await asyncio.wait_for(
-                loop.create_connection(lambda: Upstream(address), host.strip("[]"), int(port)),
+                loop.create_connection(
+                    lambda: Upstream(key),
+                    host,
+                    int(port),
+                    ssl=context,
+                    server_hostname=host if tls else None,
+                ),
                 self._connect_timeout,
             )
         except (OSError, TimeoutError, ValueError) as e:
@@ -234,3 +254,99 @@ class Pool:
             for conn in idle:
                 conn.close()
         self._idle.clear()
+
+
+class Stream:
+    """An agent connection's answer as awaitables, for an ASGI handler: ``head()``,
+    then ``body()``; reading pauses while more than ``HIGH_WATER`` bytes wait."""
+
+    HIGH_WATER = 256 * 1024
+    LOW_WATER = 64 * 1024
+
+    def __init__(self, conn: Upstream) -> None:
+        self.conn = conn
+        loop = asyncio.get_running_loop()
+        self._head: asyncio.Future[tuple[int, Headers]] = loop.create_future()
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._paused = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self.ended = False
+        self.error: str | None = None
+
+    async def head(self, timeout: float) -> tuple[int, Headers]:
+        return await asyncio.wait_for(asyncio.shield(self._head), timeout)
+
+    async def write(self, data: bytes) -> None:
+        """More request body, at the pace the agent reads it."""
+        if self.error is not None or self.conn.closed:
+            raise ConnectionError(self.error or "the connection closed")
+        self.conn.write(data)
+        await self._writable.wait()
+
+    async def body(self) -> AsyncIterator[bytes]:
+        while True:
+            if self._chunks:
+                chunk = self._chunks.popleft()
+                self._buffered -= len(chunk)
+                if self._paused and self._buffered < self.LOW_WATER:
+                    self._paused = False
+                    self.conn.resume_reading()
+                yield chunk
+            elif self.ended:
+                return
+            elif self.error is not None:
+                raise ConnectionError(self.error)
+            else:
+                self._waiter = asyncio.get_running_loop().create_future()
+                await self._waiter
+
+    # Sink
+
+    def cork(self) -> None:
+        pass
+
+    def uncork(self) -> None:
+        pass
+
+    def response_head(self, status: int, headers: Headers, upgraded: bool) -> None:
+        if not self._head.done():
+            self._head.set_result((status, headers))
+
+    def response_body(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._buffered += len(data)
+        if self._buffered > self.HIGH_WATER and not self._paused:
+            self._paused = True
+            self.conn.pause_reading()
+        self._wake()
+
+    def response_end(self) -> None:
+        self.ended = True
+        self._wake()
+
+    def upstream_failed(self, reason: str) -> None:
+        self.error = reason
+        if not self._head.done():
+            self._head.set_exception(ConnectionError(reason))
+            self._head.exception()  # retrieved: no warning if nobody awaits it
+        self._writable.set()
+        self._wake()
+
+    def upstream_writable(self, writable: bool) -> None:
+        if writable:
+            self._writable.set()
+        else:
+            self._writable.clear()
+
+    def upstream_raw(self, data: bytes) -> None:
+        self.response_body(data)
+
+    def upstream_closed(self) -> None:
+        self.response_end()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)

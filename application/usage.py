@@ -1,0 +1,108 @@
+"""Anthropic proxy usage: admitting a sandbox's request under its workspace's daily
+limits, recording the tokens it used, and reporting them to members. Owners set their
+workspace's own limits (an event); otherwise the installation's defaults apply."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Protocol
+from uuid import UUID
+
+from application.access import Access
+from application.errors import NotFound, RateLimited, rule_conflicts
+from application.eventlog import EventLog
+from application.ports import ReadModel, Row
+from domain import roles
+from domain.base import acting_as
+from domain.workspaces import Workspace
+
+MAX_REPORT_DAYS = 366
+
+
+class UsageStore(Protocol):
+    def reserve(
+        self, workspace_id: UUID, day: date, max_requests: int | None, max_tokens: int | None
+    ) -> str | None: ...
+    def record(
+        self, workspace_id: UUID, sandbox_id: UUID, day: date, counts: dict[str, int]
+    ) -> None: ...
+    def report(self, workspace_id: UUID, since: date) -> list[dict[str, Any]]: ...
+
+
+def today() -> date:
+    return datetime.now(UTC).date()
+
+
+def _seconds_to_midnight() -> int:
+    now = datetime.now(UTC)
+    midnight = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), UTC)
+    return max(1, int((midnight - now).total_seconds()))
+
+
+class Usage:
+    def __init__(
+        self,
+        log: EventLog,
+        reads: ReadModel,
+        access: Access,
+        store: UsageStore,
+        *,
+        default_requests: int | None,
+        default_tokens: int | None,
+    ) -> None:
+        self._log = log
+        self._reads = reads
+        self._access = access
+        self._store = store
+        self._defaults = (default_requests, default_tokens)
+
+    def limits(self, workspace_id: UUID) -> Row:
+        own = self._reads.limits(workspace_id) or {}
+        requests = own.get("daily_requests")
+        tokens = own.get("daily_tokens")
+        return {
+            "daily_requests": self._defaults[0] if requests is None else requests,
+            "daily_tokens": self._defaults[1] if tokens is None else tokens,
+            "own_requests": requests,
+            "own_tokens": tokens,
+        }
+
+    def admit(self, workspace_id: UUID) -> None:
+        """Count a proxy request against today's limits, or refuse it (RateLimited)."""
+        limits = self.limits(workspace_id)
+        reached = self._store.reserve(
+            workspace_id, today(), limits["daily_requests"], limits["daily_tokens"]
+        )
+        if reached is not None:
+            limit = limits[f"daily_{reached}"]
+            raise RateLimited(
+                f"this workspace has used its daily limit of {limit} {reached[:-1]}"
+                f"{'s' if limit != 1 else ''} for the Anthropic API; it resets at 00:00 UTC",
+                retry_after=_seconds_to_midnight(),
+            )
+
+    def record(self, workspace_id: UUID, sandbox_id: UUID, counts: dict[str, int]) -> None:
+        self._store.record(workspace_id, sandbox_id, today(), counts)
+
+    def report(self, actor: UUID, workspace_id: UUID, days: int) -> Row:
+        self._access.require(workspace_id, actor, roles.READ)
+        days = max(1, min(days, MAX_REPORT_DAYS))
+        rows = self._store.report(workspace_id, today() - timedelta(days=days - 1))
+        return {"limits": self.limits(workspace_id), "rows": rows}
+
+    def set_limits(
+        self, actor: UUID, workspace_id: UUID, daily_requests: int | None, daily_tokens: int | None
+    ) -> Row:
+        self._access.require(workspace_id, actor, roles.MANAGE_MEMBERS)
+        guard = self._access.guard(workspace_id, actor, roles.MANAGE_MEMBERS)
+
+        def command() -> None:
+            workspace = self._log.find(workspace_id, Workspace)
+            if workspace is None or workspace.deleted:
+                raise NotFound("workspace not found", code="workspace_not_found")
+            with acting_as(actor), rule_conflicts():
+                workspace.set_limits(daily_requests, daily_tokens)
+            self._log.save(workspace, checks=[guard])
+
+        self._log.retrying(command)
+        return self.limits(workspace_id)

@@ -1,0 +1,350 @@
+"""The Anthropic API proxy, end to end: a real ``sandbar serve`` in front of a loopback
+stand-in for the API, called by the official ``anthropic`` SDK as a sandbox would."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from uuid import UUID
+
+import anthropic
+import httpx
+import pytest
+
+from domain.sandboxes import Sandbox
+from interfaces.bootstrap import Sandbar
+from tests.anthropic_standin import REAL_KEY, AnthropicStandIn
+from tests.conftest import ServerProcess, User, register, run_sandbar
+from tests.upstream import serving
+
+MAX_BODY = 64 * 1024
+
+
+@pytest.fixture(scope="module")
+def standin() -> Iterator[tuple[AnthropicStandIn, int]]:
+    app = AnthropicStandIn()
+    with serving(app) as port:
+        yield app, port
+
+
+@pytest.fixture(scope="module")
+def api_server(
+    server_env: dict[str, str],
+    standin: tuple[AnthropicStandIn, int],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[ServerProcess]:
+    log = tmp_path_factory.mktemp("anthropic") / "server.log"
+    env = {
+        **server_env,
+        "SANDBAR_ANTHROPIC_API_KEY": REAL_KEY,
+        "SANDBAR_ANTHROPIC_BASE_URL": f"http://127.0.0.1:{standin[1]}",
+        "SANDBAR_ANTHROPIC_MAX_BODY": str(MAX_BODY),
+        "SANDBAR_ANTHROPIC_TIMEOUT": "3",
+    }
+    proc = ServerProcess(env, log).start()
+    yield proc
+    proc.stop()
+    text = log.read_text()
+    assert "Traceback" not in text, text
+    assert REAL_KEY not in text
+
+
+@dataclass
+class Box:
+    id: UUID
+    workspace_id: str
+    owner: User
+    token: str
+    url: str
+
+    def sdk(self, **kwargs: object) -> anthropic.Anthropic:
+        return anthropic.Anthropic(api_key=self.token, base_url=self.url, max_retries=0, **kwargs)
+
+
+@pytest.fixture
+def make_box(api_server: ServerProcess, sandbar: Sandbar) -> Callable[[], Box]:
+    def make() -> Box:
+        owner = register(api_server.url, "owner")
+        wid = owner.client.post("/api/workspaces", json={"name": "llm"}).json()["id"]
+        r = owner.client.post(
+            f"/api/workspaces/{wid}/sandboxes", json={"name": "agent", "type": "opencode"}
+        )
+        sid = UUID(r.json()["id"])
+        record(sandbar, sid, lambda s: s.record_started("127.0.0.1:9"))
+        token = sandbar.secrets.proxy_token(sid)
+        return Box(sid, wid, owner, token, f"{api_server.url}/proxy/anthropic")
+
+    return make
+
+
+def record(sandbar: Sandbar, sandbox_id: UUID, outcome: Callable[[Sandbox], None]) -> None:
+    box = sandbar.log.find(sandbox_id, Sandbox)
+    assert box is not None
+    outcome(box)
+    sandbar.log.save(box)
+
+
+def settled(request: Callable[[], httpx.Response], status: int) -> httpx.Response:
+    """The first answer with ``status`` (a save from this process reaches the server's
+    cache by NOTIFY, a moment later)."""
+    deadline = time.monotonic() + 10
+    while True:
+        r = request()
+        if r.status_code == status or time.monotonic() > deadline:
+            return r
+        time.sleep(0.02)
+
+
+HELLO = [{"role": "user", "content": "hello there"}]
+
+
+def test_the_sdk_plain_and_streaming(
+    make_box: Callable[[], Box], standin: tuple[AnthropicStandIn, int]
+) -> None:
+    box = make_box()
+    app, _ = standin
+    client = box.sdk()
+    message = client.messages.create(model="claude-standin", max_tokens=64, messages=HELLO)
+    assert message.content[0].text == "echo: hello there"  # type: ignore[union-attr]
+    assert message.usage.input_tokens == 2 and message.usage.output_tokens == 3
+    seen = app.requests[-1]
+    assert seen["headers"]["x-api-key"] == REAL_KEY
+    assert box.token not in json.dumps(seen["headers"])
+    assert seen["headers"]["anthropic-version"]  # the SDK's own (see below)
+    assert seen["headers"]["host"] == f"127.0.0.1:{standin[1]}"
+
+    with client.messages.stream(
+        model="claude-standin", max_tokens=64, messages=[{"role": "user", "content": "a b c"}]
+    ) as stream:
+        text = stream.get_final_text()
+        final = stream.get_final_message()
+    assert text == "echo: a b c"
+    assert final.usage.output_tokens == 4
+
+
+def test_tokens_are_checked(
+    make_box: Callable[[], Box], api_server: ServerProcess, sandbar: Sandbar
+) -> None:
+    box = make_box()
+    with pytest.raises(anthropic.AuthenticationError) as e:
+        anthropic.Anthropic(
+            api_key="sk-ant-wrong", base_url=box.url, max_retries=0
+        ).messages.create(model="m", max_tokens=8, messages=HELLO)
+    assert e.value.body["error"]["type"] == "authentication_error"  # type: ignore[index]
+    forged = box.token[:-4] + "AAAA"
+    for headers in ({}, {"x-api-key": forged}, {"authorization": "Bearer " + forged}):
+        r = httpx.post(f"{box.url}/v1/messages", json={}, headers=headers)
+        assert r.status_code == 401
+        assert r.json() == {
+            "type": "error",
+            "error": {"type": "authentication_error", "message": r.json()["error"]["message"]},
+        }
+    # Bearer works as well as x-api-key.
+    r = httpx.post(
+        f"{box.url}/v1/messages",
+        json={"model": "m", "max_tokens": 8, "messages": HELLO},
+        headers={"authorization": f"Bearer {box.token}"},
+    )
+    assert r.status_code == 200, r.text
+    # Paused: refused; running again: fine; deleted: refused at once.
+    call = lambda: httpx.post(  # noqa: E731
+        f"{box.url}/v1/messages",
+        json={"model": "m", "max_tokens": 8, "messages": HELLO},
+        headers={"x-api-key": box.token},
+    )
+    assert box.owner.client.post(f"/api/sandboxes/{box.id}/pause").status_code == 202
+    r = call()  # pausing, said by this server's own API: the very next request
+    assert r.status_code == 403 and r.json()["error"]["type"] == "permission_error"
+    record(sandbar, box.id, Sandbox.record_paused)
+    assert settled(call, 403).status_code == 403
+    assert box.owner.client.post(f"/api/sandboxes/{box.id}/resume").status_code == 202
+    record(sandbar, box.id, lambda s: s.record_started("127.0.0.1:9"))
+    assert settled(call, 200).status_code == 200
+    assert box.owner.client.delete(f"/api/sandboxes/{box.id}").status_code == 202
+    assert call().status_code == 401
+
+
+def test_headers_bodies_and_errors_pass_through(
+    make_box: Callable[[], Box], standin: tuple[AnthropicStandIn, int]
+) -> None:
+    box = make_box()
+    app, _ = standin
+    url = f"{box.url}/v1/messages"
+    payload = {"model": "m", "max_tokens": 8, "messages": HELLO}
+    r = httpx.post(
+        url,
+        json=payload,
+        headers={"x-api-key": box.token, "anthropic-beta": "tools-2024-04-04", "cookie": "a=b"},
+    )
+    assert r.status_code == 200
+    seen = app.requests[-1]["headers"]
+    assert seen["anthropic-version"] == "2023-06-01"  # set when the client sent none
+    assert seen["anthropic-beta"] == "tools-2024-04-04"
+    assert "cookie" not in seen and "authorization" not in seen
+    r = httpx.post(
+        url, json=payload, headers={"x-api-key": box.token, "anthropic-version": "2099-01-01"}
+    )
+    assert app.requests[-1]["headers"]["anthropic-version"] == "2099-01-01"  # the client's
+    # The API's own errors pass through as they are.
+    r = httpx.post(
+        url,
+        json={**payload, "messages": [{"role": "user", "content": "please fail"}]},
+        headers={"x-api-key": box.token},
+    )
+    assert r.status_code == 529 and r.json()["error"]["type"] == "overloaded_error"
+    r = httpx.post(f"{box.url}/v1/nothing", json={}, headers={"x-api-key": box.token})
+    assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
+    # Bodies over the cap: refused, whether their length is announced or not.
+    big = {**payload, "pad": "x" * MAX_BODY}
+    r = httpx.post(url, json=big, headers={"x-api-key": box.token})
+    assert r.status_code == 413 and r.json()["error"]["type"] == "request_too_large"
+    before = len(app.requests)
+    r = httpx.post(
+        url,
+        content=iter(
+            [json.dumps(big).encode()[i : i + 8192] for i in range(0, MAX_BODY + 8192, 8192)]
+        ),
+        headers={"x-api-key": box.token, "content-type": "application/json"},
+    )
+    assert r.status_code == 413
+    assert all(len(req["body"]) <= MAX_BODY for req in app.requests[before:])
+
+
+def test_streamed_events_pass_as_they_come(
+    make_box: Callable[[], Box], standin: tuple[AnthropicStandIn, int]
+) -> None:
+    box = make_box()
+    app, _ = standin
+    app.hold.set()
+    try:
+        seen: list[str] = []
+        with httpx.stream(
+            "POST",
+            f"{box.url}/v1/messages",
+            json={"model": "m", "max_tokens": 8, "stream": True, "messages": HELLO},
+            headers={"x-api-key": box.token},
+            timeout=30,
+        ) as r:
+            assert r.headers["content-type"].startswith("text/event-stream")
+            for line in r.iter_lines():
+                if line.startswith("event: "):
+                    seen.append(line[7:])
+                    # The stand-in sends the next event only once this one is here.
+                    app.release.release()
+        assert seen[0] == "message_start" and seen[-1] == "message_stop"
+    finally:
+        app.hold.clear()
+
+
+def test_a_slow_api_times_out_cleanly(make_box: Callable[[], Box]) -> None:
+    box = make_box()
+    started = time.monotonic()
+    r = httpx.post(  # the stand-in waits 6 s; the proxy's timeout here is 3 s
+        f"{box.url}/v1/messages",
+        json={
+            "model": "m",
+            "max_tokens": 8,
+            "messages": [{"role": "user", "content": "take your time"}],
+        },
+        headers={"x-api-key": box.token},
+        timeout=30,
+    )
+    assert r.status_code == 504 and r.json()["error"]["type"] == "api_error"
+    assert time.monotonic() - started < 6
+
+
+def test_usage_is_recorded_and_reported(
+    make_box: Callable[[], Box], api_server: ServerProcess
+) -> None:
+    box = make_box()
+    client = box.sdk()
+    client.messages.create(model="m", max_tokens=8, messages=HELLO)  # 2 in, 3 out
+    with client.messages.stream(model="m", max_tokens=8, messages=HELLO) as stream:
+        stream.get_final_message()  # 2 in, 3 out
+    usage_url = f"/api/workspaces/{box.workspace_id}/usage"
+    deadline = time.monotonic() + 10
+    while True:  # recorded just after each answer ends
+        report = box.owner.client.get(usage_url).json()
+        if (report["days"] and report["days"][0]["requests"] == 2) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    (day,) = report["days"]
+    assert day["sandbox_id"] == str(box.id)
+    assert (day["requests"], day["input_tokens"], day["output_tokens"]) == (2, 4, 6)
+    assert (day["cache_creation_input_tokens"], day["cache_read_input_tokens"]) == (6, 10)
+    assert report["limits"]["daily_requests"] is None  # no default configured here
+    stranger = register(api_server.url, "stranger")
+    assert stranger.client.get(usage_url).status_code == 404
+
+
+def test_daily_limits_hold_under_concurrency(
+    make_box: Callable[[], Box], api_server: ServerProcess
+) -> None:
+    box = make_box()
+    dev = register(api_server.url, "dev")
+    box.owner.client.post(
+        f"/api/workspaces/{box.workspace_id}/members",
+        json={"username": dev.username, "role": "maintainer"},
+    )
+    limits = f"/api/workspaces/{box.workspace_id}/limits"
+    assert (
+        dev.client.put(limits, json={"daily_requests": 1, "daily_tokens": None}).status_code == 403
+    )
+    r = box.owner.client.put(limits, json={"daily_requests": -1, "daily_tokens": None})
+    assert r.status_code == 422
+    r = box.owner.client.put(limits, json={"daily_requests": 20, "daily_tokens": None})
+    assert r.status_code == 200 and r.json()["daily_requests"] == 20
+
+    def call(_: int) -> httpx.Response:
+        return httpx.post(
+            f"{box.url}/v1/messages",
+            json={"model": "m", "max_tokens": 8, "messages": HELLO},
+            headers={"x-api-key": box.token},
+            timeout=30,
+        )
+
+    with concurrent.futures.ThreadPoolExecutor(50) as pool:
+        answers = list(pool.map(call, range(50)))
+    statuses = [r.status_code for r in answers]
+    assert statuses.count(200) == 20 and statuses.count(429) == 30, statuses
+    refused = next(r for r in answers if r.status_code == 429)
+    assert refused.json()["error"]["type"] == "rate_limit_error"
+    assert "20 requests" in refused.json()["error"]["message"]
+    assert int(refused.headers["retry-after"]) > 0
+    # A token limit: under it, requests pass; once used up, refused.
+    r = box.owner.client.put(limits, json={"daily_requests": None, "daily_tokens": 10_000})
+    assert r.status_code == 200
+    assert call(0).status_code == 200
+    r = box.owner.client.put(limits, json={"daily_requests": None, "daily_tokens": 1})
+    assert settled(lambda: call(0), 429).json()["error"]["message"].count("token") == 1
+
+
+def test_proxy_calls_count_as_activity(make_box: Callable[[], Box], sandbar: Sandbar) -> None:
+    box = make_box()
+    assert sandbar.activity.last_seen(box.id) is None
+    box.sdk().messages.create(model="m", max_tokens=8, messages=HELLO)
+    deadline = time.monotonic() + 30
+    while sandbar.activity.last_seen(box.id) is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert sandbar.activity.last_seen(box.id) is not None
+
+
+def test_the_real_key_is_nowhere(
+    make_box: Callable[[], Box], api_server: ServerProcess, server_env: dict[str, str]
+) -> None:
+    """After all the above: not in any answer, the event log or the server's log."""
+    box = make_box()
+    answers = [
+        httpx.post(f"{box.url}/v1/messages", json={"messages": HELLO}, headers=h)
+        for h in ({"x-api-key": box.token}, {"x-api-key": "wrong"}, {})
+    ]
+    for r in answers:
+        assert REAL_KEY not in r.text and REAL_KEY not in str(r.headers)
+    audit = run_sandbar("audit", "log", "--json", env=server_env)
+    assert audit.returncode == 0, audit.stderr
+    assert REAL_KEY not in audit.stdout
+    assert REAL_KEY not in Path(api_server.log).read_text()
