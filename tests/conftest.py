@@ -122,9 +122,12 @@ def run_sandbar(
 class ServerProcess:
     """A real ``sandbar serve`` subprocess, its output in a log file."""
 
-    def __init__(self, env: dict[str, str], log: Path, port: int | None = None) -> None:
+    def __init__(
+        self, env: dict[str, str], log: Path, port: int | None = None, host: str = "127.0.0.1"
+    ) -> None:
         self.env = env
         self.log = log
+        self.host = host
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -137,6 +140,8 @@ class ServerProcess:
                     "-m",
                     "interfaces.cli.main",
                     "serve",
+                    "--host",
+                    self.host,
                     "--port",
                     str(self.port),
                     "--log-level",
