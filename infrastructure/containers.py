@@ -149,6 +149,16 @@ class DockerEngine:
                 return False
             return bool(info["State"]["Running"]) and not info["State"]["Paused"]
 
+    def host_gateway(self) -> str | None:
+        """The host's address on the engine's default bridge: what containers reach as
+        ``host.docker.internal``. None if the engine cannot say."""
+        try:
+            with self._engine() as client:
+                config = client.networks.get("bridge").attrs["IPAM"]["Config"]
+        except (EngineUnavailable, APIError, KeyError):
+            return None
+        return next((c["Gateway"] for c in config if c.get("Gateway")), None)
+
     def sandbox_ids(self) -> set[UUID]:
         """Sandboxes with a container of this installation's."""
         with self._engine() as client:

@@ -6,10 +6,14 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
+from typing import Any
 
 from infrastructure.settings import Settings
+
+log = logging.getLogger("sandbar")
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -28,23 +32,57 @@ def _serve(args: argparse.Namespace) -> int:
             target=sandbar.container_worker().run, args=(stop,), name="sandbar-worker"
         )
         worker.start()
+    config = uvicorn.Config(
+        create_app(sandbar, proxy),
+        # Sandbox hosts are answered at the protocol level; the rest reaches the API.
+        http=proxy.protocol(),  # type: ignore[arg-type]
+        log_level=args.log_level,
+        proxy_headers=False,
+        server_header=False,
+    )
     try:
-        uvicorn.run(
-            create_app(sandbar, proxy),
-            # Sandbox hosts are answered at the protocol level; the rest reaches the API.
-            http=proxy.protocol(),  # type: ignore[arg-type]
-            host=args.host,
-            port=args.port,
-            log_level=args.log_level,
-            proxy_headers=False,
-            server_header=False,
-        )
+        uvicorn.Server(config).run(sockets=_listen(sandbar, args.host, args.port))
     finally:
         stop.set()
         if worker is not None:
             worker.join(timeout=30)
         sandbar.close()
     return 0
+
+
+def _listen(sandbar: Any, host: str, port: int) -> list[socket.socket]:
+    """The address asked for, and, when Sandbar runs cloud sandboxes, its address on the
+    container engine's bridge too, so that containers reach the Anthropic proxy as
+    ``host.docker.internal`` without Sandbar listening on every interface."""
+    hosts = [host]
+    if sandbar.settings.worker and host not in ("0.0.0.0", "::"):  # noqa: S104 - comparing
+        from infrastructure.containers import DockerEngine
+
+        gateway = DockerEngine(sandbar.settings, sandbar.secrets).host_gateway()
+        if gateway and gateway != host:
+            hosts.append(gateway)
+        elif not gateway:
+            log.warning(
+                "no container engine answered: containers will not reach Sandbar's"
+                " Anthropic proxy unless --host or SANDBAR_SANDBOX_API_URL says how"
+            )
+    sockets = []
+    for address in hosts:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((address, port))
+        except OSError as e:
+            sock.close()
+            if address == host:
+                raise SystemExit(f"cannot listen on {address}:{port}: {e.strerror}") from None
+            log.warning("cannot listen on the engine's bridge %s:%d (%s)", address, port, e)
+            continue
+        sock.set_inheritable(True)
+        sockets.append(sock)
+        log.info("listening on http://%s:%d", address, port)
+    return sockets
 
 
 def _worker(args: argparse.Namespace) -> int:

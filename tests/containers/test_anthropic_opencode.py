@@ -36,7 +36,9 @@ def test_opencode_asks_the_api_through_the_proxy(
             # Containers reach Sandbar through the engine's gateway to the host.
             SANDBAR_SANDBOX_API_URL=f"http://host.docker.internal:{port}",
         )
-        server = ServerProcess(env, tmp_path / "server.log", port=port, host="0.0.0.0").start()  # noqa: S104
+        # Listening on 127.0.0.1, Sandbar also listens on the engine's bridge, which
+        # is where containers find host.docker.internal.
+        server = ServerProcess(env, tmp_path / "server.log", port=port).start()
         seen: list[str] = []
         try:
             alice = register(server.url, "alice")
