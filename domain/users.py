@@ -25,10 +25,15 @@ class User(SandbarAggregate):
         self.email = email
         self.display_name = display_name
         self.has_password = False
+        self.identities: list[str] = []
 
     @event("PasswordSet")
     def password_set(self) -> None:
         self.has_password = True
+
+    @event("IdentityLinked")
+    def identity_linked(self, provider: str, subject: str) -> None:
+        self.identities = [*self.identities, f"{provider}:{subject}"]
 
 
 class Username(SandbarAggregate):
@@ -42,4 +47,28 @@ class Username(SandbarAggregate):
     @event("Claimed")
     def __init__(self, username: str, user_id: UUID) -> None:
         self.username = username
+        self.user_id = user_id
+
+
+_IDENTITY_NS = uuid5(NAMESPACE_URL, "sandbar:identity")
+
+
+def link_identity(user: User, provider: str, subject: str) -> Identity:
+    """Link a sign-in identity (an OIDC provider's subject) to ``user``; the returned
+    index aggregate makes a second link of the same identity fail on version."""
+    user.identity_linked(provider=provider, subject=subject)
+    return Identity(provider=provider, subject=subject, user_id=user.id)
+
+
+class Identity(SandbarAggregate):
+    """Index aggregate: one per (provider, subject), naming the user it signs in."""
+
+    @staticmethod
+    def create_id(provider: str, subject: str) -> UUID:
+        return uuid5(_IDENTITY_NS, f"{provider}\x00{subject}")
+
+    @event("Linked")
+    def __init__(self, provider: str, subject: str, user_id: UUID) -> None:
+        self.provider = provider
+        self.subject = subject
         self.user_id = user_id

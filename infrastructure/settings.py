@@ -75,6 +75,19 @@ class Settings:
     anthropic_timeout: float = 600.0  # seconds to wait for the API's response headers
     anthropic_daily_requests: int | None = None  # default per-workspace limits (None: none)
     anthropic_daily_tokens: int | None = None
+    # Sign-in with any OpenID Connect provider, and with GitHub.
+    oidc_issuer: str | None = None
+    oidc_client_id: str | None = None
+    oidc_client_secret: str | None = None
+    oidc_scopes: str = "openid email profile"
+    oidc_label: str = "Single sign-on"
+    oidc_link_verified_email: bool = False  # sign in to the account with that email
+    github_client_id: str | None = None
+    github_client_secret: str | None = None
+    github_authorize_url: str = "https://github.com/login/oauth/authorize"
+    github_token_url: str = "https://github.com/login/oauth/access_token"  # noqa: S105 - a URL
+    github_api_url: str = "https://api.github.com"
+    sign_in_ttl: int = 600  # seconds a sign-in may take at the provider
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sandbox_api_url", self.sandbox_api_url.rstrip("/"))

@@ -10,9 +10,11 @@ from application.container_worker import ContainerWorker
 from application.eventlog import EventLog
 from application.opening import Opening
 from application.sandboxes import Sandboxes
+from application.sign_in import ExternalSignIn
 from application.throttle import LoginThrottle, RateLimit
 from application.usage import Usage
 from application.workspaces import Workspaces
+from infrastructure import oidc
 from infrastructure.activity import ActivityTable
 from infrastructure.agents import DerivedSecrets
 from infrastructure.changes import ChangeFeed
@@ -24,6 +26,7 @@ from infrastructure.grants import ACCESS_CHANNEL, Grants
 from infrastructure.passwords import Argon2Passwords
 from infrastructure.probe import HealthProbe
 from infrastructure.settings import Settings
+from infrastructure.sign_in_states import SignInStates
 from infrastructure.tracking import FollowerTracking
 from infrastructure.usage import UsageTable
 from interfaces.addresses import Addresses
@@ -47,6 +50,7 @@ class Sandbar:
     changes: ChangeFeed
     addresses: Addresses
     usage: Usage
+    sign_in: ExternalSignIn
 
     def container_worker(self) -> ContainerWorker:
         """The process manager for cloud sandboxes (run it with ``.run(stop_event)``)."""
@@ -123,6 +127,15 @@ def build(settings: Settings) -> Sandbar:
         ),
         changes=changes,
         addresses=Addresses(settings),
+        sign_in=ExternalSignIn(
+            event_log,
+            reads,
+            credentials,
+            SignInStates(datastore, key, settings.sign_in_ttl),
+            oidc.providers(settings),
+            link_verified_email=settings.oidc_link_verified_email,
+            provider_errors=(oidc.ProviderError,),
+        ),
         usage=Usage(
             event_log,
             reads,

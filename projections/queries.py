@@ -108,6 +108,12 @@ class ReadModelQueries:
     def sandbox(self, sandbox_id: UUID) -> Row | None:
         return self._one(f"{_SANDBOX} WHERE id = %s", (sandbox_id,))
 
+    def users_by_email(self, email: str) -> list[UUID]:
+        rows = self._all(
+            "SELECT id FROM sandbar_users WHERE lower(email) = lower(%s) LIMIT 2", (email,)
+        )
+        return [r["id"] for r in rows]
+
     def limits(self, workspace_id: UUID) -> Row | None:
         """A workspace's own daily limits (None where it uses the default)."""
         return self._one(

@@ -1,9 +1,13 @@
-"""Password sign-up, sign-in and sign-out; the session lives in a host-only cookie."""
+"""Sign-up, sign-in (password, or another provider) and sign-out; the session lives in a
+host-only cookie."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
+from application.errors import Invalid
+from interfaces.addresses import safe_next
+from interfaces.bootstrap import Sandbar
 from interfaces.http import present
 from interfaces.http.deps import SESSION_COOKIE, App, Caller
 from interfaces.http.schemas import Login, Register
@@ -53,3 +57,47 @@ def logout(request: Request, sb: App, _: Caller) -> Response:
 @router.get("/me")
 def me(sb: App, user_id: Caller) -> Response:
     return present.JSON(present.user(sb.accounts.me(user_id)))
+
+
+# Signing in with another provider (API.md: /api/auth/oidc/github, /api/auth/oidc/generic).
+
+
+@router.get("/providers")
+def providers(request: Request, sb: App) -> Response:
+    """The sign-in providers configured here, for a sign-in page's buttons."""
+    return present.JSON(
+        [{**p, "url": f"/api/auth/oidc/{p['name']}"} for p in sb.sign_in.providers()]
+    )
+
+
+def _callback_url(request: Request, sb: Sandbar, provider: str) -> str:
+    origin = sb.addresses.api_origin(request.headers.get("host", ""))
+    return f"{origin}/api/auth/oidc/{provider}/callback"
+
+
+@router.get("/oidc/{provider}", status_code=302)
+def begin_sign_in(
+    provider: str, request: Request, sb: App, next: str = "/", link: bool = False
+) -> Response:
+    """Off to the provider (state, nonce and PKCE). ``next``: a path to come back to;
+    ``link=true``: link the provider's account to the signed-in user instead."""
+    target = safe_next(next)
+    if target is None:
+        raise Invalid("next must be a path on this site, like /", field="next")
+    link_user = None
+    if link:
+        link_user = sb.accounts.authenticate(request.cookies.get(SESSION_COOKIE))
+    url = sb.sign_in.begin(provider, _callback_url(request, sb, provider), target, link_user)
+    return Response(status_code=302, headers={"location": url, "cache-control": "no-store"})
+
+
+@router.get("/oidc/{provider}/callback", status_code=302)
+def finish_sign_in(provider: str, request: Request, sb: App) -> Response:
+    params = {k: v for k, v in request.query_params.items() if k in ("code", "state", "error")}
+    _, token, target = sb.sign_in.finish(provider, _callback_url(request, sb, provider), params)
+    response = Response(
+        status_code=302,
+        headers={"location": target, "cache-control": "no-store", "referrer-policy": "no-referrer"},
+    )
+    _with_session(request, response, token)
+    return response
