@@ -167,7 +167,7 @@ class ExternalSignIn:
     def _create(self, provider: str, claims: ProviderClaims) -> UUID:
         base = _username_base(claims.username_hint, claims.email, claims.name)
         email = None
-        if claims.email:
+        if claims.email and claims.email_verified:  # an unverified address is not kept
             try:
                 email = validation.email(claims.email)
             except Invalid:

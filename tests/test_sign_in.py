@@ -91,6 +91,7 @@ def scripted_server(
         "SANDBAR_OIDC_ISSUER": scripted.issuer,
         "SANDBAR_OIDC_CLIENT_ID": ScriptedOIDC.CLIENT_ID,
         "SANDBAR_OIDC_CLIENT_SECRET": ScriptedOIDC.SECRET,
+        "SANDBAR_OIDC_LINK_VERIFIED_EMAIL": "true",
     }
     yield from _server(env, tmp_path_factory.mktemp("scripted") / "server.log")
 
@@ -283,3 +284,27 @@ def test_password_sign_in_still_works_for_linked_users(server: ServerProcess) ->
         f"{server.url}/api/auth/login", json={"username": user.username, "password": PASSWORD}
     )
     assert r.status_code == 200 and r.json()["id"] == user.id
+
+
+def test_a_verified_email_links_only_where_allowed(
+    scripted_server: ServerProcess, scripted: ScriptedOIDC
+) -> None:
+    """This server allows it (SANDBAR_OIDC_LINK_VERIFIED_EMAIL): a provider that vouches
+    for an account's email signs in to that account; an unverified one does not."""
+    owner = httpx.Client(base_url=scripted_server.url)
+    r = owner.post(
+        "/api/auth/register",
+        json={"username": "gina-pw", "password": PASSWORD, "email": "gina@example.com"},
+    )
+    assert r.status_code == 201
+    gina = r.json()["id"]
+    scripted.subject = "gina-unverified"
+    scripted.claims = {"email": "gina@example.com", "email_verified": False}
+    client = browser(scripted_server)
+    follow(client, httpx.get(to_provider(client, "generic")).headers["location"])
+    assert client.get("/api/auth/me").json()["id"] != gina
+    scripted.subject = "gina-verified"
+    scripted.claims = {"email": "gina@example.com", "email_verified": True}
+    client = browser(scripted_server)
+    follow(client, httpx.get(to_provider(client, "generic")).headers["location"])
+    assert client.get("/api/auth/me").json()["id"] == gina
