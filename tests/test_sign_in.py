@@ -308,3 +308,26 @@ def test_a_verified_email_links_only_where_allowed(
     client = browser(scripted_server)
     follow(client, httpx.get(to_provider(client, "generic")).headers["location"])
     assert client.get("/api/auth/me").json()["id"] == gina
+
+
+def test_signing_in_in_a_real_browser(server: ServerProcess, chromium_path: str) -> None:
+    """Headless Chromium clicks through the provider's form and lands signed in."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser_ = p.chromium.launch(
+            executable_path=chromium_path, args=["--no-sandbox"], chromium_sandbox=False
+        )
+        try:
+            page = browser_.new_page()
+            page.goto(f"http://localhost:{server.port}/api/auth/oidc/generic?next=/api/auth/me")
+            page.fill("input[name=sub]", "browser-sub")
+            page.click("button:has-text('Authorize')")
+            page.wait_for_url(f"http://localhost:{server.port}/api/auth/me")
+            me = page.locator("body").inner_text()
+            assert '"username":"browser-sub"' in me.replace(" ", ""), me
+            cookies = {c["name"]: c for c in page.context.cookies()}
+            assert cookies["sandbar_session"]["httpOnly"]
+            assert cookies["sandbar_session"]["domain"] == "localhost"
+        finally:
+            browser_.close()
