@@ -4,6 +4,7 @@ through the ``record_*`` commands of the Sandbox aggregate."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 from uuid import UUID
 
 from application import validation
@@ -30,7 +31,17 @@ class Sandboxes:
     def get(self, actor: UUID, sandbox_id: UUID) -> Row:
         return self._visible(actor, sandbox_id)
 
-    def create(self, actor: UUID, workspace_id: UUID, name: str, type_name: str) -> Row:
+    def create(
+        self,
+        actor: UUID,
+        workspace_id: UUID,
+        name: str,
+        type_name: str,
+        kind: Kind = Kind.cloud,
+        side_writes: Callable[[UUID], list[Any]] | None = None,
+    ) -> Row:
+        """A new sandbox. ``side_writes`` (given the new id) commit with its events: a
+        local sandbox's tunnel token, say."""
         self._access.require(workspace_id, actor, roles.OPERATE_SANDBOX)
         name = validation.name(name)
         sandbox_type = validation.sandbox_type(type_name)
@@ -45,10 +56,11 @@ class Sandboxes:
                     workspace_id=workspace_id,
                     name=name,
                     type=sandbox_type.value,
-                    kind=Kind.cloud.value,
+                    kind=kind.value,
                 )
                 workspace.attach_sandbox(sandbox.id)
-            self._log.save(sandbox, workspace, checks=[guard])
+            writes = side_writes(sandbox.id) if side_writes else []
+            self._log.save(sandbox, workspace, checks=[guard], side_writes=writes)
             return sandbox
 
         return self._answer(actor, self._log.retrying(command))

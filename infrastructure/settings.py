@@ -88,6 +88,9 @@ class Settings:
     github_token_url: str = "https://github.com/login/oauth/access_token"  # noqa: S105 - a URL
     github_api_url: str = "https://api.github.com"
     sign_in_ttl: int = 600  # seconds a sign-in may take at the provider
+    # Local agents.
+    agent_code_ttl: int = 600  # seconds a one-time agent code is good for
+    agent_registrations_per_window: int = 30  # per client address, per login_window
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sandbox_api_url", self.sandbox_api_url.rstrip("/"))

@@ -8,6 +8,7 @@ from application.access import Access
 from application.accounts import Accounts
 from application.container_worker import ContainerWorker
 from application.eventlog import EventLog
+from application.local_agents import LocalAgents
 from application.opening import Opening
 from application.sandboxes import Sandboxes
 from application.sign_in import ExternalSignIn
@@ -16,6 +17,7 @@ from application.usage import Usage
 from application.workspaces import Workspaces
 from infrastructure import oidc
 from infrastructure.activity import ActivityTable
+from infrastructure.agent_codes import AgentCredentials
 from infrastructure.agents import DerivedSecrets
 from infrastructure.changes import ChangeFeed
 from infrastructure.containers import DockerEngine
@@ -51,6 +53,7 @@ class Sandbar:
     addresses: Addresses
     usage: Usage
     sign_in: ExternalSignIn
+    local_agents: LocalAgents
 
     def container_worker(self) -> ContainerWorker:
         """The process manager for cloud sandboxes (run it with ``.run(stop_event)``)."""
@@ -127,6 +130,15 @@ def build(settings: Settings) -> Sandbar:
         ),
         changes=changes,
         addresses=Addresses(settings),
+        local_agents=LocalAgents(
+            event_log,
+            reads,
+            access,
+            sandboxes,
+            AgentCredentials(datastore, key),
+            RateLimit(settings.agent_registrations_per_window, settings.login_window),
+            code_ttl=settings.agent_code_ttl,
+        ),
         sign_in=ExternalSignIn(
             event_log,
             reads,

@@ -129,6 +129,13 @@ class ReadModelQueries:
             (sandbox_id,),
         )
 
+    def connected_local_sandboxes(self) -> list[UUID]:
+        """Local sandboxes recorded as connected (running)."""
+        rows = self._all(
+            "SELECT id FROM sandbar_sandboxes WHERE kind = 'local' AND status = 'running'", ()
+        )
+        return [r["id"] for r in rows]
+
     def cloud_sandboxes(self) -> list[Row]:
         """Every cloud sandbox not yet deleted (for the container worker)."""
         return self._all(f"{_SANDBOX} WHERE kind = 'cloud' ORDER BY created_at", ())

@@ -24,6 +24,7 @@ def _serve(args: argparse.Namespace) -> int:
     from interfaces.proxy.front import SandboxProxy
 
     sandbar = build(Settings.from_env())
+    sandbar.local_agents.all_offline()  # no tunnel outlives the process that held it
     proxy = SandboxProxy(sandbar)
     stop = threading.Event()
     worker = None
@@ -117,9 +118,10 @@ def parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run only the container worker (no HTTP API)")
     worker.set_defaults(run=_worker)
 
-    from interfaces.cli import audit
+    from interfaces.cli import agent, audit
 
     audit.add_commands(sub)
+    agent.add_commands(sub)
     return p
 
 

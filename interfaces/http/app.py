@@ -11,6 +11,7 @@ from interfaces.bootstrap import Sandbar
 from interfaces.http import (
     errors,
     present,
+    routes_agents,
     routes_auth,
     routes_sandboxes,
     routes_usage,
@@ -19,6 +20,7 @@ from interfaces.http import (
 from interfaces.http.guard import RequestGuard
 from interfaces.proxy.anthropic import PREFIX, AnthropicProxy
 from interfaces.proxy.front import SandboxProxy
+from interfaces.tunnel.server import PATH_PREFIX as TUNNEL_PREFIX
 
 
 def create_app(sandbar: Sandbar, proxy: SandboxProxy | None = None) -> ASGIApp:
@@ -34,26 +36,31 @@ def create_app(sandbar: Sandbar, proxy: SandboxProxy | None = None) -> ASGIApp:
     api.include_router(routes_workspaces.router)
     api.include_router(routes_sandboxes.router)
     api.include_router(routes_usage.router)
+    api.include_router(routes_agents.router)
 
     @api.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     guarded = RequestGuard(api, max_body=sandbar.settings.max_body_bytes)
-    return PathDispatch(guarded, AnthropicProxy(proxy or SandboxProxy(sandbar)))
+    proxy = proxy or SandboxProxy(sandbar)
+    return PathDispatch(guarded, AnthropicProxy(proxy), proxy.tunnels)
 
 
 class PathDispatch:
-    """``/proxy/anthropic/...`` to the Anthropic proxy (no framework on its hot path);
-    everything else to the API."""
+    """``/proxy/anthropic/...`` to the Anthropic proxy and ``/api/tunnel/...``
+    WebSockets to the tunnels (no framework on their paths); everything else to the API."""
 
-    def __init__(self, api: ASGIApp, anthropic: ASGIApp) -> None:
+    def __init__(self, api: ASGIApp, anthropic: ASGIApp, tunnels: ASGIApp) -> None:
         self._api = api
         self._anthropic = anthropic
+        self._tunnels = tunnels
         self._prefix = PREFIX + "/"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith(self._prefix):
             await self._anthropic(scope, receive, send)
+        elif scope["type"] == "websocket" and scope["path"].startswith(TUNNEL_PREFIX):
+            await self._tunnels(scope, receive, send)
         else:
             await self._api(scope, receive, send)

@@ -61,3 +61,9 @@ class Limits(Body):
 
     daily_requests: int | None = Field(ge=0, le=2**53)
     daily_tokens: int | None = Field(ge=0, le=2**53)
+
+
+class AgentRegistration(Body):
+    code: str
+    name: str
+    type: str = "opencode"

@@ -26,9 +26,10 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from interfaces.bootstrap import Sandbar
-from interfaces.proxy.gate import Admit, Answer, Gate, Refused, Request
+from interfaces.proxy.gate import AGENT_OFFLINE, Admit, Answer, Gate, Refused, Request
 from interfaces.proxy.headers import Headers, header, to_agent, to_browser
 from interfaces.proxy.upstream import Pool, Upstream
+from interfaces.tunnel.server import Tunnels
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class SandboxProxy:
         self.sandbar = sandbar
         self.gate = Gate(sandbar)
         self.pool = Pool()
+        self.tunnels = Tunnels(sandbar)
         self.streams: Counter[UUID] = Counter()
         self.proto = sandbar.settings.public_scheme.encode()
         self.timeout = sandbar.settings.upstream_timeout
@@ -371,10 +373,17 @@ class Exchange:
             self._answer(decision)
             return
         self._admit = decision
-        target = decision.route["target"]
+        local = decision.route["kind"] == "local"
+        target = f"tunnel:{decision.sandbox_id}" if local else decision.route["target"]
         conn = None if self.request.websocket else self.front.proxy.pool.idle(target)
         if conn is not None:
             self._send(conn, reused=True)
+        elif local:  # a new stream in the agent's tunnel, opened at once
+            conn = Upstream(target)
+            if self.front.proxy.tunnels.open_stream(decision.sandbox_id, conn) is None:
+                self._answer(AGENT_OFFLINE.answer(self.request))
+            else:
+                self._send(conn)
         else:
             self._task = asyncio.get_running_loop().create_task(self._connect(target))
 
@@ -390,9 +399,16 @@ class Exchange:
         else:
             self._send(conn)
 
-    async def _resend(self, target: str, data: bytes) -> None:
+    async def _resend(self, data: bytes) -> None:
+        admit = self._admit
+        assert admit is not None
         try:
-            conn = await self.front.proxy.pool.connect(target)
+            if admit.route["kind"] == "local":
+                conn = Upstream(f"tunnel:{admit.sandbox_id}")
+                if self.front.proxy.tunnels.open_stream(admit.sandbox_id, conn) is None:
+                    raise ConnectionError("the agent is not connected")
+            else:
+                conn = await self.front.proxy.pool.connect(admit.route["target"])
         except ConnectionError as e:
             if not self._done:
                 self.upstream_failed(str(e))
@@ -529,9 +545,7 @@ class Exchange:
         self._upstream = None
         replay, self._replay = self._replay, None
         if replay is not None and not self._responded and self._admit is not None:
-            self._task = asyncio.get_running_loop().create_task(
-                self._resend(self._admit.route["target"], replay)
-            )
+            self._task = asyncio.get_running_loop().create_task(self._resend(replay))
             return
         if self._responded:
             # Cut short mid-body: drop the browser's connection too, so a partial body

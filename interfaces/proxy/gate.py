@@ -98,6 +98,12 @@ UNAUTHENTICATED = Refused(
     "Open this sandbox from Sandbar, or send an access token as Authorization: Bearer.",
 )
 FORBIDDEN = Refused(403, "forbidden", "Not allowed", "Opening a sandbox needs the developer role.")
+AGENT_OFFLINE = Refused(
+    502,
+    "agent_offline",
+    "The agent is offline",
+    "This sandbox runs on a member's machine, and its agent is not connected.",
+)
 BAD_TICKET = Refused(
     403,
     "invalid_ticket",
@@ -194,18 +200,13 @@ class Gate:
         status = route["status"]
         if status == "paused":
             raise _NeedsWork
-        if status == "running" and route["target"]:
+        if status == "running" and (route["target"] or route["kind"] == "local"):
             self._sb.activity.note(sandbox_id)
             return Admit(route, sandbox_id, self._credential(route))
         if status in STARTING:
             raise _starting(status)
         if route["kind"] == "local":
-            raise Refused(
-                502,
-                "agent_offline",
-                "The agent is offline",
-                "This sandbox runs on a member's machine, and its agent is not connected.",
-            )
+            raise AGENT_OFFLINE
         raise Refused(
             502,
             "sandbox_failed",

@@ -1,0 +1,210 @@
+"""``sandbar agent``: register this machine's opencode (or openclaw) with a Sandbar, and
+keep it connected through a tunnel.
+
+Registrations are kept in ``$SANDBAR_AGENT_CONFIG`` (default
+``~/.config/sandbar/agents.json``), readable by you alone (0600): each holds a tunnel
+token and the password Sandbar presents to the local server."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from interfaces.cli.output import table
+
+
+def config_path() -> Path:
+    configured = os.environ.get("SANDBAR_AGENT_CONFIG")
+    if configured:
+        return Path(configured)
+    return Path.home() / ".config" / "sandbar" / "agents.json"
+
+
+def load() -> dict[str, dict[str, Any]]:
+    path = config_path()
+    if not path.exists():
+        return {}
+    return json.loads(path.read_text())
+
+
+def save(registrations: dict[str, dict[str, Any]]) -> None:
+    """Written whole, then renamed into place: never half a file, never readable by others."""
+    path = config_path()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".agents-")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(registrations, f, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _say(message: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
+
+
+def _register(args: argparse.Namespace) -> int:
+    try:
+        r = httpx.post(
+            f"{args.server.rstrip('/')}/api/agent/register",
+            json={"code": args.code, "name": args.name, "type": args.type},
+            timeout=30,
+        )
+    except httpx.HTTPError as e:
+        print(f"cannot reach {args.server}: {e}", file=sys.stderr)
+        return 1
+    if r.status_code != 201:
+        try:
+            message = r.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = r.text[:200]
+        print(f"registration refused ({r.status_code}): {message}", file=sys.stderr)
+        return 1
+    answer = r.json()
+    registrations = load()
+    registrations[answer["sandbox_id"]] = {
+        "server": args.server.rstrip("/"),
+        "workspace_id": answer["workspace_id"],
+        "name": args.name,
+        "type": args.type,
+        "target": args.target,
+        "tunnel_token": answer["tunnel_token"],
+        "agent_password": answer["agent_password"],
+        "url": answer["sandbox"]["url"],
+    }
+    save(registrations)
+    table(
+        ["sandbox", "name", "type", "target", "opens at"],
+        [_row(answer["sandbox_id"], registrations[answer["sandbox_id"]])],
+    )
+    print(f"\nsaved in {config_path()}; now run: sandbar agent connect {answer['sandbox_id']}")
+    return 0
+
+
+def _row(sandbox_id: str, r: dict[str, Any]) -> list[str]:
+    return [sandbox_id, r["name"], r["type"], r["target"], r.get("url", "")]
+
+
+def _list(args: argparse.Namespace) -> int:
+    registrations = load()
+    if not registrations:
+        print("no agents registered here (sandbar agent register ...)")
+        return 0
+    table(
+        ["sandbox", "name", "type", "target", "opens at"],
+        [_row(k, v) for k, v in registrations.items()],
+    )
+    return 0
+
+
+def _remove(args: argparse.Namespace) -> int:
+    registrations = load()
+    if registrations.pop(args.sandbox, None) is None:
+        print(f"no registration for sandbox {args.sandbox}", file=sys.stderr)
+        return 1
+    save(registrations)
+    print(f"removed {args.sandbox} (delete the sandbox in Sandbar to revoke its token)")
+    return 0
+
+
+def _pick(sandbox: str | None) -> tuple[str, dict[str, Any]]:
+    registrations = load()
+    if sandbox:
+        if sandbox not in registrations:
+            raise SystemExit(f"no registration for sandbox {sandbox} (sandbar agent list)")
+        return sandbox, registrations[sandbox]
+    if len(registrations) != 1:
+        raise SystemExit("say which sandbox to connect (sandbar agent list)")
+    return next(iter(registrations.items()))
+
+
+def _connect(args: argparse.Namespace) -> int:
+    from interfaces.tunnel.agent import Registration, Stop, run
+
+    sandbox_id, saved = _pick(args.sandbox)
+    registration = Registration(saved["server"], sandbox_id, saved["tunnel_token"], saved["target"])
+    server = None
+    if args.start_opencode:
+        server = _start_opencode(saved, args.opencode)
+    loop = asyncio.new_event_loop()
+    main = loop.create_task(run(registration, _say))
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, main.cancel)
+    try:
+        loop.run_until_complete(main)
+    except Stop as e:
+        _say(f"stopped: {e}")
+        return 1
+    except asyncio.CancelledError:
+        _say("stopped")
+        return 0
+    finally:
+        pending = asyncio.all_tasks(loop)
+        for task in pending:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        loop.close()
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=10)
+    return 0
+
+
+def _start_opencode(saved: dict[str, Any], executable: str | None) -> subprocess.Popen[bytes]:
+    """``opencode serve`` on the registration's target, with the password Sandbar uses."""
+    program = executable or shutil.which("opencode")
+    if program is None:
+        raise SystemExit("opencode is not on PATH (or say where: --opencode PATH)")
+    host, _, port = saved["target"].split("://", 1)[-1].rstrip("/").rpartition(":")
+    env = {**os.environ, "OPENCODE_SERVER_PASSWORD": saved["agent_password"]}
+    _say(f"starting {program} serve on {saved['target']}")
+    return subprocess.Popen(  # noqa: S603 - the user's own opencode
+        [program, "serve", "--hostname", host or "127.0.0.1", "--port", port or "4096"], env=env
+    )
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    agent = sub.add_parser("agent", help="connect this machine's agent to a Sandbar")
+    commands = agent.add_subparsers(dest="agent_command", required=True)
+
+    register = commands.add_parser("register", help="register with a one-time code")
+    register.add_argument(
+        "--server", required=True, help="Sandbar's address, e.g. https://sandbar.example.com"
+    )
+    register.add_argument(
+        "--code", required=True, help="the code from POST /api/workspaces/{id}/agent-code"
+    )
+    register.add_argument("--name", required=True)
+    register.add_argument("--type", default="opencode", choices=["opencode", "openclaw"])
+    register.add_argument(
+        "--target", default="http://127.0.0.1:4096", help="the local agent server"
+    )
+    register.set_defaults(run=_register)
+
+    connect = commands.add_parser("connect", help="dial Sandbar and stay connected")
+    connect.add_argument("sandbox", nargs="?", help="which registration (if there are several)")
+    connect.add_argument("--start-opencode", action="store_true", help="run opencode serve too")
+    connect.add_argument("--opencode", help="the opencode executable (default: from PATH)")
+    connect.set_defaults(run=_connect)
+
+    listing = commands.add_parser("list", help="the registrations kept here")
+    listing.set_defaults(run=_list)
+
+    remove = commands.add_parser("remove", help="forget a registration")
+    remove.add_argument("sandbox")
+    remove.set_defaults(run=_remove)
