@@ -141,6 +141,9 @@ def _connect(args: argparse.Namespace) -> int:
     server = None
     if args.start_opencode:
         server = _start_opencode(saved, args.opencode)
+        if not _wait_ready(saved, server):
+            server.terminate()
+            return 1
     loop = asyncio.new_event_loop()
     main = loop.create_task(run(registration, _say))
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -176,6 +179,26 @@ def _start_opencode(saved: dict[str, Any], executable: str | None) -> subprocess
     return subprocess.Popen(  # noqa: S603 - the user's own opencode
         [program, "serve", "--hostname", host or "127.0.0.1", "--port", port or "4096"], env=env
     )
+
+
+def _wait_ready(saved: dict[str, Any], server: subprocess.Popen[bytes]) -> bool:
+    """Wait until the opencode just started answers, so that the sandbox shows as
+    running only once it can be used."""
+    url = saved["target"].rstrip("/") + "/global/health"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            _say(f"opencode exited ({server.returncode}) before it answered")
+            return False
+        try:
+            r = httpx.get(url, auth=("opencode", saved["agent_password"]), timeout=5)
+            if r.status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    _say("opencode did not answer within 120 s")
+    return False
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -1,0 +1,397 @@
+"""Local agents end to end: a real ``sandbar serve``, the real ``sandbar agent`` CLI in
+its own process, and behind it a test agent server (tests/upstream.py) or the real
+opencode binary, reached from the browser's side through the subdomain proxy."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect as ws_connect
+
+from tests.conftest import ROOT, ServerProcess, User, free_port, register
+from tests.upstream import TestAgent, serving
+
+
+@pytest.fixture(scope="module")
+def agent_app() -> Iterator[tuple[TestAgent, int]]:
+    app = TestAgent()
+    with serving(app) as port:
+        yield app, port
+
+
+@pytest.fixture(scope="module")
+def tunnel_server(
+    server_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    log = tmp_path_factory.mktemp("tunnel") / "server.log"
+    proc = ServerProcess(server_env, log).start()
+    yield proc
+    proc.stop()
+    assert "Traceback" not in log.read_text(), log.read_text()
+
+
+class AgentProcess:
+    """``sandbar agent connect`` as a user runs it."""
+
+    def __init__(self, config: Path, sandbox_id: str, *extra: str) -> None:
+        self.log = config.with_suffix(f".{time.monotonic_ns()}.log")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "interfaces.cli.main", "agent", "connect", sandbox_id, *extra],
+            env={**os.environ, "SANDBAR_AGENT_CONFIG": str(config)},
+            cwd=ROOT,
+            stdout=self.log.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=20)
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+
+def agent_cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "interfaces.cli.main", "agent", *args],
+        env={**os.environ, "SANDBAR_AGENT_CONFIG": str(config)},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@dataclass
+class Local:
+    """A registered local sandbox, and how to reach it as a program would."""
+
+    id: str
+    owner: User
+    workspace_id: str
+    config: Path
+    server: ServerProcess
+    token: str = ""
+
+    @property
+    def host(self) -> str:
+        return f"oc-{self.id}.localhost:{self.server.port}"
+
+    def client(self, **kwargs: object) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.server.url,
+            headers={"host": self.host, "authorization": f"Bearer {self.token}"},
+            timeout=60,
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+    def status(self) -> str:
+        return self.owner.client.get(f"/api/sandboxes/{self.id}").json()["status"]
+
+    def wait_status(self, status: str, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while self.status() != status:
+            assert time.monotonic() < deadline, f"still {self.status()}, not {status}"
+            time.sleep(0.05)
+
+    def connect(self, *extra: str) -> AgentProcess:
+        return AgentProcess(self.config, self.id, *extra)
+
+
+def new_code(user: User, workspace_id: str) -> str:
+    r = user.client.post(f"/api/workspaces/{workspace_id}/agent-code")
+    assert r.status_code == 201, r.text
+    return r.json()["code"]
+
+
+@pytest.fixture
+def make_local(
+    tunnel_server: ServerProcess, agent_app: tuple[TestAgent, int], tmp_path: Path
+) -> Iterator[Callable[..., Local]]:
+    agents: list[AgentProcess] = []
+
+    def make(target_port: int | None = None, name: str = "laptop") -> Local:
+        owner = register(tunnel_server.url, "owner")
+        wid = owner.client.post("/api/workspaces", json={"name": "home"}).json()["id"]
+        config = tmp_path / f"agents-{name}.json"
+        done = agent_cli(
+            config,
+            "register",
+            "--server",
+            tunnel_server.url,
+            "--code",
+            new_code(owner, wid),
+            "--name",
+            name,
+            "--target",
+            f"http://127.0.0.1:{target_port or agent_app[1]}",
+        )
+        assert done.returncode == 0, done.stderr
+        sid = next(iter(json.loads(config.read_text())))
+        local = Local(sid, owner, wid, config, tunnel_server)
+        local.token = owner.client.post(f"/api/sandboxes/{sid}/access-tokens").json()["token"]
+        return local
+
+    yield make
+    for a in agents:
+        a.stop()
+
+
+def test_codes_register_local_sandboxes_once(tunnel_server: ServerProcess) -> None:
+    owner = register(tunnel_server.url, "owner")
+    wid = owner.client.post("/api/workspaces", json={"name": "w"}).json()["id"]
+    guest, stranger = register(tunnel_server.url, "guest"), register(tunnel_server.url, "stranger")
+    owner.client.post(
+        f"/api/workspaces/{wid}/members", json={"username": guest.username, "role": "guest"}
+    )
+    assert guest.client.post(f"/api/workspaces/{wid}/agent-code").status_code == 403
+    assert stranger.client.post(f"/api/workspaces/{wid}/agent-code").status_code == 404
+    assert httpx.post(f"{tunnel_server.url}/api/workspaces/{wid}/agent-code").status_code == 401
+
+    code = new_code(owner, wid)
+
+    def attempt(i: int) -> httpx.Response:
+        return httpx.post(
+            f"{tunnel_server.url}/api/agent/register",
+            json={"code": code.lower().replace("-", ""), "name": f"box-{i}"},
+            timeout=30,
+        )
+
+    with concurrent.futures.ThreadPoolExecutor(10) as pool:
+        answers = list(pool.map(attempt, range(10)))
+    assert sorted(r.status_code for r in answers) == [201] + [401] * 9
+    won = next(r for r in answers if r.status_code == 201).json()
+    assert won["workspace_id"] == wid and won["tunnel_token"].startswith("sbt_")
+    sandbox = owner.client.get(f"/api/sandboxes/{won['sandbox_id']}").json()
+    assert (sandbox["kind"], sandbox["status"]) == ("local", "offline")
+    assert won["tunnel_token"] not in json.dumps(sandbox)
+    for action in ("pause", "resume"):
+        r = owner.client.post(f"/api/sandboxes/{won['sandbox_id']}/{action}")
+        assert r.status_code == 409, r.text
+    # A wrong token cannot dial in.
+    url = f"ws://127.0.0.1:{tunnel_server.port}/api/tunnel/{won['sandbox_id']}?token=sbt_forged"
+    with pytest.raises(Exception, match="403"):
+        ws_connect(url, open_timeout=10)
+
+
+def test_the_cli_keeps_registrations_private_and_side_by_side(
+    tunnel_server: ServerProcess, tmp_path: Path
+) -> None:
+    owner = register(tunnel_server.url, "owner")
+    wid = owner.client.post("/api/workspaces", json={"name": "w"}).json()["id"]
+    config = tmp_path / "nested" / "agents.json"
+    for name in ("laptop", "desktop"):
+        done = agent_cli(
+            config, "register", "--server", tunnel_server.url, "--code", new_code(owner, wid),
+            "--name", name,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    assert config.stat().st_mode & 0o777 == 0o600
+    saved = json.loads(config.read_text())
+    assert len(saved) == 2
+    listed = agent_cli(config, "list").stdout
+    assert "laptop" in listed and "desktop" in listed
+    gone = next(iter(saved))
+    assert agent_cli(config, "remove", gone).returncode == 0
+    assert gone not in json.loads(config.read_text())
+    refused = agent_cli(
+        config, "register", "--server", tunnel_server.url, "--code", "AAAA-BBBB-CCCC",
+        "--name", "x",
+    )  # fmt: skip
+    assert refused.returncode == 1 and "refused (401)" in refused.stderr
+
+
+def test_http_sse_and_websockets_through_the_tunnel(
+    make_local: Callable[..., Local], agent_app: tuple[TestAgent, int]
+) -> None:
+    local = make_local()
+    agent = local.connect()
+    try:
+        local.wait_status("running")
+        with local.client() as client:
+            r = client.get("/echo?q=1", headers=[("x-multi", "a"), ("x-multi", "b")])
+            assert r.status_code == 200
+            seen = [v for n, v in r.json()["headers"] if n == "x-multi"]
+            assert seen == ["a", "b"]  # every header value kept, repeated ones too
+            assert len(client.get("/bytes?n=20000000").content) == 20_000_000
+            body = random.randbytes(8_000_000)
+
+            def pieces() -> Iterator[bytes]:
+                for i in range(0, len(body), 100_000):
+                    yield body[i : i + 100_000]
+
+            r = client.post("/echo", content=pieces())
+            assert r.json()["body_sha256"] == hashlib.sha256(body).hexdigest()
+            # SSE: each event arrives before the next is even sent.
+            app, _ = agent_app
+            app.sse_gated = True
+            try:
+                with client.stream("GET", "/sse?n=3") as stream:
+                    events = []
+                    for line in stream.iter_lines():
+                        if line.startswith("data: "):
+                            events.append(line)
+                            app.sse_release.release()
+                assert events == ["data: event 0", "data: event 1", "data: event 2"]
+            finally:
+                app.sse_gated = False
+        # A WebSocket, through the proxy and the tunnel, both ways, with close codes.
+        sock = socket.create_connection(("127.0.0.1", local.server.port))
+        with ws_connect(
+            f"ws://{local.host}/ws",
+            sock=sock,
+            additional_headers={"authorization": f"Bearer {local.token}"},
+        ) as ws:
+            json.loads(ws.recv(timeout=10))
+            ws.send("ping")
+            assert ws.recv(timeout=10) == "ping"
+            ws.send(b"\x00" * 100_000)
+            assert ws.recv(timeout=10) == b"\x00" * 100_000
+            ws.send("close 4003")
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(timeout=10)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 4003
+    finally:
+        agent.stop()
+    local.wait_status("offline")
+
+
+def test_a_hundred_requests_at_once_arrive_intact(make_local: Callable[..., Local]) -> None:
+    local = make_local()
+    agent = local.connect()
+    try:
+        local.wait_status("running")
+        rng = random.Random(7)
+        sizes = [rng.choice([0, 10, 1_000, 70_000, 300_000, 2_000_000]) for _ in range(100)]
+
+        def one(i: int) -> bool:
+            with local.client() as client:
+                if i % 2:
+                    return len(client.get(f"/bytes?n={sizes[i]}").content) == sizes[i]
+                body = rng.randbytes(sizes[i])
+                r = client.post("/echo", content=body)
+                return r.json()["body_sha256"] == hashlib.sha256(body).hexdigest()
+
+        with concurrent.futures.ThreadPoolExecutor(100) as pool:
+            assert all(pool.map(one, range(100)))
+    finally:
+        agent.stop()
+
+
+def test_an_agent_that_goes_away_fails_its_requests_quickly(
+    make_local: Callable[..., Local],
+) -> None:
+    local = make_local()
+    agent = local.connect()
+    local.wait_status("running")
+    with local.client() as client, client.stream("GET", f"/bytes?n={2**30}") as r:
+        stream = r.iter_raw(65536)
+        next(stream)
+        agent.kill()
+        started = time.monotonic()
+        with pytest.raises(httpx.TransportError):
+            for _ in stream:
+                pass
+        assert time.monotonic() - started < 10
+    local.wait_status("offline")
+    with local.client() as client:
+        r = client.get("/echo")
+        assert r.status_code == 502 and r.json()["error"]["code"] == "agent_offline"
+    again = local.connect()  # back again: traffic flows
+    try:
+        local.wait_status("running")
+        with local.client() as client:
+            assert client.get("/echo").status_code == 200
+    finally:
+        again.stop()
+
+
+def test_a_second_connection_replaces_the_first(make_local: Callable[..., Local]) -> None:
+    local = make_local()
+    first = local.connect()
+    local.wait_status("running")
+    second = local.connect()
+    try:
+        assert first.proc.wait(timeout=20) == 1  # told it was replaced: it stops
+        assert "another connection of this agent took over" in first.output()
+        assert local.status() == "running"
+        with local.client() as client:
+            assert client.get("/echo").status_code == 200
+    finally:
+        second.stop()
+
+
+def test_deleting_the_sandbox_closes_its_tunnel(make_local: Callable[..., Local]) -> None:
+    local = make_local()
+    agent = local.connect()
+    local.wait_status("running")
+    assert local.owner.client.delete(f"/api/sandboxes/{local.id}").status_code == 202
+    assert agent.proc.wait(timeout=20) == 1
+    assert "deleted" in agent.output()
+    # Its token no longer opens a tunnel.
+    again = local.connect()
+    assert again.proc.wait(timeout=30) == 1
+    assert "refused this agent" in again.output()
+
+
+@pytest.fixture(scope="session")
+def opencode_binary(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The opencode-linux-x64 binary from the npm registry (it runs on the host too)."""
+    folder = tmp_path_factory.mktemp("opencode")
+    packed = subprocess.run(
+        ["npm", "pack", "--silent", "opencode-linux-x64@1.18.34"],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert packed.returncode == 0, packed.stderr
+    tarball = next(folder.glob("*.tgz"))
+    subprocess.run(["tar", "xzf", str(tarball)], cwd=folder, check=True)
+    return str(folder / "package" / "bin" / "opencode")
+
+
+def test_opencode_on_the_agents_machine(
+    make_local: Callable[..., Local], opencode_binary: str
+) -> None:
+    port = free_port()
+    local = make_local(target_port=port, name="opencode")
+    agent = local.connect("--start-opencode", "--opencode", opencode_binary)
+    try:
+        local.wait_status("running")
+        with local.client() as client:
+            deadline = time.monotonic() + 60
+            while (r := client.get("/global/health")).status_code != 200:
+                assert time.monotonic() < deadline, r.text  # opencode is starting
+                time.sleep(0.2)
+            assert r.json()["healthy"] is True  # with the password Sandbar presented
+            page = client.get("/")
+            assert page.status_code == 200 and "<html" in page.text.lower()
+            doc = client.get("/doc")
+            assert doc.status_code == 200 and "openapi" in doc.json()
+            with client.stream("GET", "/event", timeout=30) as events:
+                assert events.headers["content-type"].startswith("text/event-stream")
+                first = next(line for line in events.iter_lines() if line.startswith("data:"))
+                assert json.loads(first[5:])["type"]
+    finally:
+        agent.stop()
