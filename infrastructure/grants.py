@@ -35,10 +35,11 @@ GRANT_PREFIX = "sbx_"
 class Grant:
     sandbox_id: UUID
     user_id: UUID
-    expires_at: datetime
+    expires_at: float  # seconds since the epoch
     session_alive: bool  # always True for an access token
 
-    def valid_for(self, sandbox_id: UUID, now: datetime) -> bool:
+    def valid_for(self, sandbox_id: UUID, now: float) -> bool:
+        """Whether it opens ``sandbox_id`` at ``now`` (``time.time()``)."""
         return self.session_alive and self.sandbox_id == sandbox_id and now < self.expires_at
 
 
@@ -107,7 +108,9 @@ class Grants:
             ).fetchone()
         if row is None:
             return None
-        return Grant(row["sandbox_id"], row["user_id"], row["expires_at"], bool(row["alive"]))
+        return Grant(
+            row["sandbox_id"], row["user_id"], row["expires_at"].timestamp(), bool(row["alive"])
+        )
 
     def sweep(self) -> None:
         """Forget expired tickets and grants."""

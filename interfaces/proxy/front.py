@@ -17,6 +17,7 @@ import asyncio
 import functools
 import http
 import logging
+import time
 from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
@@ -67,6 +68,10 @@ class SandboxProxy:
             a.strip().encode() for a in sandbar.settings.trusted_proxies.split(",") if a.strip()
         )
         self._keeper: asyncio.Task[None] | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        # Deadlines checked once a second, rather than a timer per request.
+        self.connections: set[FrontProtocol] = set()
+        self.waiting: dict[Exchange, float] = {}  # exchange -> when its answer is late
 
     def protocol(self) -> Callable[..., asyncio.Protocol]:
         """The protocol factory to give uvicorn as its ``http`` setting."""
@@ -75,7 +80,20 @@ class SandboxProxy:
     def started(self) -> None:
         if self._keeper is None:
             self.sandbar.changes.start()
-            self._keeper = asyncio.get_running_loop().create_task(self._keep())
+            loop = asyncio.get_running_loop()
+            self._keeper = loop.create_task(self._keep())
+            self._ticker = loop.create_task(self._tick())
+
+    async def _tick(self) -> None:
+        """Once a second: answer requests whose agent is late, close idle connections."""
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            for exchange, deadline in list(self.waiting.items()):
+                if now > deadline:
+                    exchange.timed_out()
+            for connection in list(self.connections):
+                connection.close_if_idle(now)
 
     async def _keep(self) -> None:
         """Open streams count as activity; notes reach the table every few seconds."""
@@ -129,7 +147,6 @@ class FrontProtocol(asyncio.Protocol):
         self._paused: set[str] = set()
         self._closing = False
         self._spliced: Exchange | None = None
-        self._idle_timer: asyncio.TimerHandle | None = None
         self._corked: list[bytes] | None = None
         # The request being parsed.
         self._url = b""
@@ -143,16 +160,15 @@ class FrontProtocol(asyncio.Protocol):
         self._connections.add(self)
         peer = transport.get_extra_info("peername")
         self._client = (peer[0] if isinstance(peer, tuple) else "").encode()
+        self.proxy.started()
+        self.proxy.connections.add(self)
         # A connection that never asks anything is closed like an idle one.
-        self._idle_timer = asyncio.get_running_loop().call_later(
-            self._keep_alive_timeout, self._idle_close
-        )
+        self._idle_since: float | None = time.monotonic()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._connections.discard(self)
+        self.proxy.connections.discard(self)
         self._closing = True
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
         while self._queue:
             self._queue.popleft().abort()
 
@@ -199,8 +215,7 @@ class FrontProtocol(asyncio.Protocol):
         config, server_state, app_state, loop = self._uvicorn
         inner = HttpToolsProtocol(config, server_state, app_state, loop)
         self._connections.discard(self)
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
+        self.proxy.connections.discard(self)
         assert self.transport is not None and self._raw is not None
         self.transport.set_protocol(inner)
         inner.connection_made(self.transport)  # type: ignore[arg-type]
@@ -228,9 +243,7 @@ class FrontProtocol(asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._head_size = 0
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
+        self._idle_since = None
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -316,11 +329,12 @@ class FrontProtocol(asyncio.Protocol):
         if self._queue:
             self._queue[0].start()
         else:
-            loop = asyncio.get_running_loop()
-            self._idle_timer = loop.call_later(self._keep_alive_timeout, self._idle_close)
+            self._idle_since = time.monotonic()
 
-    def _idle_close(self) -> None:
-        if not self._queue and self.transport is not None:
+    def close_if_idle(self, now: float) -> None:
+        idle = self._idle_since
+        late = idle is not None and now - idle > self._keep_alive_timeout
+        if late and not self._queue and self.transport is not None:
             self.transport.close()
 
 
@@ -337,7 +351,6 @@ class Exchange:
         self._upstream: Upstream | None = None
         self._admit: Admit | None = None
         self._task: asyncio.Task[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
         self._held: list[bytes] = []  # request body that came before the agent connection
         self._held_size = 0
         self._early: list[bytes] = []  # WebSocket bytes that came before the agent's 101
@@ -417,9 +430,7 @@ class Exchange:
             conn.close()
             return
         self._upstream = conn
-        self._timer = asyncio.get_running_loop().call_later(
-            self.front.proxy.timeout, self._timed_out
-        )
+        self._await_answer()
         conn.send(self, data, head_only=self.request.method == b"HEAD")
 
     # Request, toward the agent
@@ -453,8 +464,7 @@ class Exchange:
         self.front.resume_reading("body")
         if (header(request.headers, b"expect") or b"").lower() == b"100-continue":
             self.front.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self.front.proxy.timeout, self._timed_out)
+        self._await_answer()
         data = b"".join(parts)
         if reused and self._request_done and request.method in (b"GET", b"HEAD", b"OPTIONS"):
             self._replay = data  # a pooled connection may have just been closed by the agent
@@ -584,8 +594,12 @@ class Exchange:
         self.front.write(render_head(answer.status, headers) + body)
         self._finish()
 
-    def _timed_out(self) -> None:
-        self._timer = None
+    def _await_answer(self) -> None:
+        proxy = self.front.proxy
+        proxy.waiting[self] = time.monotonic() + proxy.timeout
+
+    def timed_out(self) -> None:
+        self._cancel_timer()
         if self._upstream is not None:
             self._upstream.close()
             self._upstream = None
@@ -604,9 +618,7 @@ class Exchange:
             self.front.proxy.open_stream(self._streaming)
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.front.proxy.waiting.pop(self, None)
 
     def _finish(self) -> None:
         if self._done:

@@ -23,6 +23,7 @@ HOP_BY_HOP = frozenset(
 )
 # Never forwarded to the agent: Sandbar's credentials, and what only we may say.
 _DROPPED = HOP_BY_HOP | {
+    b"close",  # (not a header: a Connection token, listed so the common case adds none)
     b"authorization",
     b"expect",
     b"forwarded",
@@ -32,10 +33,18 @@ _DROPPED = HOP_BY_HOP | {
     b"x-forwarded-port",
     b"x-real-ip",
 }
+_HOP_BY_HOP_AND_CLOSE = HOP_BY_HOP | {b"close"}
 OWN_COOKIE_PREFIX = b"sandbar_"
 _UPGRADE = [(b"connection", b"upgrade"), (b"upgrade", b"websocket")]
 
 Headers = list[tuple[bytes, bytes]]
+
+
+def _drop(base: frozenset[bytes], headers: Headers) -> frozenset[bytes]:
+    """``base``, plus any header the message's ``Connection`` names (usually none but
+    hop-by-hop ones already in ``base``, so no new set is made)."""
+    named = _named_by_connection(headers)
+    return base if named <= base else base | named
 
 
 def _named_by_connection(headers: Headers) -> frozenset[bytes]:
@@ -88,7 +97,7 @@ def to_agent(
         client = forwarded + b", " + client if forwarded else client
         proto = header(headers, b"x-forwarded-proto") or proto
         host = header(headers, b"x-forwarded-host") or host
-    drop = _DROPPED | _named_by_connection(headers)
+    drop = _drop(_DROPPED, headers)
     out: Headers = []
     for name, value in headers:
         if name in drop:
@@ -118,7 +127,7 @@ def _host_only(set_cookie: bytes) -> bytes | None:
 
 def to_browser(headers: Headers, upgrade: bool = False) -> Headers:
     """The response headers the browser sees (an accepted upgrade says so again)."""
-    drop = HOP_BY_HOP | _named_by_connection(headers)
+    drop = _drop(_HOP_BY_HOP_AND_CLOSE, headers)
     out: Headers = list(_UPGRADE) if upgrade else []
     for name, value in headers:
         if name in drop:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import Protocol
@@ -204,7 +205,7 @@ class Pool:
         idle = self._idle.get(address)
         if not idle:
             return None
-        now = asyncio.get_running_loop().time()
+        now = time.monotonic()
         while idle:
             conn = idle.pop()
             if not conn.closed and now - conn.idle_since < MAX_IDLE_AGE:
@@ -244,7 +245,7 @@ class Pool:
             return
         idle = self._idle.setdefault(conn.address, [])
         if len(idle) < MAX_IDLE:
-            conn.idle_since = asyncio.get_running_loop().time()
+            conn.idle_since = time.monotonic()
             idle.append(conn)
         else:
             conn.close()
