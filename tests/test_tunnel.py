@@ -395,3 +395,21 @@ def test_opencode_on_the_agents_machine(
                 assert json.loads(first[5:])["type"]
     finally:
         agent.stop()
+
+
+def test_heartbeats_find_a_frozen_agent(make_local: Callable[..., Local]) -> None:
+    """No TCP error will say so when the agent's machine just stops answering: the
+    tunnel's heartbeat does (PING unanswered for 15 s)."""
+    local = make_local()
+    agent = local.connect()
+    try:
+        local.wait_status("running")
+        agent.proc.send_signal(signal.SIGSTOP)
+        started = time.monotonic()
+        local.wait_status("offline", timeout=40)
+        assert time.monotonic() - started < 30
+        with local.client() as client:
+            assert client.get("/echo").status_code == 502
+    finally:
+        agent.proc.send_signal(signal.SIGCONT)
+        agent.stop()
