@@ -23,6 +23,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from domain.sandboxes import Sandbox
 from infrastructure.settings import Settings
 from interfaces.bootstrap import Sandbar, build
 
@@ -238,3 +239,24 @@ def chromium_path() -> str:
             timeout=1200,
         )
     return path
+
+
+def record(sandbar: Sandbar, sandbox_id: uuid.UUID, outcome: Callable[[Sandbox], None]) -> None:
+    """Report an outcome as the container worker would (the API tests run none). It is
+    saved from this process, so a server hears of it by NOTIFY a moment later: see
+    ``settled``."""
+    box = sandbar.log.find(sandbox_id, Sandbox)
+    assert box is not None
+    outcome(box)
+    sandbar.log.save(box)
+
+
+def settled(request: Callable[[], httpx.Response], status: int) -> httpx.Response:
+    """The first answer with ``status`` (another process's save reaches a server's
+    proxy cache within milliseconds; allow seconds on a loaded machine)."""
+    deadline = time.monotonic() + 10
+    while True:
+        r = request()
+        if r.status_code == status or time.monotonic() > deadline:
+            return r
+        time.sleep(0.02)

@@ -18,7 +18,7 @@ import pytest
 from domain.sandboxes import Sandbox
 from interfaces.bootstrap import Sandbar
 from tests.anthropic_standin import REAL_KEY, AnthropicStandIn
-from tests.conftest import ServerProcess, User, register, run_sandbar
+from tests.conftest import ServerProcess, User, record, register, run_sandbar, settled
 from tests.upstream import serving
 
 MAX_BODY = 64 * 1024
@@ -79,24 +79,6 @@ def make_box(api_server: ServerProcess, sandbar: Sandbar) -> Callable[[], Box]:
         return Box(sid, wid, owner, token, f"{api_server.url}/proxy/anthropic")
 
     return make
-
-
-def record(sandbar: Sandbar, sandbox_id: UUID, outcome: Callable[[Sandbox], None]) -> None:
-    box = sandbar.log.find(sandbox_id, Sandbox)
-    assert box is not None
-    outcome(box)
-    sandbar.log.save(box)
-
-
-def settled(request: Callable[[], httpx.Response], status: int) -> httpx.Response:
-    """The first answer with ``status`` (a save from this process reaches the server's
-    cache by NOTIFY, a moment later)."""
-    deadline = time.monotonic() + 10
-    while True:
-        r = request()
-        if r.status_code == status or time.monotonic() > deadline:
-            return r
-        time.sleep(0.02)
 
 
 HELLO = [{"role": "user", "content": "hello there"}]

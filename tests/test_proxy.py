@@ -22,10 +22,8 @@ from websockets.sync.client import connect as ws_connect
 
 from domain.sandboxes import Sandbox
 from interfaces.bootstrap import Sandbar
-from tests.conftest import ServerProcess, User, register
+from tests.conftest import ServerProcess, User, record, register, settled
 from tests.upstream import TestAgent, serving
-
-Outcome = Callable[[Sandbox], None]
 
 
 @pytest.fixture(scope="module")
@@ -61,27 +59,6 @@ class Box:
         return httpx.Client(
             base_url=self.server.url, headers={"host": self.host, **headers}, timeout=30
         )
-
-
-def record(sandbar: Sandbar, sandbox_id: UUID, outcome: Outcome) -> None:
-    """Report an outcome as the container worker would (none runs in these tests).
-    It is saved from this process, so the server hears of it by NOTIFY, a moment later:
-    ``settled`` waits for that."""
-    box = sandbar.log.find(sandbox_id, Sandbox)
-    assert box is not None
-    outcome(box)
-    sandbar.log.save(box)
-
-
-def settled(request: Callable[[], httpx.Response], status: int) -> httpx.Response:
-    """The first answer with ``status`` (another process's save reaches the proxy's
-    cache within milliseconds; allow seconds on a loaded machine)."""
-    deadline = time.monotonic() + 10
-    while True:
-        r = request()
-        if r.status_code == status or time.monotonic() > deadline:
-            return r
-        time.sleep(0.02)
 
 
 @pytest.fixture
