@@ -413,3 +413,21 @@ def test_heartbeats_find_a_frozen_agent(make_local: Callable[..., Local]) -> Non
     finally:
         agent.proc.send_signal(signal.SIGCONT)
         agent.stop()
+
+
+def test_a_browser_that_goes_away_cancels_its_stream_at_the_agent(
+    make_local: Callable[..., Local], agent_app: tuple[TestAgent, int]
+) -> None:
+    local = make_local()
+    agent = local.connect()
+    app, _ = agent_app
+    try:
+        local.wait_status("running")
+        with local.client() as client, client.stream("GET", "/forever") as r:
+            next(r.iter_raw(1024))  # the stream is flowing; now the browser leaves
+        deadline = time.monotonic() + 10
+        while {"cancelled": "/forever"} not in app.seen:
+            assert time.monotonic() < deadline, "the agent's server never saw the cancel"
+            time.sleep(0.05)
+    finally:
+        agent.stop()

@@ -54,6 +54,9 @@ class TestAgent:
             await self._websocket(scope, receive, send)
             return
         path = scope["path"]
+        if path == "/forever":  # streams until the client goes away, and notes that
+            await self._forever(receive, send)
+            return
         query = dict(p.split("=", 1) for p in scope["query_string"].decode().split("&") if "=" in p)
         headers = [[n.decode("latin-1"), v.decode("latin-1")] for n, v in scope["headers"]]
         digest, size = hashlib.sha256(), 0
@@ -112,6 +115,22 @@ class TestAgent:
                 }
             )
             await send({"type": "http.response.body", "body": b"ok"})
+
+    async def _forever(self, receive: Any, send: Any) -> None:
+        gone = asyncio.Event()
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+
+        watcher = asyncio.get_running_loop().create_task(watch())
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        while not gone.is_set():
+            await send({"type": "http.response.body", "body": b"." * 1024, "more_body": True})
+            await asyncio.sleep(0.01)
+        self.seen.append({"cancelled": "/forever"})
+        watcher.cancel()
 
     async def _bytes(self, send: Any, n: int) -> None:
         await send(
