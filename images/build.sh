@@ -72,6 +72,10 @@ build_opencode() {
   npm_package "opencode-linux-x64@$OPENCODE_VERSION" "$work/opencode"
   busybox_rootfs "$root"
   libs_into "$root" "$work/opencode/package/bin/opencode"
+  # opencode's terminals load a native library (unpacked to /tmp at first use) that needs
+  # libutil, which the opencode program itself does not link.
+  cp -L "$(ldconfig -p | awk '/libutil\.so\.1 .*x86-64/{print $NF; exit}')" \
+    "$root/lib/x86_64-linux-gnu/libutil.so.1"
   cp "$work/opencode/package/bin/opencode" "$root/usr/local/bin/opencode"
   say "importing sandbar-opencode:latest"
   tar -C "$root" -c . | docker import \

@@ -7,7 +7,6 @@ created on it and dropped afterwards), else an embedded server in a temporary fo
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -226,18 +225,14 @@ def anonymous(server: str) -> Iterator[httpx.Client]:
 
 @pytest.fixture(scope="session")
 def chromium_path() -> str:
-    """Debian's Chromium, installed if missing (CI runs as root on a fresh machine);
-    driven by Playwright with no browser download."""
-    path = shutil.which("chromium") or "/usr/bin/chromium"
-    if not os.path.exists(path):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, timeout=600)
-        subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"],
-            check=True,
-            env=env,
-            timeout=1200,
-        )
+    """A Chromium for Playwright to drive (scripts/browser.sh installs Debian's if missing:
+    CI runs as root on a fresh machine). Playwright never downloads a browser here."""
+    found = subprocess.run(
+        [str(ROOT / "scripts/browser.sh")], capture_output=True, text=True, timeout=1800
+    )
+    assert found.returncode == 0, found.stderr
+    path = found.stdout.strip()
+    assert os.access(path, os.X_OK), path
     return path
 
 

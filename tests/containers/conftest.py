@@ -185,3 +185,16 @@ def make_sandbox(user: User, workspace_id: str, type_: str = "opencode") -> str:
 
 
 __all__ = ["make_sandbox", "make_workspace", "register", "wait_for"]
+
+
+@pytest.fixture(scope="session")
+def opencode_server(container_env, engine, opencode_image, tmp_path_factory):
+    """One server whose worker runs the real opencode image, shared by the tests that reach
+    opencode through the subdomain proxy."""
+    env = container_env(SANDBAR_OPENCODE_IMAGE=opencode_image, SANDBAR_SANDBOX_MEMORY="1g")
+    log = tmp_path_factory.mktemp("opencode") / "server.log"
+    server = ServerProcess(env, log).start()
+    yield server
+    server.stop()
+    remove_containers_of(engine, server.env)
+    assert "Traceback" not in log.read_text(), log.read_text()
