@@ -1,0 +1,1 @@
+"""The subdomain proxy and the Anthropic API proxy."""

@@ -1,0 +1,1 @@
+"""The tunnel between Sandbar and local agents (docs/tunnel.md)."""
