@@ -4,6 +4,7 @@ workspace's own limits (an event); otherwise the installation's defaults apply."
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
 from uuid import UUID
@@ -20,10 +21,14 @@ MAX_REPORT_DAYS = 366
 
 
 class UsageStore(Protocol):
-    def reserve(
-        self, workspace_id: UUID, day: date, max_requests: int | None, max_tokens: int | None
+    async def reserve(
+        self,
+        workspace_id: UUID,
+        day: date,
+        default_requests: int | None,
+        default_tokens: int | None,
     ) -> str | None: ...
-    def record(
+    async def record(
         self, workspace_id: UUID, sandbox_id: UUID, day: date, counts: dict[str, int]
     ) -> None: ...
     def report(self, workspace_id: UUID, since: date) -> list[dict[str, Any]]: ...
@@ -67,13 +72,12 @@ class Usage:
             "own_tokens": tokens,
         }
 
-    def admit(self, workspace_id: UUID) -> None:
-        """Count a proxy request against today's limits, or refuse it (RateLimited)."""
-        limits = self.limits(workspace_id)
-        reached = self._store.reserve(
-            workspace_id, today(), limits["daily_requests"], limits["daily_tokens"]
-        )
+    async def admit(self, workspace_id: UUID) -> None:
+        """Count a proxy request against today's limits, or refuse it (RateLimited).
+        (On the proxy's hot path: one statement, without a thread.)"""
+        reached = await self._store.reserve(workspace_id, today(), *self._defaults)
         if reached is not None:
+            limits = await asyncio.to_thread(self.limits, workspace_id)
             limit = limits[f"daily_{reached}"]
             raise RateLimited(
                 f"this workspace has used its daily limit of {limit} {reached[:-1]}"
@@ -81,8 +85,8 @@ class Usage:
                 retry_after=_seconds_to_midnight(),
             )
 
-    def record(self, workspace_id: UUID, sandbox_id: UUID, counts: dict[str, int]) -> None:
-        self._store.record(workspace_id, sandbox_id, today(), counts)
+    async def record(self, workspace_id: UUID, sandbox_id: UUID, counts: dict[str, int]) -> None:
+        await self._store.record(workspace_id, sandbox_id, today(), counts)
 
     def report(self, actor: UUID, workspace_id: UUID, days: int) -> Row:
         self._access.require(workspace_id, actor, roles.READ)

@@ -152,7 +152,7 @@ def build(settings: Settings) -> Sandbar:
             event_log,
             reads,
             access,
-            UsageTable(datastore),
+            UsageTable(datastore, url),
             default_requests=settings.anthropic_daily_requests,
             default_tokens=settings.anthropic_daily_tokens,
         ),

@@ -43,7 +43,8 @@ class AnthropicStandIn:
 
     def __init__(self, key: str = REAL_KEY) -> None:
         self.key = key
-        self.requests: list[dict[str, Any]] = []
+        self.requests: list[dict[str, Any]] = []  # whole requests
+        self.heads = 0  # requests begun (a head, whether or not its body came)
         self.lock = threading.Lock()
         self.hold = threading.Event()  # set: streamed answers wait for ``release``
         self.release = threading.Semaphore(0)
@@ -54,6 +55,7 @@ class AnthropicStandIn:
                 await send({"type": "lifespan.startup.complete"})
             await send({"type": "lifespan.shutdown.complete"})
             return
+        self.heads += 1
         body = b""
         while True:
             message = await receive()

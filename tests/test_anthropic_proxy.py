@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -330,3 +331,24 @@ def test_the_real_key_is_nowhere(
     assert audit.returncode == 0, audit.stderr
     assert REAL_KEY not in audit.stdout
     assert REAL_KEY not in Path(api_server.log).read_text()
+
+
+def test_a_client_that_hangs_up_at_once_sends_nothing_half_made(
+    make_box: Callable[[], Box], api_server: ServerProcess, standin: tuple[AnthropicStandIn, int]
+) -> None:
+    box = make_box()
+    app, _ = standin
+    body = json.dumps({"model": "m", "max_tokens": 8, "messages": HELLO}).encode()
+    request = (
+        f"POST /proxy/anthropic/v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"x-api-key: {box.token}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    before, heads = len(app.requests), app.heads
+    for _ in range(5):
+        with socket.create_connection(("127.0.0.1", api_server.port)) as sock:
+            sock.sendall(request)  # and gone at once
+    time.sleep(1)
+    # Whatever reached the API reached it whole: no head left waiting for a body.
+    assert app.heads - heads == len(app.requests) - before
+    assert all(seen["body"] == body for seen in app.requests[before:])

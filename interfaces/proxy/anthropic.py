@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 from uuid import UUID
 
 import orjson
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from application.errors import RateLimited
 from application.opening import GONE
@@ -30,6 +30,7 @@ from interfaces.proxy.upstream import Stream
 log = logging.getLogger(__name__)
 
 PREFIX = "/proxy/anthropic"
+MISSING: Any = object()
 DEFAULT_VERSION = b"2023-06-01"
 PAUSED = {"paused", "pausing"}
 MAX_USAGE_JSON = 4 * 1024 * 1024  # a plain answer is parsed for its usage up to this size
@@ -145,6 +146,7 @@ class AnthropicProxy:
         self._max_body = settings.anthropic_max_body
         self._timeout = settings.anthropic_timeout
         self._recording: set[asyncio.Task[None]] = set()
+        self._tokens: dict[bytes, Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -172,13 +174,16 @@ class AnthropicProxy:
         length = header(headers, b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self._max_body):
             raise Refused(413, "request_too_large", self._too_large())
+        first = await receive()
+        if first["type"] == "http.disconnect":
+            return  # the client left before its request was read: nothing to send or count
         workspace_id: UUID = route["workspace_id"]
         try:
-            await asyncio.to_thread(self._sb.usage.admit, workspace_id)
+            await self._sb.usage.admit(workspace_id)
         except RateLimited as e:
             raise Refused(429, "rate_limit_error", e.message, e.retry_after) from None
         self._sb.activity.note(sandbox_id)
-        stream = await self._send_request(scope, receive, headers)
+        stream = await self._send_request(scope, receive, headers, first)
         try:
             status, answer = await stream.head(self._timeout)
         except TimeoutError:
@@ -215,7 +220,13 @@ class AnthropicProxy:
             token = auth[7:].strip() if auth[:7].lower() == b"bearer " else None
         sandbox_id = None
         if token:
-            sandbox_id = self._sb.secrets.proxy_token_sandbox(token.decode("latin-1"))
+            sandbox_id = self._tokens.get(token, MISSING)
+            if sandbox_id is MISSING:
+                # Derived tokens never change, so their check is remembered (bounded).
+                sandbox_id = self._sb.secrets.proxy_token_sandbox(token.decode("latin-1"))
+                if len(self._tokens) >= 10_000:
+                    self._tokens.clear()
+                self._tokens[token] = sandbox_id
         if sandbox_id is None:
             raise Refused(
                 401, "authentication_error", "invalid x-api-key: use this sandbox's proxy token"
@@ -225,7 +236,9 @@ class AnthropicProxy:
     def _too_large(self) -> str:
         return f"the request body is over the proxy's limit of {self._max_body} bytes"
 
-    async def _send_request(self, scope: Scope, receive: Receive, headers: Headers) -> Stream:
+    async def _send_request(
+        self, scope: Scope, receive: Receive, headers: Headers, first: Message
+    ) -> Stream:
         path = scope.get("raw_path") or scope["path"].encode()
         target = self._base_path + path[len(PREFIX) :]
         if scope["query_string"]:
@@ -236,7 +249,6 @@ class AnthropicProxy:
         out.append((b"accept-encoding", b"identity"))
         if header(headers, b"anthropic-version") is None:
             out.append((b"anthropic-version", DEFAULT_VERSION))
-        first = await receive()
         body: bytes = first.get("body", b"")
         more: bool = first.get("more_body", False)
         chunked = more and header(headers, b"content-length") is None
@@ -291,7 +303,7 @@ class AnthropicProxy:
 
     def _record(self, workspace_id: UUID, sandbox_id: UUID, counts: dict[str, int]) -> None:
         task = asyncio.get_running_loop().create_task(
-            asyncio.to_thread(self._sb.usage.record, workspace_id, sandbox_id, counts)
+            self._sb.usage.record(workspace_id, sandbox_id, counts)
         )
         self._recording.add(task)
         task.add_done_callback(self._recorded)
