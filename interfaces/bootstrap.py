@@ -22,7 +22,7 @@ from infrastructure.agents import DerivedSecrets
 from infrastructure.changes import ChangeFeed
 from infrastructure.containers import DockerEngine
 from infrastructure.credentials import Credentials
-from infrastructure.database import database_url, eventsourcing_env, server_key
+from infrastructure.database import database_url, eventsourcing_env, schema_lock, server_key
 from infrastructure.eventstore import ProjectingRecorder
 from infrastructure.grants import ACCESS_CHANNEL, Grants
 from infrastructure.passwords import Argon2Passwords
@@ -87,6 +87,13 @@ def open_event_log(settings: Settings, url: str | None = None) -> EventLog:
 
 def build(settings: Settings) -> Sandbar:
     url = database_url(settings)
+    # Tables are made with CREATE ... IF NOT EXISTS, which is not safe when two processes
+    # do it at once on a new database: one process at a time sets up.
+    with schema_lock(url):
+        return _build(settings, url)
+
+
+def _build(settings: Settings, url: str) -> Sandbar:
     event_log = open_event_log(settings, url)
     recorder = event_log.recorder
     assert isinstance(recorder, ProjectingRecorder)
