@@ -127,27 +127,32 @@ def test_a_slow_reader_holds_back_its_stream_only() -> None:
             assert client is not None
             client.receive(data)
 
+        stalled = 24  # more windows than the old 16 MiB connection window held
+
         def accept(stream_id: int) -> Pipe:
             assert server is not None
-            if not lazy:
+            if len(lazy) < stalled:
                 lazy.append(Lazy(server, stream_id))
-                return lazy[0]
+                return lazy[-1]
             others.append(Collect(server, stream_id))
             return others[-1]
 
         client = Link(to_agent, client_side=True)
         server = Link(to_sandbar, client_side=False, on_request=lambda sid, _: accept(sid))
         await asyncio.sleep(0.05)  # settings exchanged
-        slow = client.open(lambda sid: Collect(client, sid))
-        slow.write(b"s" * (4 * WINDOW))
+        slows = [client.open(lambda sid: Collect(client, sid)) for _ in range(stalled)]
+        for slow in slows:
+            slow.write(b"s" * (2 * WINDOW))
+        await asyncio.sleep(0.2)
         fast = client.open(lambda sid: Collect(client, sid))
         fast.write(b"f" * (2 * WINDOW))
         fast.end()
         await asyncio.sleep(0.1)
         await asyncio.wait_for(others[0].ended, 10)  # the other stream went through whole
         assert bytes(others[0].received) == b"f" * (2 * WINDOW)
-        assert len(lazy[0].received) <= WINDOW  # held back at its window, nothing lost
-        assert slow.pending >= 3 * WINDOW  # the rest waits on Sandbar's side
+        for stalled_pipe, slow in zip(lazy, slows, strict=True):
+            assert len(stalled_pipe.received) <= WINDOW  # held at its window, nothing lost
+            assert slow.pending >= WINDOW  # the rest waits on the sending side
         client.close("done")
         server.close("done")
 

@@ -29,8 +29,10 @@ import h2.settings
 log = logging.getLogger(__name__)
 
 WINDOW = 1024 * 1024  # per stream: what may be in flight before the reader takes it
-CONNECTION_WINDOW = 16 * 1024 * 1024
-MAX_STREAMS = 1000
+MAX_STREAMS = 256  # so at most MAX_STREAMS * WINDOW (256 MiB) waits for slow readers
+# The connection's window is the largest HTTP/2 allows, far above MAX_STREAMS * WINDOW:
+# streams whose readers stall can never use it up and hold back the others.
+CONNECTION_WINDOW = 2**31 - 1
 PING_EVERY = 5.0  # seconds
 DEAD_AFTER = 15.0  # seconds without a ping answered: the link is dead
 
