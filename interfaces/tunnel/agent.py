@@ -83,6 +83,13 @@ class TargetPipe(Pipe):
             await self._more.wait()
 
     def on_data(self, data: bytes, flow_length: int) -> None:
+        writer = self._writer
+        if writer is not None and not self._incoming and not self._ended:
+            transport = writer.transport
+            if transport.get_write_buffer_size() < READ_SIZE and not transport.is_closing():
+                writer.write(data)  # the socket takes it now: no task hop, ack at once
+                self.ack(flow_length)
+                return
         self._incoming.append((data, flow_length))
         self._more.set()
 

@@ -173,23 +173,23 @@ class Tunnels:
 
     async def _pump(self, receive: Receive, link: Link) -> str:
         """Feed the link until the WebSocket or the link ends; why it ended."""
-        receiving = asyncio.ensure_future(receive())
-        while True:
-            done, _ = await asyncio.wait(
-                {receiving, link.closed}, return_when=asyncio.FIRST_COMPLETED
-            )
-            if link.closed in done:
-                receiving.cancel()
-                return link.closed.result()
-            message = receiving.result()
-            if message["type"] == "websocket.disconnect":
-                return "the agent hung up"
-            data = message.get("bytes")
-            if data is None:
-                link.close("the agent sent text where the tunnel carries bytes")
-                continue
-            link.receive(data)
-            receiving = asyncio.ensure_future(receive())
+
+        async def feed() -> str:
+            while True:
+                message = await receive()
+                if message["type"] == "websocket.disconnect":
+                    return "the agent hung up"
+                data = message.get("bytes")
+                if data is None:
+                    return "the agent sent text where the tunnel carries bytes"
+                link.receive(data)
+
+        feeding = asyncio.get_running_loop().create_task(feed())
+        await asyncio.wait({feeding, link.closed}, return_when=asyncio.FIRST_COMPLETED)
+        if link.closed.done():
+            feeding.cancel()
+            return link.closed.result()
+        return feeding.result()
 
     def _watch(self) -> None:
         """Close the tunnel of a sandbox that is deleted (checked when anything changes)."""
