@@ -661,8 +661,9 @@ def main() -> int:
                 pids = {"direct": up.pid, "nginx": px.pid, "sandbar": side.pid}
                 say(f"small answers, -c32, {rounds} x {seconds:g} s per side ...")
                 loaded = small_answers(small_urls, headers, pids, rounds, seconds, 32)
-                say(f"small answers, -c1, {rounds} x {seconds / 2:g} s per side ...")
-                single = small_answers(small_urls, headers, pids, rounds, seconds / 2, 1)
+                half = max(1, round(seconds / 2))  # wrk takes whole seconds
+                say(f"small answers, -c1, {rounds} x {half} s per side ...")
+                single = small_answers(small_urls, headers, pids, rounds, half, 1)
                 say(f"{BIG_MIB} MiB downloads, {rounds} per side ...")
                 big = downloads({s: f"{u}/big.bin" for s, u in urls.items()}, headers, pids, rounds)
                 say(f"SSE, {events} events per side ...")
