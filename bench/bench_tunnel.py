@@ -888,6 +888,8 @@ def main() -> int:
         help="first wait up to S seconds for other processes to leave the cores idle",
     )
     args = parser.parse_args()
+    # SIGTERM (timeout, kill) unwinds like an error: every process started is stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     rounds = args.rounds or (1 if args.quick else 3)
     seconds = args.seconds or (3.0 if args.quick else 10.0)
     single_seconds = max(1, round(seconds / 2))  # (wrk takes whole seconds)

@@ -431,3 +431,23 @@ def test_a_browser_that_goes_away_cancels_its_stream_at_the_agent(
             time.sleep(0.05)
     finally:
         agent.stop()
+
+
+def test_many_downloads_at_once_keep_the_tunnel_up(make_local: Callable[..., Local]) -> None:
+    """32 parallel downloads, each bigger than a stream's window: the tunnel's WebSocket
+    messages stay under the server's size limit and every body arrives whole."""
+    local = make_local()
+    agent = local.connect()
+    try:
+        local.wait_status("running")
+        size = 5_000_000
+
+        def one(_: int) -> int:
+            with local.client() as client:
+                return len(client.get(f"/bytes?n={size}").content)
+
+        with concurrent.futures.ThreadPoolExecutor(32) as pool:
+            assert list(pool.map(one, range(32))) == [size] * 32
+        assert "disconnected" not in agent.output()
+    finally:
+        agent.stop()

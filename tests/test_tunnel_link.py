@@ -175,3 +175,46 @@ def test_bytes_that_are_not_the_protocol_close_the_tunnel_with_a_reason(garbage:
         server.close("done")
 
     asyncio.run(run())
+
+
+def test_many_busy_streams_never_make_an_oversized_message() -> None:
+    """32 downloads at once, each more than its window: the bytes queued for the
+    WebSocket go out in messages of at most MAX_MESSAGE (a receiver caps message size:
+    uvicorn at 16 MiB), and every stream arrives whole."""
+
+    async def run() -> None:
+        sizes: list[int] = []
+        server: Link | None = None
+        client: Link | None = None
+
+        async def to_agent(data: bytes) -> None:
+            assert server is not None
+            server.receive(data)
+
+        async def to_sandbar(data: bytes) -> None:
+            sizes.append(len(data))
+            assert client is not None
+            client.receive(data)
+
+        def serve(stream_id: int) -> Pipe:
+            assert server is not None
+            pipe = Collect(server, stream_id, echo=False)
+            server.respond(stream_id, 200)
+            pipe.write(b"d" * (2 * WINDOW))
+            pipe.end()
+            return pipe
+
+        client = Link(to_agent, client_side=True)
+        server = Link(to_sandbar, client_side=False, on_request=lambda sid, _: serve(sid))
+        await asyncio.sleep(0.05)
+        readers = [client.open(lambda sid: Collect(client, sid)) for _ in range(32)]
+        for reader in readers:
+            reader.end()
+        await asyncio.wait_for(asyncio.gather(*(r.ended for r in readers)), 30)
+        assert all(len(r.received) == 2 * WINDOW for r in readers)
+        assert max(sizes) <= 1024 * 1024  # (uvicorn refuses messages over 16 MiB)
+        assert sum(sizes) > 32 * 2 * WINDOW
+        client.close("done")
+        server.close("done")
+
+    asyncio.run(run())

@@ -30,6 +30,7 @@ from interfaces.bootstrap import Sandbar
 from interfaces.proxy.gate import AGENT_OFFLINE, Admit, Answer, Gate, Refused, Request
 from interfaces.proxy.headers import Headers, header, to_agent, to_browser
 from interfaces.proxy.upstream import Pool, Upstream
+from interfaces.tunnel.link import TunnelBusy
 from interfaces.tunnel.server import Tunnels
 
 log = logging.getLogger(__name__)
@@ -393,7 +394,13 @@ class Exchange:
             self._send(conn, reused=True)
         elif local:  # a new stream in the agent's tunnel, opened at once
             conn = Upstream(target)
-            if self.front.proxy.tunnels.open_stream(decision.sandbox_id, conn) is None:
+            try:
+                opened = self.front.proxy.tunnels.open_stream(decision.sandbox_id, conn)
+            except TunnelBusy as e:
+                refused = Refused(503, "agent_busy", "The agent is busy", f"{e}.", 1)
+                self._answer(refused.answer(self.request))
+                return
+            if opened is None:
                 self._answer(AGENT_OFFLINE.answer(self.request))
             else:
                 self._send(conn)
@@ -418,7 +425,11 @@ class Exchange:
         try:
             if admit.route["kind"] == "local":
                 conn = Upstream(f"tunnel:{admit.sandbox_id}")
-                if self.front.proxy.tunnels.open_stream(admit.sandbox_id, conn) is None:
+                try:
+                    opened = self.front.proxy.tunnels.open_stream(admit.sandbox_id, conn)
+                except TunnelBusy as e:
+                    raise ConnectionError(str(e)) from None
+                if opened is None:
                     raise ConnectionError("the agent is not connected")
             else:
                 conn = await self.front.proxy.pool.connect(admit.route["target"])

@@ -99,6 +99,9 @@ class TargetPipe(Pipe):
 
     def on_reset(self, reason: str) -> None:
         self.closed = True
+        if self._incoming:  # dropped unwritten: return its room in the connection window
+            self.ack(sum(length for _, length in self._incoming))
+            self._incoming.clear()
         self._task.cancel()
         if self._writer is not None:
             self._writer.close()

@@ -33,8 +33,13 @@ MAX_STREAMS = 256  # so at most MAX_STREAMS * WINDOW (256 MiB) waits for slow re
 # The connection's window is the largest HTTP/2 allows, far above MAX_STREAMS * WINDOW:
 # streams whose readers stall can never use it up and hold back the others.
 CONNECTION_WINDOW = 2**31 - 1
+MAX_MESSAGE = 1024 * 1024  # bytes per WebSocket message
 PING_EVERY = 5.0  # seconds
 DEAD_AFTER = 15.0  # seconds without a ping answered: the link is dead
+
+
+class TunnelBusy(Exception):
+    """No stream can be opened now (the tunnel's limit is reached)."""
 
 
 class Pipe:
@@ -193,9 +198,13 @@ class Link:
     # Outgoing.
 
     def open(self, pipe_factory: Callable[[int], Pipe]) -> Pipe:
-        """A new stream to the agent's target (client side only)."""
+        """A new stream to the agent's target (client side only); TunnelBusy when
+        ``MAX_STREAMS`` are open already."""
         stream_id = self.conn.get_next_available_stream_id()
-        self.conn.send_headers(stream_id, [(b":method", b"CONNECT"), (b":authority", b"agent")])
+        try:
+            self.conn.send_headers(stream_id, [(b":method", b"CONNECT"), (b":authority", b"agent")])
+        except h2.exceptions.TooManyStreamsError:
+            raise TunnelBusy(f"{MAX_STREAMS} streams are open in this tunnel") from None
         pipe = pipe_factory(stream_id)
         self.pipes[stream_id] = pipe
         self._flush()
@@ -273,7 +282,10 @@ class Link:
                 while self._outbox:
                     data = b"".join(self._outbox)
                     self._outbox.clear()
-                    await self._send(data)
+                    # Message boundaries mean nothing, so cut freely: a message stays well
+                    # under any WebSocket size limit however many streams are busy.
+                    for start in range(0, len(data), MAX_MESSAGE):
+                        await self._send(data[start : start + MAX_MESSAGE])
         except asyncio.CancelledError:
             raise
         except Exception as e:  # the WebSocket is gone

@@ -103,6 +103,11 @@ class StreamTransport(Pipe):
             self._protocol.pause_writing()
 
     def _lose(self, exc: Exception | None) -> None:
+        # What was held for the reader is dropped with the stream: give its room in the
+        # connection's window back, or cancelled streams would shrink it for good.
+        if self._held:
+            self.ack(sum(length for _, length in self._held))
+            self._held.clear()
         if not self._lost:
             self._lost = True
             self.closed = True
