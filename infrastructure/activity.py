@@ -12,6 +12,8 @@ from uuid import UUID
 
 from eventsourcing.postgres import PostgresDatastore
 
+from infrastructure.database import ensure_tables
+
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS sandbar_activity ("
     " sandbox_id uuid PRIMARY KEY, last_seen timestamptz NOT NULL)"
@@ -25,8 +27,7 @@ class ActivityTable:
         self._pending: dict[UUID, datetime] = {}
         self._lock = threading.Lock()
         self._last_flush = time.monotonic()
-        with self._db.get_connection() as conn:
-            conn.execute(SCHEMA)
+        ensure_tables(self._db, SCHEMA)
 
     def touch(self, sandbox_id: UUID) -> None:
         """Note a use, and write the notes if they are due."""

@@ -4,7 +4,6 @@ one code, exactly one gets it."""
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import secrets
 from datetime import UTC, datetime, timedelta
@@ -14,7 +13,9 @@ from uuid import UUID
 from eventsourcing.postgres import PostgresDatastore
 from psycopg import Cursor
 
+from infrastructure.database import ensure_tables
 from infrastructure.eventstore import SideWrite
+from infrastructure.keyed import keyed_digest
 
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS sandbar_agent_codes ("
@@ -34,12 +35,10 @@ class AgentCredentials:
     def __init__(self, datastore: PostgresDatastore, key: bytes) -> None:
         self._db = datastore
         self._key = key
-        with self._db.transaction(commit=True) as curs:
-            for stmt in SCHEMA:
-                curs.execute(stmt)
+        ensure_tables(self._db, SCHEMA)
 
     def _digest(self, purpose: bytes, value: str) -> bytes:
-        return hmac.new(self._key, purpose + value.encode(), hashlib.sha256).digest()
+        return keyed_digest(self._key, value, purpose)
 
     def issue_code(self, workspace_id: UUID, user_id: UUID, ttl: int) -> str:
         """``XXXX-XXXX-XXXX``: 60 random bits, good once, for ``ttl`` seconds."""

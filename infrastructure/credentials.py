@@ -5,8 +5,6 @@ the database yields no usable session."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -16,8 +14,10 @@ from uuid import UUID
 from eventsourcing.postgres import PostgresDatastore
 from psycopg import Cursor
 
+from infrastructure.database import ensure_tables
 from infrastructure.eventstore import SideWrite
 from infrastructure.grants import ACCESS_CHANNEL
+from infrastructure.keyed import keyed_digest
 
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS sandbar_passwords ("
@@ -39,12 +39,10 @@ class Credentials:
         self._key = key
         self._ttl = timedelta(seconds=session_ttl)
         self.revoked: list[Callable[[], None]] = []
-        with self._db.transaction(commit=True) as curs:
-            for stmt in SCHEMA:
-                curs.execute(stmt)
+        ensure_tables(self._db, SCHEMA)
 
     def digest(self, token: str) -> bytes:
-        return hmac.new(self._key, token.encode(), hashlib.sha256).digest()
+        return keyed_digest(self._key, token)
 
     def password_write(self, user_id: UUID, hashed: str) -> SideWrite:
         def write(curs: Cursor[Any]) -> None:

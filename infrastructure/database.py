@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -79,3 +80,11 @@ def schema_lock(url: str) -> Iterator[None]:
             yield
         finally:
             conn.execute("SELECT pg_advisory_unlock(hashtext('sandbar:schema'))")
+
+
+def ensure_tables(datastore: Any, statements: str | tuple[str, ...]) -> None:
+    """Run a store's ``CREATE ... IF NOT EXISTS`` statements in one transaction (start-up
+    holds ``schema_lock``, so processes starting together do not race)."""
+    with datastore.transaction(commit=True) as curs:
+        for stmt in (statements,) if isinstance(statements, str) else statements:
+            curs.execute(stmt)

@@ -7,14 +7,15 @@ tickets and grants are stored; a grant tied to a session dies with that session.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 from eventsourcing.postgres import PostgresDatastore
+
+from infrastructure.database import ensure_tables
+from infrastructure.keyed import keyed_digest
 
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS sandbar_tickets ("
@@ -47,12 +48,10 @@ class Grants:
     def __init__(self, datastore: PostgresDatastore, key: bytes) -> None:
         self._db = datastore
         self._key = key
-        with self._db.transaction(commit=True) as curs:
-            for stmt in SCHEMA:
-                curs.execute(stmt)
+        ensure_tables(self._db, SCHEMA)
 
     def digest(self, token: str) -> bytes:
-        return hmac.new(self._key, b"grant:" + token.encode(), hashlib.sha256).digest()
+        return keyed_digest(self._key, token, b"grant:")
 
     def issue_ticket(
         self, sandbox_id: UUID, user_id: UUID, session_digest: bytes, ttl: float

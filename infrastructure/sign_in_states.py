@@ -4,14 +4,15 @@ once, atomically: a replayed or forged state finds nothing."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
 from eventsourcing.postgres import PostgresDatastore
+
+from infrastructure.database import ensure_tables
+from infrastructure.keyed import keyed_digest
 
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS sandbar_sign_in_states ("
@@ -26,11 +27,10 @@ class SignInStates:
         self._db = datastore
         self._key = key
         self._ttl = timedelta(seconds=ttl)
-        with self._db.get_connection() as conn:
-            conn.execute(SCHEMA)
+        ensure_tables(self._db, SCHEMA)
 
     def _digest(self, state: str) -> bytes:
-        return hmac.new(self._key, b"sign-in:" + state.encode(), hashlib.sha256).digest()
+        return keyed_digest(self._key, state, b"sign-in:")
 
     def open(self, provider: str, next_url: str, link_user: UUID | None) -> dict[str, str]:
         """A new state, with its verifier and nonce."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from eventsourcing.postgres import PostgresDatastore
 
+from infrastructure.database import ensure_tables
+
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS sandbar_follower_tracking ("
     " follower text PRIMARY KEY, notification_id bigint NOT NULL)"
@@ -14,8 +16,7 @@ class FollowerTracking:
     def __init__(self, datastore: PostgresDatastore, follower: str) -> None:
         self._db = datastore
         self._name = follower
-        with self._db.get_connection() as conn:
-            conn.execute(SCHEMA)
+        ensure_tables(self._db, SCHEMA)
 
     def position(self) -> int:
         with self._db.get_connection() as conn:

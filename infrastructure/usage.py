@@ -16,6 +16,8 @@ from uuid import UUID
 from eventsourcing.postgres import PostgresDatastore
 from psycopg_pool import AsyncConnectionPool
 
+from infrastructure.database import ensure_tables
+
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS sandbar_usage ("
     " day date NOT NULL, workspace_id uuid NOT NULL, sandbox_id uuid NOT NULL,"
@@ -75,9 +77,7 @@ class UsageTable:
         self._conninfo = conninfo
         self._pool_size = pool_size
         self._pool: AsyncConnectionPool | None = None
-        with self._db.transaction(commit=True) as curs:
-            for stmt in SCHEMA:
-                curs.execute(stmt)
+        ensure_tables(self._db, SCHEMA)
 
     async def _connections(self) -> AsyncConnectionPool:
         if self._pool is None:

@@ -24,7 +24,7 @@ from starlette.types import Message, Receive, Scope, Send
 from application.errors import RateLimited
 from application.opening import GONE
 from interfaces.proxy.front import SandboxProxy
-from interfaces.proxy.headers import HOP_BY_HOP, Headers, header
+from interfaces.proxy.headers import HOP_BY_HOP, Headers, bearer, header
 from interfaces.proxy.upstream import Stream
 
 log = logging.getLogger(__name__)
@@ -216,8 +216,7 @@ class AnthropicProxy:
     def _sandbox(self, headers: Headers) -> UUID:
         token = header(headers, b"x-api-key")
         if token is None:
-            auth = header(headers, b"authorization") or b""
-            token = auth[7:].strip() if auth[:7].lower() == b"bearer " else None
+            token = bearer(headers)
         sandbox_id = None
         if token:
             sandbox_id = self._tokens.get(token, MISSING)

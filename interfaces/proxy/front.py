@@ -108,10 +108,10 @@ class SandboxProxy:
             except Exception:
                 log.warning("could not record sandbox activity", exc_info=True)
 
-    def open_stream(self, sandbox_id: UUID) -> None:
+    def stream_opened(self, sandbox_id: UUID) -> None:
         self.streams[sandbox_id] += 1
 
-    def close_stream(self, sandbox_id: UUID) -> None:
+    def stream_closed(self, sandbox_id: UUID) -> None:
         self.streams[sandbox_id] -= 1
         if self.streams[sandbox_id] <= 0:
             del self.streams[sandbox_id]
@@ -393,19 +393,25 @@ class Exchange:
         if conn is not None:
             self._send(conn, reused=True)
         elif local:  # a new stream in the agent's tunnel, opened at once
-            conn = Upstream(target)
             try:
-                opened = self.front.proxy.tunnels.open_stream(decision.sandbox_id, conn)
+                conn = self._tunnel_stream(decision)
             except TunnelBusy as e:
                 refused = Refused(503, "agent_busy", "The agent is busy", f"{e}.", 1)
                 self._answer(refused.answer(self.request))
                 return
-            if opened is None:
+            if conn is None:
                 self._answer(AGENT_OFFLINE.answer(self.request))
             else:
                 self._send(conn)
         else:
             self._task = asyncio.get_running_loop().create_task(self._connect(target))
+
+    def _tunnel_stream(self, admit: Admit) -> Upstream | None:
+        """A connection to a local sandbox's agent through its tunnel; None when the
+        agent is not connected here (TunnelBusy when its tunnel is full)."""
+        conn = Upstream(f"tunnel:{admit.sandbox_id}")
+        opened = self.front.proxy.tunnels.open_stream(admit.sandbox_id, conn)
+        return conn if opened is not None else None
 
     async def _connect(self, target: str) -> None:
         try:
@@ -424,13 +430,13 @@ class Exchange:
         assert admit is not None
         try:
             if admit.route["kind"] == "local":
-                conn = Upstream(f"tunnel:{admit.sandbox_id}")
                 try:
-                    opened = self.front.proxy.tunnels.open_stream(admit.sandbox_id, conn)
+                    tunnelled = self._tunnel_stream(admit)
                 except TunnelBusy as e:
                     raise ConnectionError(str(e)) from None
-                if opened is None:
+                if tunnelled is None:
                     raise ConnectionError("the agent is not connected")
+                conn = tunnelled
             else:
                 conn = await self.front.proxy.pool.connect(admit.route["target"])
         except ConnectionError as e:
@@ -530,14 +536,14 @@ class Exchange:
             for data in self._early:
                 self._upstream.write(data)
             self._early = []
-            self._open_stream()
+            self._count_stream()
             return
         out = to_browser(headers)
         bodiless = self.request.method == b"HEAD" or status in (204, 304)
         if not bodiless and header(headers, b"content-length") is None:
             out.append((b"transfer-encoding", b"chunked"))
             self._chunked_response = True
-            self._open_stream()
+            self._count_stream()
         if not self.keep_alive or self.front._closing:
             self.keep_alive = False
             out.append((b"connection", b"close"))
@@ -623,10 +629,10 @@ class Exchange:
             ).answer(self.request)
         )
 
-    def _open_stream(self) -> None:
+    def _count_stream(self) -> None:
         if self._admit is not None and self._streaming is None:
             self._streaming = self._admit.sandbox_id
-            self.front.proxy.open_stream(self._streaming)
+            self.front.proxy.stream_opened(self._streaming)
 
     def _cancel_timer(self) -> None:
         self.front.proxy.waiting.pop(self, None)
@@ -637,7 +643,7 @@ class Exchange:
         self._done = True
         self._cancel_timer()
         if self._streaming is not None:
-            self.front.proxy.close_stream(self._streaming)
+            self.front.proxy.stream_closed(self._streaming)
         self.front.finished(self)
 
     def abort(self) -> None:
@@ -650,5 +656,5 @@ class Exchange:
             self._upstream.close()
             self._upstream = None
         if self._streaming is not None:
-            self.front.proxy.close_stream(self._streaming)
+            self.front.proxy.stream_closed(self._streaming)
             self._streaming = None

@@ -28,7 +28,7 @@ from interfaces.addresses import safe_next
 from interfaces.bootstrap import Sandbar
 from interfaces.proxy import pages
 from interfaces.proxy.directory import MISS, Directory
-from interfaces.proxy.headers import Headers, cookie, header
+from interfaces.proxy.headers import Headers, bearer, cookie, header
 
 GRANT_COOKIE = b"sandbar_sandbox"
 TICKET_PATH = b"/_sandbar/ticket"
@@ -217,15 +217,11 @@ class Gate:
     def _user(self, request: Request, sandbox_id: UUID, grant_of: Any) -> UUID | None:
         """The user whose grant this request carries; None when a browser should fetch
         one (a GET without a usable cookie); Refused when it cannot."""
-        auth = header(request.headers, b"authorization")
-        bearer = None
-        if auth and auth[:7].lower() == b"bearer ":
-            bearer = auth[7:].decode("latin-1").strip()
-        token = bearer or cookie(request.headers, GRANT_COOKIE)
+        token, by_bearer = self._token(request)
         grant = grant_of(token) if token else None
         if grant is not None and grant.valid_for(sandbox_id, time.time()):
             return grant.user_id
-        if bearer is None and not request.websocket and request.method in (b"GET", b"HEAD"):
+        if not by_bearer and not request.websocket and request.method in (b"GET", b"HEAD"):
             return None
         raise UNAUTHENTICATED
 
@@ -260,7 +256,7 @@ class Gate:
         sandbox_id = request.sandbox[1]
         route = await self.directory.route(sandbox_id)
         grant = None
-        token = self._token(request)
+        token, _ = self._token(request)
         if token:
             grant = await self.directory.grant(token)
         user_id = grant.user_id if grant is not None else None
@@ -278,11 +274,14 @@ class Gate:
             route = await self._resume(sandbox_id, user_id)
         return self._decide(request, lambda _: route, lambda _: grant, lambda *_: role)
 
-    def _token(self, request: Request) -> str | None:
-        auth = header(request.headers, b"authorization")
-        if auth and auth[:7].lower() == b"bearer ":
-            return auth[7:].decode("latin-1").strip()
-        return cookie(request.headers, GRANT_COOKIE)
+    @staticmethod
+    def _token(request: Request) -> tuple[str | None, bool]:
+        """The grant a request presents (a Bearer token, else the host's cookie), and
+        whether it came as a Bearer token."""
+        presented = bearer(request.headers)
+        if presented is not None:
+            return presented.decode("latin-1") or cookie(request.headers, GRANT_COOKIE), True
+        return cookie(request.headers, GRANT_COOKIE), False
 
     async def _redeem(self, request: Request, sandbox_id: UUID) -> Answer:
         query = parse_qs(request.target.partition(b"?")[2].decode("latin-1"))

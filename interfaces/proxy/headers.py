@@ -71,6 +71,14 @@ def cookie(headers: Headers, name: bytes) -> str | None:
     return None
 
 
+def bearer(headers: Headers) -> bytes | None:
+    """The token of an ``Authorization: Bearer`` header, if there is one."""
+    auth = header(headers, b"authorization")
+    if auth and auth[:7].lower() == b"bearer ":
+        return auth[7:].strip()
+    return None
+
+
 def header(headers: Headers, name: bytes) -> bytes | None:
     for n, v in headers:
         if n == name:
