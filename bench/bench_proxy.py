@@ -367,9 +367,10 @@ def wrk(url: str, headers: dict[str, str], seconds: float, connections: int) -> 
     }
 
 
-def rotated(round_: int) -> tuple[str, ...]:
-    k = round_ % len(SIDES)
-    return SIDES[k:] + SIDES[:k]
+def rotated(sides: tuple[str, ...], round_: int) -> tuple[str, ...]:
+    """The sides in the order of this round (each side leads in turn)."""
+    k = round_ % len(sides)
+    return sides[k:] + sides[:k]
 
 
 def small_answers(
@@ -385,7 +386,7 @@ def small_answers(
         wrk(urls[side], headers[side], 1, connections)
     runs: dict[str, list[dict[str, Any]]] = {side: [] for side in SIDES}
     for r in range(rounds):
-        for side in rotated(r):
+        for side in rotated(SIDES, r):
             with CpuMeter(pids) as cpu:
                 run = wrk(urls[side], headers[side], seconds, connections)
             n = run["requests"]
@@ -475,7 +476,7 @@ def downloads(
     cpu_per_gib: dict[str, list[float]] = {side: [] for side in ("nginx", "sandbar")}
     sampled_peak = rss_before
     for r in range(rounds):
-        for side in rotated(r):
+        for side in rotated(SIDES, r):
             with RssSampler(pid) as sampler, CpuMeter(pids) as cpu:
                 speeds[side].append(curl(urls[side], headers[side]))
             if side == "sandbar":

@@ -97,6 +97,7 @@ from bench.bench_proxy import (  # noqa: E402
     nginx,
     port_answers,
     reset_peak,
+    rotated,
     say,
     sse_latencies,
     status_field,
@@ -309,11 +310,6 @@ class Agent:
 
 # The processes whose CPU each side spends (the upstream's is counted apart).
 RELAYS = {"direct": (), "ssh": ("sshd", "ssh"), "tunnel": ("server", "agent"), "proxy": ("server",)}
-
-
-def rotated(sides: tuple[str, ...], round_: int) -> tuple[str, ...]:
-    k = round_ % len(sides)
-    return sides[k:] + sides[:k]
 
 
 def small_answers(
