@@ -26,6 +26,7 @@ from application.ports import (
     Activity,
     AgentProbe,
     ContainerEngine,
+    ContainerVanished,
     EngineUnavailable,
     ImageMissing,
     ReadModel,
@@ -109,10 +110,11 @@ class ContainerWorker:
 
     # Reconciliation: make the engine agree with the log.
     def reconcile(self) -> None:
-        rows = self._reads.cloud_sandboxes()
-        known = {r["id"] for r in rows}
+        # The engine is listed before the log is read: a sandbox whose container exists
+        # when listed was recorded before it, so a sandbox created meanwhile is never
+        # taken for an orphan.
         try:
-            orphans = self._engine.sandbox_ids() - known
+            containers = self._engine.sandbox_ids()
             if not self._engine_seen:
                 log.info("the container engine answers")
             self._engine_seen = True
@@ -120,8 +122,9 @@ class ContainerWorker:
             if self._engine_seen is not False:  # say so once, not every sweep
                 log.warning("%s; cloud sandboxes cannot start until it answers", e)
             self._engine_seen = False
-            orphans = set()
-        for sandbox_id in orphans:
+            containers = set()
+        rows = self._reads.cloud_sandboxes()
+        for sandbox_id in containers - {r["id"] for r in rows}:
             log.info("removing container of sandbox %s, which is not live", sandbox_id)
             self._engine.remove(sandbox_id, volume=True)
         for row in rows:
@@ -166,6 +169,12 @@ class ContainerWorker:
                 self._engine.stop(sandbox_id)
             elif status is Status.failed:
                 self._engine.remove(sandbox_id, volume=False)  # keep the home for a retry
+        except ContainerVanished:
+            log.warning(
+                "sandbox %s: its container was removed while starting; the next"
+                " sweep starts it again",
+                sandbox_id,
+            )
         except EngineUnavailable as e:
             reason = str(e)
             if status in (Status.creating, Status.resuming):

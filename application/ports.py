@@ -66,6 +66,10 @@ class ImageMissing(Exception):
     """The image a sandbox needs is not in the engine."""
 
 
+class ContainerVanished(Exception):
+    """The sandbox's container was removed while it was being started."""
+
+
 class ContainerEngine(Protocol):
     """Containers named after their sandbox, each with a home volume. Every method is
     idempotent: asking twice never makes a second container."""

@@ -18,7 +18,7 @@ import docker
 import requests
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
-from application.ports import EngineUnavailable, ImageMissing
+from application.ports import ContainerVanished, EngineUnavailable, ImageMissing
 from infrastructure import agents
 from infrastructure.settings import Settings
 
@@ -77,8 +77,14 @@ class DockerEngine:
                 client.api.start(name)
             except NotFound:
                 self._create(client, sandbox_id, workspace_id, sandbox_type, agent)
-                client.api.start(name)
-            return _published(client.api.inspect_container(name), agent.port)
+                try:
+                    client.api.start(name)
+                except NotFound as e:
+                    raise ContainerVanished(name) from e
+            try:
+                return _published(client.api.inspect_container(name), agent.port)
+            except NotFound as e:
+                raise ContainerVanished(name) from e
 
     def _create(
         self,

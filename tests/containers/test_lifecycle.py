@@ -3,6 +3,7 @@ resumes and deletes real containers, confined as the design brief says."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -17,6 +18,9 @@ import psycopg
 import pytest
 
 from infrastructure.agents import DerivedSecrets
+from infrastructure.containers import DockerEngine
+from infrastructure.settings import Settings
+from interfaces.bootstrap import build
 from tests.conftest import ROOT, register, run_sandbar
 from tests.containers.conftest import make_sandbox, make_workspace, wait_for
 
@@ -324,3 +328,51 @@ def test_activity_keeps_a_sandbox_running(container_env, start_server):
         time.sleep(0.3)
     wait_for(alice.client, sid, "paused", timeout=60)
     datastore.close()
+
+
+class _MadeRightAfterReading:
+    """The read model, except that the first ``cloud_sandboxes()`` is followed, before it
+    returns, by ``make()``: a sandbox created (and its container started) the moment after
+    the sweep has read the log."""
+
+    def __init__(self, reads, make) -> None:
+        self._reads = reads
+        self._make = make
+        self.made: str | None = None
+
+    def cloud_sandboxes(self):
+        rows = self._reads.cloud_sandboxes()
+        if self.made is None:
+            self.made = self._make()
+        return rows
+
+    def __getattr__(self, name):
+        return getattr(self._reads, name)
+
+
+def test_a_sandbox_made_during_a_sweep_is_not_taken_for_an_orphan(
+    container_env, start_server, engine, docker_host, monkeypatch
+):
+    """Fixed interleaving of the sweep and a creation: the container of a sandbox created
+    while the sweep runs is left be (it once was removed as an orphan)."""
+    env = container_env(SANDBAR_WORKER="false")
+    server = start_server(env)
+    alice = register(server.url, "alice")
+    wid = make_workspace(alice)
+    monkeypatch.setenv("DOCKER_HOST", docker_host)
+    app = build(Settings.from_env(env))
+    try:
+        containers = DockerEngine(app.settings, app.secrets)
+
+        def make() -> str:
+            sid = make_sandbox(alice, wid)
+            containers.start(uuid.UUID(sid), uuid.UUID(wid), "opencode")
+            return sid
+
+        reads = _MadeRightAfterReading(app.reads, make)
+        worker = dataclasses.replace(app, reads=reads).container_worker()
+        worker.reconcile()
+        assert reads.made is not None
+        assert container(engine, reads.made).status == "running"
+    finally:
+        app.close()
