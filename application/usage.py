@@ -32,6 +32,7 @@ class UsageStore(Protocol):
         self, workspace_id: UUID, sandbox_id: UUID, day: date, counts: dict[str, int]
     ) -> None: ...
     def report(self, workspace_id: UUID, since: date) -> list[dict[str, Any]]: ...
+    async def close(self) -> None: ...
 
 
 def today() -> date:
@@ -87,6 +88,10 @@ class Usage:
 
     async def record(self, workspace_id: UUID, sandbox_id: UUID, counts: dict[str, int]) -> None:
         await self._store.record(workspace_id, sandbox_id, today(), counts)
+
+    async def close(self) -> None:
+        """Write what is still pending (on shutdown)."""
+        await self._store.close()
 
     def report(self, actor: UUID, workspace_id: UUID, days: int) -> Row:
         self._access.require(workspace_id, actor, roles.READ)

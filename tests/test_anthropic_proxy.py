@@ -352,3 +352,36 @@ def test_a_client_that_hangs_up_at_once_sends_nothing_half_made(
     # Whatever reached the API reached it whole: no head left waiting for a body.
     assert app.heads - heads == len(app.requests) - before
     assert all(seen["body"] == body for seen in app.requests[before:])
+
+
+def test_usage_of_parallel_requests_adds_up(
+    api_server: ServerProcess,
+    make_box: Callable[[], Box],
+    tmp_path: Path,
+) -> None:
+    """Requests of two sandboxes at once (counted and recorded in batches), through a
+    server stopped as soon as the last answer is in: every request and token is in the
+    report."""
+    boxes = [make_box(), make_box()]  # two sandboxes, in two workspaces
+    server = ServerProcess(api_server.env, tmp_path / "server.log").start()
+    try:
+
+        def call(i: int) -> int:
+            box = boxes[i % 2]
+            return httpx.post(
+                f"{server.url}/proxy/anthropic/v1/messages",
+                json={"model": "m", "max_tokens": 8, "messages": HELLO},
+                headers={"x-api-key": box.token},
+                timeout=30,
+            ).status_code
+
+        with concurrent.futures.ThreadPoolExecutor(40) as pool:
+            statuses = list(pool.map(call, range(80)))
+    finally:
+        server.stop()
+    assert statuses == [200] * 80
+    assert "Traceback" not in (tmp_path / "server.log").read_text()
+    for box in boxes:
+        (day,) = box.owner.client.get(f"/api/workspaces/{box.workspace_id}/usage").json()["days"]
+        assert (day["sandbox_id"], day["requests"]) == (str(box.id), 40)
+        assert (day["input_tokens"], day["output_tokens"]) == (80, 120)

@@ -4,6 +4,9 @@ answers them at the protocol level.)"""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -24,7 +27,13 @@ from interfaces.tunnel.server import PATH_PREFIX as TUNNEL_PREFIX
 
 
 def create_app(sandbar: Sandbar, proxy: SandboxProxy | None = None) -> ASGIApp:
+    @asynccontextmanager
+    async def lifespan(_api: FastAPI) -> AsyncIterator[None]:
+        yield
+        await sandbar.usage.close()  # the Anthropic proxy's last counts are written
+
     api = FastAPI(
+        lifespan=lifespan,
         title="Sandbar",
         summary="Run AI coding agents in sandboxes, opened from the browser.",
         version="0.1.0",
