@@ -28,10 +28,11 @@ class UsageStore(Protocol):
         default_requests: int | None,
         default_tokens: int | None,
     ) -> str | None: ...
-    async def record(
+    def record(
         self, workspace_id: UUID, sandbox_id: UUID, day: date, counts: dict[str, int]
     ) -> None: ...
     def report(self, workspace_id: UUID, since: date) -> list[dict[str, Any]]: ...
+    async def flush(self) -> None: ...
     async def close(self) -> None: ...
 
 
@@ -86,8 +87,13 @@ class Usage:
                 retry_after=_seconds_to_midnight(),
             )
 
-    async def record(self, workspace_id: UUID, sandbox_id: UUID, counts: dict[str, int]) -> None:
-        await self._store.record(workspace_id, sandbox_id, today(), counts)
+    def record(self, workspace_id: UUID, sandbox_id: UUID, counts: dict[str, int]) -> None:
+        """Record a finished request's tokens (soon, in a batch; on the proxy's loop)."""
+        self._store.record(workspace_id, sandbox_id, today(), counts)
+
+    async def flush(self) -> None:
+        """Wait until what was admitted and recorded so far is written."""
+        await self._store.flush()
 
     async def close(self) -> None:
         """Write what is still pending (on shutdown)."""

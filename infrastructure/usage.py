@@ -155,11 +155,11 @@ class UsageTable:
                 results.append(reached[key])
         return results
 
-    async def record(
+    def record(
         self, workspace_id: UUID, sandbox_id: UUID, day: date, counts: dict[str, int]
     ) -> None:
-        """Add one finished request and its tokens."""
-        await self._recording.submit((workspace_id, sandbox_id, day, counts))
+        """Add one finished request and its tokens (written with the next batch)."""
+        self._recording.post((workspace_id, sandbox_id, day, counts))
 
     async def _record_batch(self, batch: list[Finished]) -> list[None]:
         merged: dict[tuple[date, UUID, UUID], list[int]] = {}

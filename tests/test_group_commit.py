@@ -77,3 +77,16 @@ def test_an_error_reaches_its_batch_only_and_flush_waits() -> None:
         assert recorder.batches == [[0], [1, 2], [3]]
 
     asyncio.run(run())
+
+
+def test_a_posted_item_is_written_and_its_failure_logged(caplog: pytest.LogCaptureFixture) -> None:
+    async def run() -> None:
+        recorder = Recorder(fail_on={5})
+        group = GroupCommit(recorder.write)
+        group.post(4)
+        group.post(5)
+        await group.flush()
+        assert recorder.batches == [[4, 5]]
+
+    asyncio.run(run())
+    assert "could not write 2 item(s): batch [4, 5] failed" in caplog.text

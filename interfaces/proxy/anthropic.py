@@ -11,7 +11,6 @@ so the SDKs inside sandboxes report them sensibly."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from typing import Any
@@ -145,7 +144,6 @@ class AnthropicProxy:
         self._base_path = base.path.rstrip("/").encode()
         self._max_body = settings.anthropic_max_body
         self._timeout = settings.anthropic_timeout
-        self._recording: set[asyncio.Task[None]] = set()
         self._tokens: dict[bytes, Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -211,7 +209,7 @@ class AnthropicProxy:
             return  # unfinished: the server drops the connection, the client sees it cut
         await send({"type": "http.response.body", "body": b""})
         self._pool.release(stream.conn)
-        self._record(workspace_id, sandbox_id, tap.finish())
+        self._sb.usage.record(workspace_id, sandbox_id, tap.finish())
 
     def _sandbox(self, headers: Headers) -> UUID:
         token = header(headers, b"x-api-key")
@@ -299,15 +297,3 @@ class AnthropicProxy:
                     return
             except ConnectionError:
                 return  # the API broke off: its answer (or its absence) says the rest
-
-    def _record(self, workspace_id: UUID, sandbox_id: UUID, counts: dict[str, int]) -> None:
-        task = asyncio.get_running_loop().create_task(
-            self._sb.usage.record(workspace_id, sandbox_id, counts)
-        )
-        self._recording.add(task)
-        task.add_done_callback(self._recorded)
-
-    def _recorded(self, task: asyncio.Task[None]) -> None:
-        self._recording.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("could not record Anthropic usage: %s", task.exception())
