@@ -6,13 +6,15 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
+from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, Recording
 
 from application.errors import Conflict
+from application.ports import VersionChecks
 from domain.workspaces import Workspace
 
 T = TypeVar("T")
@@ -28,6 +30,20 @@ class EventLog(Application[UUID]):
     # A workspace gains an event per sandbox made in it and is loaded by every create
     # and delete: snapshots keep that load short.
     snapshotting_intervals: ClassVar[dict[type, int]] = {Workspace: 50}
+
+    def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
+        """As the library's, and more: an aggregate given to the save that gained no
+        event (a command read it to decide, say the workspace's owners when a member's
+        role changes) must still be at the version it was loaded at, else the save fails
+        as a version conflict and the command runs again on fresh state. Without this,
+        two commands could each decide on a stale copy of the aggregate the other one
+        changed, and both commit (write skew)."""
+        unchanged = [a for a in objs if isinstance(a, Aggregate) and not a.pending_events]
+        recorder = self.recorder
+        if unchanged and isinstance(recorder, VersionChecks):
+            checks = [recorder.unchanged(a.id, a.version) for a in unchanged]
+            kwargs["checks"] = [*checks, *kwargs.get("checks", ())]
+        return super().save(*objs, **kwargs)
 
     def _record(self, processing_event: ProcessingEvent[UUID]) -> list[Recording[UUID]]:
         # Hand the domain events to the recorder, which projects them in the same

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 from uuid import UUID
 
 Row = dict[str, Any]
+
+
+@runtime_checkable
+class VersionChecks(Protocol):
+    """The event store's check, run in a save's transaction, that an aggregate the save
+    read but did not change is still at the version it was read at."""
+
+    def unchanged(self, originator_id: UUID, version: int) -> Callable[[Any], None]: ...
 
 
 class ReadModel(Protocol):

@@ -11,11 +11,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from typing import Any
+from uuid import UUID
 
-from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
+from eventsourcing.persistence import (
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    StoredEvent,
+)
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from eventsourcing.utils import retry
 from psycopg import Cursor
+from psycopg.sql import SQL, Identifier
 
 from projections.view import ReadModelView
 
@@ -30,6 +37,26 @@ class ProjectingRecorder(PostgresApplicationRecorder):
         self.read_model = ReadModelView(datastore)
         # Called after each save commits (the proxies' caches listen here).
         self.committed: list[Callable[[], None]] = []
+        self._latest_version = SQL(
+            "SELECT max(originator_version) AS version FROM {0}.{1} WHERE originator_id = %s"
+        ).format(Identifier(datastore.schema), Identifier(self.events_table_name))
+
+    def unchanged(self, originator_id: UUID, version: int) -> SideWrite:
+        """A check that the aggregate is still at ``version``: a save that read an
+        aggregate but gave it no event fails as a version conflict if another save moved
+        it on meanwhile (run under the events lock, nothing can move it on before this
+        save commits)."""
+
+        def check(curs: Cursor[Any]) -> None:
+            curs.execute(self._latest_version, (originator_id,), prepare=True)
+            row = curs.fetchone()
+            latest = row["version"] if row else None
+            if latest != version:
+                raise IntegrityError(
+                    f"aggregate {originator_id} is at version {latest}, read at {version}"
+                )
+
+        return check
 
     def create_table(self) -> None:
         super().create_table()
