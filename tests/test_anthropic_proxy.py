@@ -14,9 +14,11 @@ from uuid import UUID
 
 import anthropic
 import httpx
+import psycopg
 import pytest
 
 from domain.sandboxes import Sandbox
+from infrastructure.agents import DerivedSecrets
 from interfaces.bootstrap import Sandbar
 from tests.anthropic_standin import REAL_KEY, AnthropicStandIn
 from tests.conftest import ServerProcess, User, record, register, run_sandbar, settled
@@ -385,3 +387,41 @@ def test_usage_of_parallel_requests_adds_up(
         (day,) = box.owner.client.get(f"/api/workspaces/{box.workspace_id}/usage").json()["days"]
         assert (day["sandbox_id"], day["requests"]) == (str(box.id), 40)
         assert (day["input_tokens"], day["output_tokens"]) == (80, 120)
+
+
+def test_a_request_that_cannot_be_counted_is_refused_cleanly(
+    api_server: ServerProcess,
+    make_database: Callable[[], str],
+    standin: tuple[AnthropicStandIn, int],
+    tmp_path: Path,
+) -> None:
+    """The usage counters cannot be written (here: their table is gone): 503 in
+    Anthropic's shape, nothing sent on, and the server goes on answering."""
+    url = make_database()
+    env = {**api_server.env, "SANDBAR_DATABASE_URL": url}
+    server = ServerProcess(env, tmp_path / "server.log").start()
+    try:
+        owner = register(server.url, "owner")
+        wid = owner.client.post("/api/workspaces", json={"name": "llm"}).json()["id"]
+        r = owner.client.post(
+            f"/api/workspaces/{wid}/sandboxes", json={"name": "agent", "type": "opencode"}
+        )
+        sid = UUID(r.json()["id"])
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("DROP TABLE sandbar_usage_totals")
+        token = DerivedSecrets(env["SANDBAR_SECRET_KEY"].encode()).proxy_token(sid)
+        asked = len(standin[0].requests)
+        r = httpx.post(
+            f"{server.url}/proxy/anthropic/v1/messages",
+            json={"model": "m", "max_tokens": 8, "messages": HELLO},
+            headers={"x-api-key": token},
+            timeout=30,
+        )
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["type"] == "api_error"
+        assert "count" in r.json()["error"]["message"]
+        assert int(r.headers["retry-after"]) > 0
+        assert len(standin[0].requests) == asked  # nothing went to the API
+        assert owner.client.get("/healthz").status_code == 200
+    finally:
+        server.stop()

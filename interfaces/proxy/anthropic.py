@@ -180,6 +180,11 @@ class AnthropicProxy:
             await self._sb.usage.admit(workspace_id)
         except RateLimited as e:
             raise Refused(429, "rate_limit_error", e.message, e.retry_after) from None
+        except Exception:  # the database is down, say: the client may try again
+            log.exception("could not count an Anthropic API request")
+            raise Refused(
+                503, "api_error", "Sandbar cannot count requests right now; try again", 5
+            ) from None
         self._sb.activity.note(sandbox_id)
         stream = await self._send_request(scope, receive, headers, first)
         try:
