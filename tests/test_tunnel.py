@@ -298,6 +298,24 @@ def test_a_hundred_requests_at_once_arrive_intact(make_local: Callable[..., Loca
         agent.stop()
 
 
+def test_streams_the_local_server_closes_are_closed_at_both_ends(
+    make_local: Callable[..., Local],
+) -> None:
+    """The local server closes its connection after each answer (more times than a
+    tunnel holds streams at once): each stream ends at both ends, so none is left open
+    to use up the tunnel."""
+    local = make_local()
+    agent = local.connect()
+    try:
+        local.wait_status("running")
+        with local.client() as client:
+            for _ in range(300):
+                r = client.get("/close")
+                assert (r.status_code, r.text) == (200, "ok"), r.text
+    finally:
+        agent.stop()
+
+
 def test_an_agent_that_goes_away_fails_its_requests_quickly(
     make_local: Callable[..., Local],
 ) -> None:

@@ -58,19 +58,27 @@ def cutter(cuts: list[int]) -> Callable[[bytes], list[bytes]]:
     return cut
 
 
+def later(receive: Callable[[], Callable[[bytes], None]], cut: Callable[[bytes], list[bytes]]):
+    """A link's ``write`` into the other link: delivered on a later turn of the loop, as
+    a socket would, cut into pieces."""
+    loop = asyncio.get_running_loop()
+
+    def write(data: bytes) -> None:
+        for piece in cut(data):
+            loop.call_soon(lambda piece=piece: receive()(piece))
+
+    return write
+
+
+def whole(data: bytes) -> list[bytes]:
+    return [data]
+
+
 async def echo_pair(cut: Callable[[bytes], list[bytes]]) -> tuple[Link, Link]:
     server: Link | None = None
     client: Link | None = None
-
-    async def to_agent(data: bytes) -> None:
-        for piece in cut(data):
-            assert server is not None
-            server.receive(piece)
-
-    async def to_sandbar(data: bytes) -> None:
-        for piece in cut(data):
-            assert client is not None
-            client.receive(piece)
+    to_agent = later(lambda: server.receive, cut)  # type: ignore[union-attr]
+    to_sandbar = later(lambda: client.receive, cut)  # type: ignore[union-attr]
 
     client = Link(to_agent, client_side=True)
     server = Link(
@@ -120,13 +128,8 @@ def test_a_slow_reader_holds_back_its_stream_only() -> None:
         lazy: list[Lazy] = []
         others: list[Collect] = []
 
-        async def to_agent(data: bytes) -> None:
-            assert server is not None
-            server.receive(data)
-
-        async def to_sandbar(data: bytes) -> None:
-            assert client is not None
-            client.receive(data)
+        to_agent = later(lambda: server.receive, whole)  # type: ignore[union-attr]
+        to_sandbar = later(lambda: client.receive, whole)  # type: ignore[union-attr]
 
         stalled = 24  # more windows than the old 16 MiB connection window held
 
@@ -166,7 +169,7 @@ def test_bytes_that_are_not_the_protocol_close_the_tunnel_with_a_reason(garbage:
     async def run() -> None:
         sent: list[bytes] = []
 
-        async def send(data: bytes) -> None:
+        def send(data: bytes) -> None:
             sent.append(data)
 
         server = Link(send, client_side=False, on_request=lambda *_: None)
@@ -188,14 +191,12 @@ def test_many_busy_streams_never_make_an_oversized_message() -> None:
         server: Link | None = None
         client: Link | None = None
 
-        async def to_agent(data: bytes) -> None:
-            assert server is not None
-            server.receive(data)
+        to_agent = later(lambda: server.receive, whole)  # type: ignore[union-attr]
+        deliver = later(lambda: client.receive, whole)  # type: ignore[union-attr]
 
-        async def to_sandbar(data: bytes) -> None:
+        def to_sandbar(data: bytes) -> None:
             sizes.append(len(data))
-            assert client is not None
-            client.receive(data)
+            deliver(data)
 
         def serve(stream_id: int) -> Pipe:
             assert server is not None

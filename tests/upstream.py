@@ -32,7 +32,8 @@ async def _json(send: Any, status: int, payload: Any, headers: list | None = Non
 class TestAgent:
     """Routes: /echo (what arrived), /bytes?n= (n bytes, streamed), /sse?n= (events,
     each sent when the previous one is taken: ``released``), /cookies (sets some),
-    /ws (echo; "close N" closes with code N), anything else: 200 "ok"."""
+    /close ("ok", then the connection closes), /ws (echo; "close N" closes with code
+    N), anything else: 200 "ok"."""
 
     __test__ = False  # not a pytest class
 
@@ -107,13 +108,10 @@ class TestAgent:
                 ],
             )
         else:
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 200,
-                    "headers": [(b"content-type", b"text/plain"), (b"content-length", b"2")],
-                }
-            )
+            headers = [(b"content-type", b"text/plain"), (b"content-length", b"2")]
+            if path == "/close":
+                headers.append((b"connection", b"close"))
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": b"ok"})
 
     async def _forever(self, receive: Any, send: Any) -> None:

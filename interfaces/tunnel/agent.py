@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import random
 import time
+from asyncio import FIRST_COMPLETED
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,100 +18,135 @@ from dataclasses import dataclass
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
 
-from interfaces.tunnel.link import Link, Pipe
+from interfaces.tunnel.link import Link, Pipe, Sender
 from interfaces.tunnel.server import GONE, REPLACED
 
-READ_SIZE = 64 * 1024
 BACKOFF_START = 0.5
 BACKOFF_CAP = 30.0
 STABLE_AFTER = 10.0  # a connection that lived this long resets the backoff
+CLOSE_WAIT = 2.0  # seconds to wait for Sandbar's close frame once the tunnel has ended
 
 
 class Stop(Exception):
     """Reconnecting would not help."""
 
 
-class TargetPipe(Pipe):
-    """A stream from Sandbar, piped to a TCP connection to the local target."""
+class TargetPipe(Pipe, asyncio.Protocol):
+    """A stream from Sandbar, piped to a TCP connection to the local target, both ways at
+    the pace each side reads: what Sandbar sends is acknowledged (so more may come) once
+    the target's socket takes it; what the target sends is read until the stream's window
+    is full."""
 
     def __init__(self, link: Link, stream_id: int, host: str, port: int) -> None:
         super().__init__(link, stream_id)
-        self._incoming: deque[tuple[bytes, int]] = deque()
-        self._more = asyncio.Event()
-        self._writable = asyncio.Event()
-        self._writable.set()
-        self._ended = False
-        self._writer: asyncio.StreamWriter | None = None
-        self._task = asyncio.get_running_loop().create_task(self._run(host, port))
+        self._transport: asyncio.Transport | None = None
+        self._held: deque[tuple[bytes, int]] = deque()  # from Sandbar, before connecting
+        self._unacked = 0  # taken by the target's socket buffer while it is full
+        self._target_full = False
+        self._ended = False  # Sandbar will send nothing more
+        self._target_ended = False  # the target will send nothing more
+        self._connecting = asyncio.get_running_loop().create_task(self._connect(host, port))
 
-    async def _run(self, host: str, port: int) -> None:
+    async def _connect(self, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 10)
+            await asyncio.wait_for(loop.create_connection(lambda: self, host, port), 10)
         except (OSError, TimeoutError):
-            self.link.respond(self.stream_id, 502, end=True)
-            self.closed = True
-            return
-        self._writer = writer
-        self.link.respond(self.stream_id, 200)
-        outbound = asyncio.get_running_loop().create_task(self._to_target(writer))
-        try:
-            while True:
-                data = await reader.read(READ_SIZE)
-                if not data:
-                    break
-                self.write(data)
-                await self._writable.wait()  # the stream's window is full: wait for Sandbar
-            self.end()
-            await outbound
-        except (OSError, asyncio.CancelledError):
-            self.reset()
-        finally:
-            outbound.cancel()
-            writer.close()
+            if not self.closed:
+                self.link.respond(self.stream_id, 502, end=True)
+                self.closed = True
+                self._drop_held()
 
-    async def _to_target(self, writer: asyncio.StreamWriter) -> None:
-        while True:
-            while self._incoming:
-                data, length = self._incoming.popleft()
-                writer.write(data)
-                await writer.drain()
-                self.ack(length)  # only now may Sandbar send more on this stream
-            if self._ended:
-                with contextlib.suppress(OSError):
-                    writer.write_eof()
-                return
-            self._more.clear()
-            await self._more.wait()
+    # The target's side (asyncio.Protocol).
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        if self.closed:  # Sandbar gave up on the stream meanwhile
+            transport.close()
+            return
+        self._transport = transport
+        self.link.respond(self.stream_id, 200)
+        while self._held:
+            self.on_data(*self._held.popleft())
+        if self._ended:
+            self._end_target()
+
+    def data_received(self, data: bytes) -> None:
+        self.write(data)
+
+    def eof_received(self) -> bool:
+        self._target_ended = True
+        self.end()
+        self._close_if_done()
+        return True  # half-closed: what Sandbar still sends goes on to the target
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        if not (self._target_ended and self._ended):
+            self.reset()  # cut off before both sides ended: so is the stream
+            self._drop_unacked()
+
+    def pause_writing(self) -> None:
+        self._target_full = True
+
+    def resume_writing(self) -> None:
+        self._target_full = False
+        unacked, self._unacked = self._unacked, 0
+        self.ack(unacked)
+
+    # Sandbar's side (Pipe).
 
     def on_data(self, data: bytes, flow_length: int) -> None:
-        writer = self._writer
-        if writer is not None and not self._incoming and not self._ended:
-            transport = writer.transport
-            if transport.get_write_buffer_size() < READ_SIZE and not transport.is_closing():
-                writer.write(data)  # the socket takes it now: no task hop, ack at once
-                self.ack(flow_length)
-                return
-        self._incoming.append((data, flow_length))
-        self._more.set()
+        transport = self._transport
+        if transport is None:
+            self._held.append((data, flow_length))
+            return
+        transport.write(data)
+        if self._target_full:
+            self._unacked += flow_length  # acknowledged once the target reads
+        else:
+            self.ack(flow_length)
 
     def on_end(self) -> None:
         self._ended = True
-        self._more.set()
+        if self._transport is not None:
+            self._end_target()
 
     def on_reset(self, reason: str) -> None:
         self.closed = True
-        if self._incoming:  # dropped unwritten: return its room in the connection window
-            self.ack(sum(length for _, length in self._incoming))
-            self._incoming.clear()
-        self._task.cancel()
-        if self._writer is not None:
-            self._writer.close()
+        self._connecting.cancel()
+        self._drop_held()
+        self._drop_unacked()
+        if self._transport is not None:
+            self._transport.abort()
 
     def on_writable(self, writable: bool) -> None:
-        if writable:
-            self._writable.set()
-        else:
-            self._writable.clear()
+        if self._transport is not None:
+            if writable:
+                self._transport.resume_reading()
+            else:
+                self._transport.pause_reading()
+
+    def _end_target(self) -> None:
+        assert self._transport is not None
+        if self._transport.can_write_eof():
+            with contextlib.suppress(OSError):
+                self._transport.write_eof()
+        self._close_if_done()
+
+    def _close_if_done(self) -> None:
+        if self._ended and self._target_ended and self._transport is not None:
+            self._transport.close()
+
+    def _drop_held(self) -> None:
+        """Bytes dropped unwritten: their room in the connection window is returned."""
+        if self._held:
+            self.ack(sum(length for _, length in self._held))
+            self._held.clear()
+
+    def _drop_unacked(self) -> None:
+        unacked, self._unacked = self._unacked, 0
+        self.ack(unacked)
 
 
 @dataclass
@@ -159,24 +195,35 @@ async def serve_once(registration: Registration, say: Callable[[str], None]) -> 
     except (OSError, TimeoutError) as e:
         return f"cannot reach Sandbar ({e.strerror or type(e).__name__})"
     async with websocket:
+        sender = Sender(websocket.send)
         link = Link(
-            websocket.send,
+            sender.write,
             client_side=False,
             on_request=lambda stream_id, _headers: TargetPipe(link, stream_id, host, port),
         )
         say(f"connected: forwarding to {registration.target}")
-        try:
-            async for message in websocket:
-                if isinstance(message, str):
-                    link.close("Sandbar sent text where the tunnel carries bytes")
-                    break
-                link.receive(message)
-                if link.closed.done():
-                    break
-        except ConnectionClosed:
-            pass
+
+        async def feed() -> None:
+            with contextlib.suppress(ConnectionClosed):
+                async for message in websocket:
+                    if isinstance(message, str):
+                        link.close("Sandbar sent text where the tunnel carries bytes")
+                        return
+                    link.receive(message)
+
+        feeding = asyncio.get_running_loop().create_task(feed())
+        await asyncio.wait({feeding, link.closed, sender.failed}, return_when=FIRST_COMPLETED)
+        if sender.failed.done():
+            link.close(sender.failed.result())
+        if not feeding.done():
+            # Sandbar ends a tunnel with GOAWAY, then a close frame that says why (replaced,
+            # deleted): wait a moment for it. (A heartbeat that died waits in vain.)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(feeding), CLOSE_WAIT)
+            feeding.cancel()
         reason = link.closed.result() if link.closed.done() else "the connection closed"
         link.close(reason)
+        sender.stop()
         rcvd = websocket.close_code
         if rcvd == REPLACED:
             raise Stop("another connection of this agent took over")

@@ -117,11 +117,12 @@ class Pipe:
 
 class Link:
     """The HTTP/2 connection of one tunnel, fed with the WebSocket's messages by
-    ``receive`` and sending through ``send`` (an awaitable taking bytes)."""
+    ``receive`` and sending through ``write``, which takes bytes at once and never blocks
+    (a transport's write, say: what it holds is bounded by the streams' windows)."""
 
     def __init__(
         self,
-        send: Callable[[bytes], Awaitable[None]],
+        write: Callable[[bytes], None],
         *,
         client_side: bool,
         on_request: Callable[[int, list[tuple[bytes, bytes]]], Pipe | None] | None = None,
@@ -138,17 +139,12 @@ class Link:
             }
         )
         self.conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
-        self._send = send
+        self._write = write
         self._on_request = on_request
         self.pipes: dict[int, Pipe] = {}
-        self._outbox: deque[bytes] = deque()
-        self._wake = asyncio.Event()
         self.closed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._last_pong = time.monotonic()
-        self._tasks = [
-            asyncio.get_running_loop().create_task(self._writer()),
-            asyncio.get_running_loop().create_task(self._heartbeat()),
-        ]
+        self._heartbeats = asyncio.get_running_loop().create_task(self._heartbeat())
         self._flush()
 
     # Incoming bytes.
@@ -282,26 +278,10 @@ class Link:
 
     def _flush(self) -> None:
         data = self.conn.data_to_send()
-        if data:
-            self._outbox.append(data)
-            self._wake.set()
-
-    async def _writer(self) -> None:
-        try:
-            while True:
-                await self._wake.wait()
-                self._wake.clear()
-                while self._outbox:
-                    data = b"".join(self._outbox)
-                    self._outbox.clear()
-                    # Message boundaries mean nothing, so cut freely: a message stays well
-                    # under any WebSocket size limit however many streams are busy.
-                    for start in range(0, len(data), MAX_MESSAGE):
-                        await self._send(data[start : start + MAX_MESSAGE])
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # the WebSocket is gone
-            self.close(f"the tunnel's connection failed ({type(e).__name__})")
+        # Message boundaries mean nothing, so cut freely: a message stays well under any
+        # WebSocket size limit however many streams were pumped at once.
+        for start in range(0, len(data), MAX_MESSAGE):
+            self._write(data[start : start + MAX_MESSAGE])
 
     async def _heartbeat(self) -> None:
         while True:
@@ -327,13 +307,44 @@ class Link:
         for pipe in pipes.values():
             pipe.closed = True
             pipe.on_reset(reason)
-        for task in self._tasks:
-            if task is not asyncio.current_task():
-                task.cancel()
+        if self._heartbeats is not asyncio.current_task():
+            self._heartbeats.cancel()
 
-    async def drain_and_close(self, reason: str) -> None:
-        """Close after giving the writer a moment to send the GOAWAY."""
-        self.close(reason)
-        if self._outbox:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._send(b"".join(self._outbox)), 1)
+
+class Sender:
+    """A link's ``write`` for a WebSocket whose send is awaited (ASGI's, the websockets
+    client's): bytes queued here and sent in order by one task, as much as has gathered
+    at a time, in messages of at most MAX_MESSAGE. ``failed`` says why sending stopped."""
+
+    def __init__(self, send: Callable[[bytes], Awaitable[None]]) -> None:
+        self._send = send
+        self._outbox: deque[bytes] = deque()
+        self._wake = asyncio.Event()
+        self.failed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def write(self, data: bytes) -> None:
+        if not self.failed.done():
+            self._outbox.append(data)
+            self._wake.set()
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while self._outbox:
+                    parts = [self._outbox.popleft()]
+                    size = len(parts[0])
+                    while self._outbox and size + len(self._outbox[0]) <= MAX_MESSAGE:
+                        size += len(self._outbox[0])
+                        parts.append(self._outbox.popleft())
+                    await self._send(b"".join(parts))
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # the WebSocket is gone
+            if not self.failed.done():
+                self.failed.set_result(f"the tunnel's connection failed ({type(e).__name__})")
+
+    def stop(self) -> None:
+        self._task.cancel()

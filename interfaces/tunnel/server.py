@@ -21,7 +21,7 @@ from starlette.types import Receive, Scope, Send
 
 from application.opening import GONE as GONE_STATUSES
 from interfaces.bootstrap import Sandbar
-from interfaces.tunnel.link import Link, Pipe
+from interfaces.tunnel.link import Link, Pipe, Sender
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,8 @@ class Tunnels:
         async def send_bytes(data: bytes) -> None:
             await send({"type": "websocket.send", "bytes": data})
 
-        link = Link(send_bytes, client_side=True)
+        sender = Sender(send_bytes)
+        link = Link(sender.write, client_side=True)
         previous = self._links.get(sandbox_id)
         self._links[sandbox_id] = link
         if previous is not None:
@@ -164,8 +165,9 @@ class Tunnels:
         else:
             await asyncio.to_thread(agents.connected, sandbox_id)
         log.info("agent of sandbox %s connected", sandbox_id)
-        reason = await self._pump(receive, link)
+        reason = await self._pump(receive, link, sender)
         link.close(reason)
+        sender.stop()
         if self._links.get(sandbox_id) is link:
             del self._links[sandbox_id]
             await asyncio.to_thread(agents.disconnected, sandbox_id)
@@ -176,7 +178,7 @@ class Tunnels:
         with contextlib.suppress(Exception):
             await send({"type": "websocket.close", "code": code, "reason": reason[:120]})
 
-    async def _pump(self, receive: Receive, link: Link) -> str:
+    async def _pump(self, receive: Receive, link: Link, sender: Sender) -> str:
         """Feed the link until the WebSocket or the link ends; why it ended."""
 
         async def feed() -> str:
@@ -190,7 +192,11 @@ class Tunnels:
                 link.receive(data)
 
         feeding = asyncio.get_running_loop().create_task(feed())
-        await asyncio.wait({feeding, link.closed}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(
+            {feeding, link.closed, sender.failed}, return_when=asyncio.FIRST_COMPLETED
+        )
+        if sender.failed.done():
+            link.close(sender.failed.result())
         if link.closed.done():
             feeding.cancel()
             return link.closed.result()
