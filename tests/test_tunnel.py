@@ -49,6 +49,7 @@ class AgentProcess:
     """``sandbar agent connect`` as a user runs it."""
 
     def __init__(self, config: Path, sandbox_id: str, *extra: str) -> None:
+        self.sandbox_id = sandbox_id
         self.log = config.with_suffix(f".{time.monotonic_ns()}.log")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "interfaces.cli.main", "agent", "connect", sandbox_id, *extra],
@@ -431,6 +432,38 @@ def test_heartbeats_find_a_frozen_agent(make_local: Callable[..., Local]) -> Non
     finally:
         agent.proc.send_signal(signal.SIGCONT)
         agent.stop()
+
+
+def test_heartbeats_find_a_frozen_sandbar(
+    server_env: dict[str, str], agent_app: tuple[TestAgent, int], tmp_path: Path
+) -> None:
+    """The other way round: Sandbar's machine stops answering; the agent's heartbeat
+    says so and the agent dials again (rather than wait for ever on a silent socket)."""
+    server = ServerProcess(server_env, tmp_path / "server.log").start()
+    agent: AgentProcess | None = None
+    try:
+        owner = register(server.url, "owner")
+        wid = owner.client.post("/api/workspaces", json={"name": "home"}).json()["id"]
+        config = tmp_path / "agents.json"
+        done = agent_cli(
+            config, "register", "--server", server.url, "--code", new_code(owner, wid),
+            "--name", "desk",
+            "--target", f"http://127.0.0.1:{agent_app[1]}",
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        agent = AgentProcess(config, next(iter(json.loads(config.read_text()))))
+        local = Local(agent.sandbox_id, owner, wid, config, server)
+        local.wait_status("running")
+        server.proc.send_signal(signal.SIGSTOP)
+        deadline = time.monotonic() + 40
+        while "no heartbeat" not in agent.output():
+            assert time.monotonic() < deadline, agent.output()
+            time.sleep(0.2)
+    finally:
+        server.proc.send_signal(signal.SIGCONT)
+        if agent is not None:
+            agent.stop()
+        server.stop()
 
 
 def test_a_browser_that_goes_away_cancels_its_stream_at_the_agent(

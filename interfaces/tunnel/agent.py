@@ -182,6 +182,7 @@ async def serve_once(registration: Registration, say: Callable[[str], None]) -> 
             compression=None,
             ping_interval=None,  # the tunnel has its own heartbeat
             open_timeout=15,
+            close_timeout=CLOSE_WAIT,
         )
     except InvalidStatus as e:
         if e.response.status_code in (401, 403, 404):
