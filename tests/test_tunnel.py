@@ -21,9 +21,11 @@ from pathlib import Path
 import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 
 from tests.conftest import ROOT, ServerProcess, User, free_port, register
+from tests.terminals import terminal_round_trip
 from tests.upstream import TestAgent, serving
 
 
@@ -104,6 +106,15 @@ class Local:
             headers={"host": self.host, "authorization": f"Bearer {self.token}"},
             timeout=60,
             **kwargs,  # type: ignore[arg-type]
+        )
+
+    def websocket(self, path: str) -> ClientConnection:
+        sock = socket.create_connection(("127.0.0.1", self.server.port), timeout=10)
+        return ws_connect(
+            f"ws://{self.host}{path}",
+            sock=sock,
+            additional_headers={"authorization": f"Bearer {self.token}"},
+            open_timeout=15,
         )
 
     def status(self) -> str:
@@ -412,6 +423,7 @@ def test_opencode_on_the_agents_machine(
                 assert events.headers["content-type"].startswith("text/event-stream")
                 first = next(line for line in events.iter_lines() if line.startswith("data:"))
                 assert json.loads(first[5:])["type"]
+            terminal_round_trip(client, local.websocket)  # a WebSocket, end to end
     finally:
         agent.stop()
 

@@ -28,6 +28,7 @@ from infrastructure.agents import DerivedSecrets
 from tests.conftest import ServerProcess, User, register
 from tests.containers.conftest import make_sandbox, make_workspace, wait_for
 from tests.containers.test_lifecycle import recorded_address
+from tests.terminals import terminal_round_trip
 
 
 @dataclass
@@ -136,32 +137,6 @@ def assert_openapi(client: httpx.Client) -> dict:
     return spec
 
 
-def terminal_round_trip(box: OpenBox, client: httpx.Client, headers: dict[str, str]) -> None:
-    """opencode's terminals are WebSockets (``/pty/{id}/connect``): open one, have its
-    shell compute something, read the answer, close."""
-    created = client.post("/pty", json={"command": "/bin/sh", "title": "proxy test"})
-    assert created.status_code == 200, created.text
-    pty_id = created.json()["id"]
-    assert pty_id.startswith("pty")
-    try:
-        with box.websocket(f"/pty/{pty_id}/connect", headers) as ws:
-            ws.send("echo sandbar-$((6 * 7))-ok\n")
-            seen = ""
-            deadline = time.monotonic() + 20
-            # The answer, not the echo of what was typed: only the shell writes "42".
-            while "sandbar-42-ok" not in seen:
-                left = deadline - time.monotonic()
-                try:
-                    message = ws.recv(timeout=max(left, 0.01))
-                except TimeoutError:
-                    raise AssertionError(f"no answer from the terminal: {seen!r}") from None
-                if isinstance(message, bytes):
-                    message = message.decode(errors="replace")
-                seen += message
-    finally:
-        assert client.delete(f"/pty/{pty_id}").status_code == 200
-
-
 # Without credentials
 
 
@@ -215,7 +190,7 @@ def test_web_app_openapi_and_events_with_an_access_token(box: OpenBox) -> None:
 
 def test_terminal_websocket_round_trip_with_an_access_token(box: OpenBox) -> None:
     with box.client(**box.bearer()) as client:
-        terminal_round_trip(box, client, box.bearer())
+        terminal_round_trip(client, lambda path: box.websocket(path, box.bearer()))
 
 
 # With the browser's cookie
@@ -228,7 +203,7 @@ def test_the_ticket_flow_cookie_opens_everything(box: OpenBox) -> None:
         assert_web_app(browser)
         assert_openapi(browser)
         assert first_event(browser, "/event")["type"] == "server.connected"
-        terminal_round_trip(box, browser, cookie)
+        terminal_round_trip(browser, lambda path: box.websocket(path, cookie))
 
 
 # What reaches opencode
