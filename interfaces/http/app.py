@@ -23,7 +23,6 @@ from interfaces.http import (
 from interfaces.http.guard import RequestGuard
 from interfaces.proxy.anthropic import PREFIX, AnthropicProxy
 from interfaces.proxy.front import SandboxProxy
-from interfaces.tunnel.server import PATH_PREFIX as TUNNEL_PREFIX
 
 
 def create_app(sandbar: Sandbar, proxy: SandboxProxy | None = None) -> ASGIApp:
@@ -53,23 +52,21 @@ def create_app(sandbar: Sandbar, proxy: SandboxProxy | None = None) -> ASGIApp:
 
     guarded = RequestGuard(api, max_body=sandbar.settings.max_body_bytes)
     proxy = proxy or SandboxProxy(sandbar)
-    return PathDispatch(guarded, AnthropicProxy(proxy), proxy.tunnels)
+    return PathDispatch(guarded, AnthropicProxy(proxy))
 
 
 class PathDispatch:
-    """``/proxy/anthropic/...`` to the Anthropic proxy and ``/api/tunnel/...``
-    WebSockets to the tunnels (no framework on their paths); everything else to the API."""
+    """``/proxy/anthropic/...`` to the Anthropic proxy (no framework on its path);
+    everything else to the API. (Agents' tunnels never get here: the proxy's front
+    hands them to interfaces/tunnel/server.py at the protocol level.)"""
 
-    def __init__(self, api: ASGIApp, anthropic: ASGIApp, tunnels: ASGIApp) -> None:
+    def __init__(self, api: ASGIApp, anthropic: ASGIApp) -> None:
         self._api = api
         self._anthropic = anthropic
-        self._tunnels = tunnels
         self._prefix = PREFIX + "/"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith(self._prefix):
             await self._anthropic(scope, receive, send)
-        elif scope["type"] == "websocket" and scope["path"].startswith(TUNNEL_PREFIX):
-            await self._tunnels(scope, receive, send)
         else:
             await self._api(scope, receive, send)

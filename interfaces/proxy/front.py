@@ -31,13 +31,14 @@ from interfaces.proxy.gate import AGENT_OFFLINE, Admit, Answer, Gate, Refused, R
 from interfaces.proxy.headers import Headers, header, to_agent, to_browser
 from interfaces.proxy.upstream import Pool, Upstream
 from interfaces.tunnel.link import TunnelBusy
-from interfaces.tunnel.server import Tunnels
+from interfaces.tunnel.server import PATH_PREFIX, TunnelConnection, Tunnels
 
 log = logging.getLogger(__name__)
 
 HIGH_WATER = 256 * 1024  # request body bytes held while the agent connection opens
 MAX_HEAD = 64 * 1024  # request line and headers
 KEEPER_EVERY = 5.0  # seconds between activity flushes
+TUNNEL_PATH = PATH_PREFIX.encode()
 _REASONS = {s.value: s.phrase.encode() for s in http.HTTPStatus}
 
 
@@ -119,6 +120,10 @@ class SandboxProxy:
 
 class _HandOff(Exception):
     """Not a sandbox host: uvicorn's protocol takes the connection."""
+
+
+class _TunnelHandOff(Exception):
+    """An agent dialing its tunnel: the tunnel's protocol takes the connection."""
 
 
 class _Malformed(Exception):
@@ -209,6 +214,8 @@ class FrontProtocol(asyncio.Protocol):
             reason = e.__context__
             if isinstance(reason, _HandOff):
                 self._hand_off()
+            elif isinstance(reason, _TunnelHandOff):
+                self._hand_off_tunnel()
             else:
                 self._fail(reason.status if isinstance(reason, _Malformed) else 400)
 
@@ -220,6 +227,16 @@ class FrontProtocol(asyncio.Protocol):
         assert self.transport is not None and self._raw is not None
         self.transport.set_protocol(inner)
         inner.connection_made(self.transport)  # type: ignore[arg-type]
+        inner.data_received(bytes(self._raw))
+        self._raw = None
+
+    def _hand_off_tunnel(self) -> None:
+        inner = TunnelConnection(self.proxy.tunnels, self._connections)
+        self._connections.discard(self)
+        self.proxy.connections.discard(self)
+        assert self.transport is not None and self._raw is not None
+        self.transport.set_protocol(inner)
+        inner.connection_made(self.transport)
         inner.data_received(bytes(self._raw))
         self._raw = None
 
@@ -266,6 +283,8 @@ class FrontProtocol(asyncio.Protocol):
         is_sandbox_host = sandbox is not None or self.proxy.sandbar.addresses.is_sandbox_host(host)
         if self._raw is not None:  # the connection's first request decides whose it is
             if not is_sandbox_host:
+                if self._url.startswith(TUNNEL_PATH) and self._parser.should_upgrade():
+                    raise _TunnelHandOff
                 raise _HandOff
             self._raw = None
             self.proxy.started()

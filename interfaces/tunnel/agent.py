@@ -60,11 +60,10 @@ class TargetPipe(Pipe, asyncio.Protocol):
     # The target's side (asyncio.Protocol).
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
         if self.closed:  # Sandbar gave up on the stream meanwhile
             transport.close()
             return
-        self._transport = transport
+        self._transport = transport  # type: ignore[assignment]
         self.link.respond(self.stream_id, 200)
         while self._held:
             self.on_data(*self._held.popleft())

@@ -10,26 +10,33 @@ sandbox closes its tunnel (``GONE``)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 from uuid import UUID
 
-from starlette.types import Receive, Scope, Send
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request
+from websockets.protocol import State
+from websockets.server import ServerProtocol
 
 from application.opening import GONE as GONE_STATUSES
 from interfaces.bootstrap import Sandbar
-from interfaces.tunnel.link import Link, Pipe, Sender
+from interfaces.tunnel.link import MAX_MESSAGE, Link, Pipe
 
 log = logging.getLogger(__name__)
+# websockets says "connection open" and the like at INFO: the tunnel's own lines say more.
+_WEBSOCKET_LOG = logging.getLogger(__name__ + ".websocket")
+_WEBSOCKET_LOG.setLevel(logging.WARNING)
 
 PATH_PREFIX = "/api/tunnel/"
 # WebSocket close codes an agent acts on (docs/tunnel.md).
 REPLACED = 4409  # another connection of the same agent took over: stop
 GONE = 4404  # the sandbox was deleted: stop
 BROKEN = 1002  # the peer broke the protocol
+RESTARTING = 1012  # Sandbar is shutting down: dial again
+CLOSE_WAIT = 2.0  # seconds the agent has to answer a close frame
 
 
 class StreamTransport(Pipe):
@@ -135,29 +142,23 @@ class Tunnels:
         link = self._links.get(sandbox_id)
         return link is not None and not link.closed.done()
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """The WebSocket endpoint an agent dials."""
-        if scope["type"] != "websocket":
-            return
-        await receive()  # websocket.connect
+    async def serve(self, connection: TunnelConnection, path: str) -> None:
+        """One agent's WebSocket, from its handshake (``path`` is the request's, with
+        the query) to its end."""
         self._watch()
-        sandbox_id = _sandbox_id(scope["path"])
-        token = (parse_qs(scope["query_string"].decode("latin-1")).get("token") or [""])[0]
+        sandbox_id = _sandbox_id(path.split("?", 1)[0])
+        token = (parse_qs(urlsplit(path).query).get("token") or [""])[0]
         agents = self._sb.local_agents
         if sandbox_id is None or not token:
-            await send({"type": "websocket.close", "code": 1008})
+            connection.refuse(403, "a tunnel needs a sandbox id and its token")
             return
         if not await asyncio.to_thread(agents.may_connect, sandbox_id, token):
             log.warning("refused a tunnel for sandbox %s: unknown sandbox or token", sandbox_id)
-            await send({"type": "websocket.close", "code": 1008})
+            connection.refuse(403, "unknown sandbox or token")
             return
-        await send({"type": "websocket.accept"})
-
-        async def send_bytes(data: bytes) -> None:
-            await send({"type": "websocket.send", "bytes": data})
-
-        sender = Sender(send_bytes)
-        link = Link(sender.write, client_side=True)
+        link = connection.accept()
+        if link is None:
+            return
         previous = self._links.get(sandbox_id)
         self._links[sandbox_id] = link
         if previous is not None:
@@ -165,9 +166,7 @@ class Tunnels:
         else:
             await asyncio.to_thread(agents.connected, sandbox_id)
         log.info("agent of sandbox %s connected", sandbox_id)
-        reason = await self._pump(receive, link, sender)
-        link.close(reason)
-        sender.stop()
+        reason = await link.closed
         if self._links.get(sandbox_id) is link:
             del self._links[sandbox_id]
             await asyncio.to_thread(agents.disconnected, sandbox_id)
@@ -175,32 +174,9 @@ class Tunnels:
         code = REPLACED if "replaced" in reason else GONE if "deleted" in reason else 1000
         if "protocol" in reason:
             code = BROKEN
-        with contextlib.suppress(Exception):
-            await send({"type": "websocket.close", "code": code, "reason": reason[:120]})
-
-    async def _pump(self, receive: Receive, link: Link, sender: Sender) -> str:
-        """Feed the link until the WebSocket or the link ends; why it ended."""
-
-        async def feed() -> str:
-            while True:
-                message = await receive()
-                if message["type"] == "websocket.disconnect":
-                    return "the agent hung up"
-                data = message.get("bytes")
-                if data is None:
-                    return "the agent sent text where the tunnel carries bytes"
-                link.receive(data)
-
-        feeding = asyncio.get_running_loop().create_task(feed())
-        await asyncio.wait(
-            {feeding, link.closed, sender.failed}, return_when=asyncio.FIRST_COMPLETED
-        )
-        if sender.failed.done():
-            link.close(sender.failed.result())
-        if link.closed.done():
-            feeding.cancel()
-            return link.closed.result()
-        return feeding.result()
+        elif "shutting down" in reason:
+            code = RESTARTING
+        connection.close(code, reason)
 
     def _watch(self) -> None:
         """Close the tunnel of a sandbox that is deleted (checked when anything changes)."""
@@ -222,9 +198,131 @@ class Tunnels:
             if route is None or route["status"] in GONE_STATUSES:
                 link.close("the sandbox was deleted")
 
-    def close_all(self) -> None:
-        for link in list(self._links.values()):
-            link.close("Sandbar is shutting down")
+
+class TunnelConnection(asyncio.Protocol):
+    """An agent's connection, answered at the protocol level (the subdomain proxy's
+    front hands it over with the bytes of its upgrade request) with websockets' Sans-I/O
+    server: each message goes straight into the link as it is parsed, and the link's bytes
+    straight to the socket, with no task or queue between."""
+
+    def __init__(self, tunnels: Tunnels, connections: set[Any]) -> None:
+        self._tunnels = tunnels
+        self._connections = connections  # uvicorn's, for its graceful shutdown
+        # Agents cut their messages at MAX_MESSAGE; a far larger one is refused (1009).
+        self._ws = ServerProtocol(max_size=4 * MAX_MESSAGE, logger=_WEBSOCKET_LOG)
+        self._transport: asyncio.Transport | None = None
+        self._request: Request | None = None
+        self._link: Link | None = None
+        self._serving: asyncio.Task[None] | None = None
+        self._closer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]  # (uvloop's is no subclass)
+        self._connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        self._ws.receive_data(data)
+        for event in self._ws.events_received():
+            if isinstance(event, Request):
+                self._request = event
+                self._serving = asyncio.get_running_loop().create_task(
+                    self._tunnels.serve(self, event.path)
+                )
+                self._serving.add_done_callback(self._served)
+            elif isinstance(event, Frame) and self._link is not None:
+                if event.opcode in (Opcode.BINARY, Opcode.CONT):
+                    self._link.receive(event.data)
+                elif event.opcode is Opcode.TEXT:
+                    self._link.close("the agent sent text where the tunnel carries bytes")
+                elif event.opcode is Opcode.CLOSE:
+                    self._link.close("the agent hung up")
+        if self._link is not None and self._ws.state is not State.OPEN:
+            # The WebSocket failed (a message over the size limit, a bad frame).
+            sent = self._ws.close_sent
+            why = f"{sent.code} {sent.reason}".strip() if sent else "closed"
+            self._link.close(f"the agent broke the tunnel's protocol (WebSocket {why})")
+        self._flush()
+
+    def eof_received(self) -> None:
+        self._ws.receive_eof()
+        self._flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._connections.discard(self)
+        self._transport = None
+        if self._link is not None:
+            self._link.close("the agent hung up")
+        elif self._serving is not None:
+            self._serving.cancel()  # still checking its token: nobody to answer
+        if self._closer is not None:
+            self._closer.cancel()
+
+    def shutdown(self) -> None:
+        """uvicorn's graceful shutdown: the agent is told to dial again (1012)."""
+        if self._link is not None:
+            self._link.close("Sandbar is shutting down")
+        elif self._transport is not None:
+            self._transport.close()
+
+    # Used by Tunnels.serve.
+
+    def accept(self) -> Link | None:
+        """Complete the handshake; the tunnel's link (None if the request was no valid
+        WebSocket handshake: it was answered with its error)."""
+        assert self._request is not None
+        response = self._ws.accept(self._request)
+        self._ws.send_response(response)
+        self._flush()
+        if response.status_code != 101 or self._transport is None:
+            self._close_soon(0)
+            return None
+        self._link = Link(self._write, client_side=True)
+        return self._link
+
+    def refuse(self, status: int, text: str) -> None:
+        self._ws.send_response(self._ws.reject(status, text))
+        self._flush()
+        self._close_soon(0)
+
+    def close(self, code: int, reason: str) -> None:
+        """Send the close frame that tells the agent why; the socket closes once it
+        answers (or in CLOSE_WAIT seconds)."""
+        if self._ws.state is State.OPEN:
+            self._ws.send_close(code, reason[:120])
+            self._flush()
+        self._close_soon(CLOSE_WAIT)
+
+    # Internals.
+
+    def _served(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("a tunnel failed", exc_info=task.exception())
+            if self._link is not None:
+                self._link.close("Sandbar failed")
+            if self._transport is not None:
+                self._transport.abort()
+
+    def _write(self, data: bytes) -> None:
+        if self._ws.state is State.OPEN:
+            self._ws.send_binary(data)
+            self._flush()
+
+    def _flush(self) -> None:
+        transport = self._transport
+        for data in self._ws.data_to_send():
+            if transport is None or transport.is_closing():
+                continue
+            if data:
+                transport.write(data)
+            elif transport.can_write_eof():
+                transport.write_eof()
+        if self._ws.close_expected():
+            self._close_soon(CLOSE_WAIT)
+
+    def _close_soon(self, delay: float) -> None:
+        if self._transport is not None and self._closer is None:
+            transport = self._transport
+            self._closer = asyncio.get_running_loop().call_later(delay, transport.close)
 
 
 def _sandbox_id(path: str) -> UUID | None:
