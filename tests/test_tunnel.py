@@ -446,6 +446,31 @@ def test_heartbeats_find_a_frozen_agent(make_local: Callable[..., Local]) -> Non
         agent.stop()
 
 
+def own_agent(
+    server: ServerProcess, target_port: int, tmp_path: Path
+) -> tuple[Local, AgentProcess]:
+    """A local sandbox on a server of the test's own, and its agent connected."""
+    owner = register(server.url, "owner")
+    wid = owner.client.post("/api/workspaces", json={"name": "home"}).json()["id"]
+    config = tmp_path / "agents.json"
+    done = agent_cli(
+        config, "register", "--server", server.url, "--code", new_code(owner, wid),
+        "--name", "desk", "--target", f"http://127.0.0.1:{target_port}",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    sid = next(iter(json.loads(config.read_text())))
+    local = Local(sid, owner, wid, config, server)
+    local.token = owner.client.post(f"/api/sandboxes/{sid}/access-tokens").json()["token"]
+    return local, AgentProcess(config, sid)
+
+
+def wait_output(agent: AgentProcess, text: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in agent.output():
+        assert time.monotonic() < deadline, agent.output()
+        time.sleep(0.2)
+
+
 def test_heartbeats_find_a_frozen_sandbar(
     server_env: dict[str, str], agent_app: tuple[TestAgent, int], tmp_path: Path
 ) -> None:
@@ -454,28 +479,42 @@ def test_heartbeats_find_a_frozen_sandbar(
     server = ServerProcess(server_env, tmp_path / "server.log").start()
     agent: AgentProcess | None = None
     try:
-        owner = register(server.url, "owner")
-        wid = owner.client.post("/api/workspaces", json={"name": "home"}).json()["id"]
-        config = tmp_path / "agents.json"
-        done = agent_cli(
-            config, "register", "--server", server.url, "--code", new_code(owner, wid),
-            "--name", "desk",
-            "--target", f"http://127.0.0.1:{agent_app[1]}",
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr
-        agent = AgentProcess(config, next(iter(json.loads(config.read_text()))))
-        local = Local(agent.sandbox_id, owner, wid, config, server)
+        local, agent = own_agent(server, agent_app[1], tmp_path)
         local.wait_status("running")
         server.proc.send_signal(signal.SIGSTOP)
-        deadline = time.monotonic() + 40
-        while "no heartbeat" not in agent.output():
-            assert time.monotonic() < deadline, agent.output()
-            time.sleep(0.2)
+        wait_output(agent, "no heartbeat", 40)
     finally:
         server.proc.send_signal(signal.SIGCONT)
         if agent is not None:
             agent.stop()
         server.stop()
+
+
+def test_agents_come_back_after_sandbar_restarts(
+    server_env: dict[str, str], agent_app: tuple[TestAgent, int], tmp_path: Path
+) -> None:
+    """Stopping Sandbar tells its agents to dial again (1012), not to give up: once it
+    is back on the same address, the sandbox is reachable again."""
+    server = ServerProcess(server_env, tmp_path / "server.log").start()
+    again: ServerProcess | None = None
+    agent: AgentProcess | None = None
+    try:
+        local, agent = own_agent(server, agent_app[1], tmp_path)
+        local.wait_status("running")
+        server.stop()
+        wait_output(agent, "reconnecting", 20)
+        assert agent.proc.poll() is None, agent.output()  # still trying
+        again = ServerProcess(server_env, tmp_path / "again.log", port=server.port).start()
+        local.server = again
+        local.wait_status("running", timeout=45)
+        with local.client() as client:
+            assert client.get("/echo").status_code == 200
+    finally:
+        if agent is not None:
+            agent.stop()
+        server.stop()
+        if again is not None:
+            again.stop()
 
 
 def test_a_browser_that_goes_away_cancels_its_stream_at_the_agent(
