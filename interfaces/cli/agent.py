@@ -144,7 +144,7 @@ def _connect(args: argparse.Namespace) -> int:
         if not _wait_ready(saved, server):
             server.terminate()
             return 1
-    loop = _event_loop()
+    loop = asyncio.new_event_loop()
     main = loop.create_task(run(registration, _say))
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, main.cancel)
@@ -166,16 +166,6 @@ def _connect(args: argparse.Namespace) -> int:
             server.terminate()
             server.wait(timeout=10)
     return 0
-
-
-def _event_loop() -> asyncio.AbstractEventLoop:
-    """uvloop's where it is installed (as it is with Sandbar, by uvicorn[standard]), as the
-    server side runs on: a relay spends its time in socket calls, which it makes cheaper."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - a platform without it
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
 
 
 def _start_opencode(saved: dict[str, Any], executable: str | None) -> subprocess.Popen[bytes]:
