@@ -51,7 +51,7 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_core import fresh_database, pct, postgres_server  # noqa: E402
+from bench.bench_core import fresh_database, pct, postgres_server, write_results  # noqa: E402
 from infrastructure.settings import Settings  # noqa: E402
 from interfaces.bootstrap import Sandbar, build  # noqa: E402
 from interfaces.cli.output import table  # noqa: E402
@@ -364,6 +364,15 @@ def paired(per_round: list[dict[str, dict[str, Any]]], key: str) -> dict[str, fl
     }
 
 
+def sides_of(per_round: list[dict[str, dict[str, Any]]], keys: tuple[str, ...]) -> dict[str, float]:
+    """``direct_{key}``, ``proxy_{key}`` and ``added_{key}`` for each key (``paired``)."""
+    out: dict[str, float] = {}
+    for key in keys:
+        fig = paired(per_round, key)
+        out.update({f"{side}_{key}": fig[side] for side in ("direct", "proxy", "added")})
+    return out
+
+
 def run_rounds(
     targets: dict[str, Target], rounds: int, seconds: float, ttfb_seconds: float
 ) -> tuple[dict[str, Any], dict[str, Any], int]:
@@ -405,36 +414,22 @@ def run_rounds(
 
     load_out: dict[str, Any] = {}
     for (mode, conns), results in loads.items():
-        fig = {k: paired(results, k) for k in ("p50_ms", "p99_ms", "rps")}
+        rps = paired(results, "rps")
         load_out[f"{mode}_c{conns}"] = {
             "mode": mode,
             "concurrency": conns,
-            "direct_p50_ms": fig["p50_ms"]["direct"],
-            "proxy_p50_ms": fig["p50_ms"]["proxy"],
-            "added_p50_ms": fig["p50_ms"]["added"],
-            "direct_p99_ms": fig["p99_ms"]["direct"],
-            "proxy_p99_ms": fig["p99_ms"]["proxy"],
-            "added_p99_ms": fig["p99_ms"]["added"],
-            "direct_rps": fig["rps"]["direct"],
-            "proxy_rps": fig["rps"]["proxy"],
+            **sides_of(results, ("p50_ms", "p99_ms")),
+            "direct_rps": rps["direct"],
+            "proxy_rps": rps["proxy"],
             "rps_ratio": statistics.median(r["proxy"]["rps"] / r["direct"]["rps"] for r in results),
             "errors": sum(r[s]["errors"] for r in results for s in SIDES),
             "rounds": results,
         }
     first_out: dict[str, Any] = {}
     for conns, results in firsts.items():
-        fig = {k: paired(results, k) for k in ("head_p50_ms", "event_p50_ms", "event_p99_ms")}
         first_out[f"c{conns}"] = {
             "concurrency": conns,
-            "direct_head_p50_ms": fig["head_p50_ms"]["direct"],
-            "proxy_head_p50_ms": fig["head_p50_ms"]["proxy"],
-            "added_head_p50_ms": fig["head_p50_ms"]["added"],
-            "direct_event_p50_ms": fig["event_p50_ms"]["direct"],
-            "proxy_event_p50_ms": fig["event_p50_ms"]["proxy"],
-            "added_event_p50_ms": fig["event_p50_ms"]["added"],
-            "direct_event_p99_ms": fig["event_p99_ms"]["direct"],
-            "proxy_event_p99_ms": fig["event_p99_ms"]["proxy"],
-            "added_event_p99_ms": fig["event_p99_ms"]["added"],
+            **sides_of(results, ("head_p50_ms", "event_p50_ms", "event_p99_ms")),
             "errors": sum(r[s]["errors"] for r in results for s in SIDES),
             "rounds": results,
         }
@@ -636,10 +631,7 @@ def main() -> int:
         "server_log_tracebacks": tracebacks,
         "server_stopped_on_sigterm_within_s": stopped,
     }
-    out = ROOT / "bench/results/anthropic.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"(written to {out.relative_to(ROOT)})")
+    write_results("anthropic", results)
     return 0
 
 

@@ -14,7 +14,6 @@ Usage: .venv/bin/python bench/bench_containers.py [--rounds N] [--skip-opencode]
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -32,6 +31,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.bench_core import write_results  # noqa: E402
 from interfaces.cli.output import table  # noqa: E402
 from tests.conftest import FAST_HASHING, ServerProcess, register  # noqa: E402
 
@@ -187,9 +187,7 @@ def main() -> int:
             results[which][op] = {"bare_s": b, "sandbar_s": s, "ratio": s / b}
             rows.append((which, op, f"{b * 1000:.0f}", f"{s * 1000:.0f}", f"{s / b:.2f}x"))
     table(["IMAGE", "OPERATION", "BARE ENGINE ms", "SANDBAR ms", "RATIO"], rows)
-    out = ROOT / "bench/results/containers.json"
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"(medians; written to {out.relative_to(ROOT)})")
+    write_results("containers", results, "medians; ")
     if private:
         subprocess.run([str(ROOT / "scripts/engine.sh"), "stop", str(private)], check=False)
     return 0

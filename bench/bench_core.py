@@ -107,6 +107,14 @@ def fresh_database(server_url: str) -> Iterator[str]:
 # Figures.
 
 
+def write_results(name: str, results: dict[str, Any], note: str = "") -> None:
+    """bench/results/{name}.json, and a line saying so."""
+    out = ROOT / "bench/results" / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"({note}written to {out.relative_to(ROOT)})")
+
+
 def pct(samples: list[float], q: float) -> float:
     """The q-th percentile (nearest rank) of ``samples``."""
     ordered = sorted(samples)
@@ -459,10 +467,7 @@ def main() -> int:
         "read_your_writes": ryw,
         "replay": replay,
     }
-    out = ROOT / "bench/results/core.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"(written to {out.relative_to(ROOT)})")
+    write_results("core", results)
     return 0
 
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import platform
 import random
@@ -58,7 +57,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_core import fresh_database, pct, postgres_server  # noqa: E402
+from bench.bench_core import fresh_database, pct, postgres_server, write_results  # noqa: E402
 from domain.sandboxes import Sandbox  # noqa: E402
 from infrastructure.settings import Settings  # noqa: E402
 from interfaces.bootstrap import Sandbar, build  # noqa: E402
@@ -172,6 +171,42 @@ def nginx(folder: Path, body: str, port: int) -> Iterator[subprocess.Popen[bytes
 
 
 # Sandbar, with sandboxes routed to arbitrary upstreams.
+
+
+def bench_files(folder: Path) -> Path:
+    """``folder/www`` with the files the benchmarks fetch: SMALL as small.txt and
+    BIG_MIB MiB of random bytes as big.bin."""
+    www = folder / "www"
+    www.mkdir(parents=True)
+    (www / "small.txt").write_bytes(SMALL)
+    block = os.urandom(MIB)
+    with (www / "big.bin").open("wb") as f:
+        for _ in range(BIG_MIB):
+            f.write(block)
+    return www
+
+
+@contextmanager
+def sandbar_serving(
+    url: str, folder: Path, log: Path, **settings: str
+) -> Iterator[tuple[ServerProcess, Sandbar]]:
+    """``sandbar serve`` on the database at ``url`` (no container worker), its output in
+    ``log``, and Sandbar wired in this process on the same database; both closed after."""
+    env = {
+        **FAST_HASHING,
+        "SANDBAR_WORKER": "false",
+        "SANDBAR_DATABASE_URL": url,
+        "SANDBAR_DATA_DIR": str(folder / "data"),
+        "SANDBAR_SECRET_KEY": uuid.uuid4().hex,
+        **settings,
+    }
+    server = ServerProcess(env, log).start()
+    sandbar = build(Settings.from_env(env))
+    try:
+        yield server, sandbar
+    finally:
+        sandbar.close()
+        server.stop()
 
 
 class SandbarSide:
@@ -616,13 +651,7 @@ def main() -> int:
     started = time.perf_counter()
     folder = Path(tempfile.mkdtemp(prefix="sandbar-bench-proxy-"))
     folder.chmod(0o755)
-    www = folder / "www"
-    www.mkdir()
-    (www / "small.txt").write_bytes(SMALL)
-    block = os.urandom(MIB)
-    with (www / "big.bin").open("wb") as f:
-        for _ in range(BIG_MIB):
-            f.write(block)
+    www = bench_files(folder)
     up_port, px_port = free_port(), free_port()
     agent = TestAgent()
     try:
@@ -635,17 +664,8 @@ def main() -> int:
             ) as px,
             serving(agent) as agent_port,
         ):
-            env = {
-                **FAST_HASHING,
-                "SANDBAR_WORKER": "false",
-                "SANDBAR_DATABASE_URL": url,
-                "SANDBAR_DATA_DIR": str(folder / "data"),
-                "SANDBAR_SECRET_KEY": uuid.uuid4().hex,
-            }
             log = folder / "server.log"
-            server = ServerProcess(env, log).start()
-            sandbar = build(Settings.from_env(env))
-            try:
+            with sandbar_serving(url, folder, log) as (server, sandbar):
                 side = SandbarSide(server, sandbar)
                 files = side.route(f"127.0.0.1:{up_port}")
                 agent_route = side.route(f"127.0.0.1:{agent_port}")
@@ -669,9 +689,6 @@ def main() -> int:
                 big = downloads({s: f"{u}/big.bin" for s, u in urls.items()}, headers, pids, rounds)
                 say(f"SSE, {events} events per side ...")
                 events_ = sse(agent, agent_port, server.port, agent_route, events)
-            finally:
-                sandbar.close()
-                server.stop()
             tracebacks = log.read_text(errors="replace").count("Traceback")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -817,10 +834,7 @@ def report(
         "sse": sse_,
         "sandbar_log_tracebacks": tracebacks,
     }
-    out = ROOT / "bench/results/proxy.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"(written to {out.relative_to(ROOT)})")
+    write_results("proxy", results)
     return 0
 
 

@@ -68,7 +68,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -79,7 +78,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_core import fresh_database, pct, postgres_server  # noqa: E402
+from bench.bench_core import fresh_database, pct, postgres_server, write_results  # noqa: E402
 from bench.bench_proxy import (  # noqa: E402
     BIG_MIB,
     CURL,
@@ -91,6 +90,7 @@ from bench.bench_proxy import (  # noqa: E402
     CpuMeter,
     RssSampler,
     SandbarSide,
+    bench_files,
     check_proxied,
     curl,
     machine_load,
@@ -98,17 +98,16 @@ from bench.bench_proxy import (  # noqa: E402
     port_answers,
     reset_peak,
     rotated,
+    sandbar_serving,
     say,
     sse_latencies,
     status_field,
     wait_quiet,
     wrk,
 )
-from infrastructure.settings import Settings  # noqa: E402
-from interfaces.bootstrap import build  # noqa: E402
 from interfaces.cli.output import table  # noqa: E402
 from interfaces.tunnel.link import CONNECTION_WINDOW, WINDOW  # noqa: E402
-from tests.conftest import FAST_HASHING, ServerProcess, free_port  # noqa: E402
+from tests.conftest import free_port  # noqa: E402
 from tests.upstream import TestAgent, serving  # noqa: E402
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
@@ -777,33 +776,19 @@ class Sides:
 def running(folder: Path) -> Iterator[Sides]:
     """The upstream, sshd and ``ssh -R``, ``sandbar serve`` on a fresh database, and two
     agents (one for the files, one for the test agent), all stopped on the way out."""
-    www = folder / "www"
-    www.mkdir(parents=True)
-    (www / "small.txt").write_bytes(SMALL)
-    block = os.urandom(MIB)
-    with (www / "big.bin").open("wb") as f:
-        for _ in range(BIG_MIB):
-            f.write(block)
+    www = bench_files(folder)
+    log = folder / "server.log"
     up_port, ssh_files, ssh_sse = free_port(), free_port(), free_port()
     test_agent = TestAgent()
     agents: list[Agent] = []
     with (
         postgres_server() as (server_url, where),
         fresh_database(server_url) as url,
+        sandbar_serving(url, folder, log) as (server, sandbar),
         nginx(folder / "upstream", UPSTREAM.format(port=up_port, www=www), up_port) as up,
         serving(test_agent) as agent_port,
         ssh_reverse(folder / "ssh", {ssh_files: up_port, ssh_sse: agent_port}) as ssh,
     ):
-        env = {
-            **FAST_HASHING,
-            "SANDBAR_WORKER": "false",
-            "SANDBAR_DATABASE_URL": url,
-            "SANDBAR_DATA_DIR": str(folder / "data"),
-            "SANDBAR_SECRET_KEY": uuid.uuid4().hex,
-        }
-        log = folder / "server.log"
-        server = ServerProcess(env, log).start()
-        sandbar = build(Settings.from_env(env))
         try:
             side = SandbarSide(server, sandbar)
             config = folder / "agent" / "agents.json"
@@ -864,8 +849,6 @@ def running(folder: Path) -> Iterator[Sides]:
         finally:
             for a in agents:
                 a.stop()
-            sandbar.close()
-            server.stop()
 
 
 def main() -> int:
@@ -1162,10 +1145,7 @@ def report(results: dict[str, Any]) -> None:
         f" the agents' logs: {results['tracebacks_in_logs']}; agent reconnects:"
         f" {results['agent_reconnects']}. Whole run: {results['seconds']:.0f} s."
     )
-    out = ROOT / "bench/results/tunnel.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"(written to {out.relative_to(ROOT)})")
+    write_results("tunnel", results)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from domain.sandboxes import Sandbox
 from infrastructure.settings import Settings
 from interfaces.bootstrap import Sandbar, build
+from tests.upstream import TestAgent, serving
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "correct horse battery"
@@ -177,14 +179,31 @@ class ServerProcess:
             self.proc.wait(timeout=10)
 
 
+@contextmanager
+def running(env: dict[str, str], log: Path) -> Iterator[ServerProcess]:
+    """``sandbar serve`` for the length of a block, stopped after; its log must hold no
+    traceback."""
+    proc = ServerProcess(env, log).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+    assert "Traceback" not in log.read_text(), log.read_text()
+
+
 @pytest.fixture(scope="session")
 def server(server_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Base URL of a real ``sandbar serve`` process."""
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    proc = ServerProcess(server_env, log).start()
-    yield proc.url
-    proc.stop()
-    assert "Traceback" not in log.read_text(), log.read_text()
+    with running(server_env, tmp_path_factory.mktemp("server") / "server.log") as proc:
+        yield proc.url
+
+
+@pytest.fixture(scope="module")
+def agent_app() -> Iterator[tuple[TestAgent, int]]:
+    """The test agent (tests/upstream.py), served on a port of its own."""
+    app = TestAgent()
+    with serving(app) as port:
+        yield app, port
 
 
 @dataclass

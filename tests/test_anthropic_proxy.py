@@ -21,7 +21,15 @@ from domain.sandboxes import Sandbox
 from infrastructure.agents import DerivedSecrets
 from interfaces.bootstrap import Sandbar
 from tests.anthropic_standin import REAL_KEY, AnthropicStandIn
-from tests.conftest import ServerProcess, User, record, register, run_sandbar, settled
+from tests.conftest import (
+    ServerProcess,
+    User,
+    record,
+    register,
+    run_sandbar,
+    running,
+    settled,
+)
 from tests.upstream import serving
 
 MAX_BODY = 64 * 1024
@@ -48,12 +56,9 @@ def api_server(
         "SANDBAR_ANTHROPIC_MAX_BODY": str(MAX_BODY),
         "SANDBAR_ANTHROPIC_TIMEOUT": "3",
     }
-    proc = ServerProcess(env, log).start()
-    yield proc
-    proc.stop()
-    text = log.read_text()
-    assert "Traceback" not in text, text
-    assert REAL_KEY not in text
+    with running(env, log) as proc:
+        yield proc
+    assert REAL_KEY not in log.read_text()
 
 
 @dataclass

@@ -22,15 +22,8 @@ from websockets.sync.client import connect as ws_connect
 
 from domain.sandboxes import Sandbox
 from interfaces.bootstrap import Sandbar
-from tests.conftest import ServerProcess, User, record, register, settled
-from tests.upstream import TestAgent, serving
-
-
-@pytest.fixture(scope="module")
-def agent() -> Iterator[tuple[TestAgent, int]]:
-    app = TestAgent()
-    with serving(app) as port:
-        yield app, port
+from tests.conftest import ServerProcess, User, record, register, running, settled
+from tests.upstream import TestAgent
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +32,8 @@ def proxy_server(
 ) -> Iterator[ServerProcess]:
     log = tmp_path_factory.mktemp("proxy") / "server.log"
     env = {**server_env, "SANDBAR_OPEN_WAIT": "20", "SANDBAR_TRUSTED_PROXIES": "127.0.0.2"}
-    proc = ServerProcess(env, log).start()
-    yield proc
-    proc.stop()
-    assert "Traceback" not in log.read_text(), log.read_text()
+    with running(env, log) as proc:
+        yield proc
 
 
 @dataclass
@@ -63,7 +54,7 @@ class Box:
 
 @pytest.fixture
 def make_box(
-    proxy_server: ServerProcess, sandbar: Sandbar, agent: tuple[TestAgent, int]
+    proxy_server: ServerProcess, sandbar: Sandbar, agent_app: tuple[TestAgent, int]
 ) -> Iterator[Callable[..., Box]]:
     users: list[User] = []
 
@@ -77,7 +68,7 @@ def make_box(
         assert r.status_code == 201, r.text
         sid = UUID(r.json()["id"])
         if running:
-            record(sandbar, sid, lambda s: s.record_started(f"127.0.0.1:{agent[1]}"))
+            record(sandbar, sid, lambda s: s.record_started(f"127.0.0.1:{agent_app[1]}"))
         prefix = "oc" if type_ == "opencode" else "claw"
         host = f"{prefix}-{sid}.localhost:{proxy_server.port}"
         return Box(sid, owner, wid, host, proxy_server)
@@ -132,10 +123,10 @@ def seen_headers(response: httpx.Response) -> dict[str, list[str]]:
 
 
 def test_unknown_and_malformed_hosts_are_404_and_never_forwarded(
-    make_box: Callable[..., Box], agent: tuple[TestAgent, int], proxy_server: ServerProcess
+    make_box: Callable[..., Box], agent_app: tuple[TestAgent, int], proxy_server: ServerProcess
 ) -> None:
     box = make_box()
-    app, _ = agent
+    app, _ = agent_app
     before = len(app.seen)
     port = proxy_server.port
     hosts = [
@@ -155,7 +146,7 @@ def test_unknown_and_malformed_hosts_are_404_and_never_forwarded(
 
 
 def test_a_sandbox_in_another_state_answers_with_a_clear_page(
-    make_box: Callable[..., Box], sandbar: Sandbar, agent: tuple[TestAgent, int]
+    make_box: Callable[..., Box], sandbar: Sandbar, agent_app: tuple[TestAgent, int]
 ) -> None:
     box = make_box(running=False)  # creating: no worker runs here
     token = box.owner.client.post(f"/api/sandboxes/{box.id}/access-tokens").json()["token"]
@@ -328,7 +319,7 @@ def test_access_tokens_for_programs(make_box: Callable[..., Box]) -> None:
 
 
 def test_pausing_takes_effect_and_opening_a_paused_sandbox_resumes_it(
-    make_box: Callable[..., Box], sandbar: Sandbar, agent: tuple[TestAgent, int]
+    make_box: Callable[..., Box], sandbar: Sandbar, agent_app: tuple[TestAgent, int]
 ) -> None:
     box = make_box()
     token = box.owner.client.post(f"/api/sandboxes/{box.id}/access-tokens").json()["token"]
@@ -344,7 +335,7 @@ def test_pausing_takes_effect_and_opening_a_paused_sandbox_resumes_it(
             row = box.owner.client.get(f"/api/sandboxes/{box.id}").json()
             if row["status"] == "resuming":
                 time.sleep(0.3)
-                record(sandbar, box.id, lambda s: s.record_started(f"127.0.0.1:{agent[1]}"))
+                record(sandbar, box.id, lambda s: s.record_started(f"127.0.0.1:{agent_app[1]}"))
                 return
             time.sleep(0.05)
 
@@ -373,9 +364,9 @@ def test_agent_cookies_stay_on_the_sandbox_host(make_box: Callable[..., Box]) ->
 
 
 def test_sse_events_pass_as_they_are_sent(
-    make_box: Callable[..., Box], agent: tuple[TestAgent, int]
+    make_box: Callable[..., Box], agent_app: tuple[TestAgent, int]
 ) -> None:
-    app, _ = agent
+    app, _ = agent_app
     box = make_box()
     client = open_in_browser(box, box.owner)
     app.sse_gated = True
@@ -441,7 +432,7 @@ def _status_mib(server: ServerProcess, field: str) -> float:
 
 
 def test_websocket_round_trip_with_close_codes(
-    make_box: Callable[..., Box], agent: tuple[TestAgent, int]
+    make_box: Callable[..., Box], agent_app: tuple[TestAgent, int]
 ) -> None:
     box = make_box()
     token = box.owner.client.post(f"/api/sandboxes/{box.id}/access-tokens").json()["token"]
@@ -465,7 +456,7 @@ def test_websocket_round_trip_with_close_codes(
     with dial(additional_headers={"authorization": f"Bearer {token}"}) as ws:
         ws.recv(timeout=10)
         ws.close(4002, "bye")  # the browser's close code reaches the agent
-    app, _ = agent
+    app, _ = agent_app
     deadline = time.monotonic() + 10
     while {"ws_closed": 4002} not in app.seen and time.monotonic() < deadline:
         time.sleep(0.02)

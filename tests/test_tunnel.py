@@ -24,27 +24,17 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 
-from tests.conftest import ROOT, ServerProcess, User, free_port, register
+from tests.conftest import ROOT, ServerProcess, User, free_port, register, running
 from tests.terminals import terminal_round_trip
-from tests.upstream import TestAgent, serving
-
-
-@pytest.fixture(scope="module")
-def agent_app() -> Iterator[tuple[TestAgent, int]]:
-    app = TestAgent()
-    with serving(app) as port:
-        yield app, port
+from tests.upstream import TestAgent
 
 
 @pytest.fixture(scope="module")
 def tunnel_server(
     server_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
-    log = tmp_path_factory.mktemp("tunnel") / "server.log"
-    proc = ServerProcess(server_env, log).start()
-    yield proc
-    proc.stop()
-    assert "Traceback" not in log.read_text(), log.read_text()
+    with running(server_env, tmp_path_factory.mktemp("tunnel") / "server.log") as proc:
+        yield proc
 
 
 class AgentProcess:

@@ -423,7 +423,7 @@ class Exchange:
             else:
                 self._send(conn)
         else:
-            self._task = asyncio.get_running_loop().create_task(self._connect(target))
+            self._task = asyncio.get_running_loop().create_task(self._connect())
 
     def _tunnel_stream(self, admit: Admit) -> Upstream | None:
         """A connection to a local sandbox's agent through its tunnel; None when the
@@ -432,42 +432,36 @@ class Exchange:
         opened = self.front.proxy.tunnels.open_stream(admit.sandbox_id, conn)
         return conn if opened is not None else None
 
-    async def _connect(self, target: str) -> None:
-        try:
-            conn = await self.front.proxy.pool.connect(target)
-        except ConnectionError as e:
-            if not self._done:
-                self.upstream_failed(str(e))
-            return
-        if self._done:
-            conn.close()
-        else:
-            self._send(conn)
-
-    async def _resend(self, data: bytes) -> None:
+    async def _connect(self, replay: bytes | None = None) -> None:
+        """A connection to the agent (a new stream for a local one), then the request on
+        it, or ``replay``: the whole request again, after a pooled connection failed."""
         admit = self._admit
         assert admit is not None
         try:
-            if admit.route["kind"] == "local":
-                try:
-                    tunnelled = self._tunnel_stream(admit)
-                except TunnelBusy as e:
-                    raise ConnectionError(str(e)) from None
-                if tunnelled is None:
-                    raise ConnectionError("the agent is not connected")
-                conn = tunnelled
-            else:
-                conn = await self.front.proxy.pool.connect(admit.route["target"])
+            conn = await self._open(admit)
         except ConnectionError as e:
             if not self._done:
                 self.upstream_failed(str(e))
             return
         if self._done:
             conn.close()
-            return
-        self._upstream = conn
-        self._await_answer()
-        conn.send(self, data, head_only=self.request.method == b"HEAD")
+        elif replay is None:
+            self._send(conn)
+        else:
+            self._upstream = conn
+            self._await_answer()
+            conn.send(self, replay, head_only=self.request.method == b"HEAD")
+
+    async def _open(self, admit: Admit) -> Upstream:
+        if admit.route["kind"] != "local":
+            return await self.front.proxy.pool.connect(admit.route["target"])
+        try:
+            tunnelled = self._tunnel_stream(admit)
+        except TunnelBusy as e:
+            raise ConnectionError(str(e)) from None
+        if tunnelled is None:
+            raise ConnectionError("the agent is not connected")
+        return tunnelled
 
     # Request, toward the agent
 
@@ -591,7 +585,7 @@ class Exchange:
         self._upstream = None
         replay, self._replay = self._replay, None
         if replay is not None and not self._responded and self._admit is not None:
-            self._task = asyncio.get_running_loop().create_task(self._resend(replay))
+            self._task = asyncio.get_running_loop().create_task(self._connect(replay))
             return
         if self._responded:
             # Cut short mid-body: drop the browser's connection too, so a partial body

@@ -12,13 +12,13 @@ import random
 import time
 from asyncio import FIRST_COMPLETED
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
 
-from interfaces.tunnel.link import Link, Pipe, Sender
+from interfaces.tunnel.link import MAX_MESSAGE, Link, Pipe
 from interfaces.tunnel.server import GONE, REPLACED
 
 BACKOFF_START = 0.5
@@ -146,6 +146,45 @@ class TargetPipe(Pipe, asyncio.Protocol):
     def _drop_unacked(self) -> None:
         unacked, self._unacked = self._unacked, 0
         self.ack(unacked)
+
+
+class Sender:
+    """The link's ``write`` on the websockets client, whose send is awaited: bytes queued
+    here and sent in order by one task, as much as has gathered at a time, in messages
+    of at most MAX_MESSAGE. ``failed`` says why sending stopped."""
+
+    def __init__(self, send: Callable[[bytes], Awaitable[None]]) -> None:
+        self._send = send
+        self._outbox: deque[bytes] = deque()
+        self._wake = asyncio.Event()
+        self.failed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def write(self, data: bytes) -> None:
+        if not self.failed.done():
+            self._outbox.append(data)
+            self._wake.set()
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while self._outbox:
+                    parts = [self._outbox.popleft()]
+                    size = len(parts[0])
+                    while self._outbox and size + len(self._outbox[0]) <= MAX_MESSAGE:
+                        size += len(self._outbox[0])
+                        parts.append(self._outbox.popleft())
+                    await self._send(b"".join(parts))
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # the WebSocket is gone
+            if not self.failed.done():
+                self.failed.set_result(f"the tunnel's connection failed ({type(e).__name__})")
+
+    def stop(self) -> None:
+        self._task.cancel()
 
 
 @dataclass

@@ -138,10 +138,6 @@ class Tunnels:
         protocol.connection_made(pipe)  # type: ignore[arg-type]
         return pipe
 
-    def connected(self, sandbox_id: UUID) -> bool:
-        link = self._links.get(sandbox_id)
-        return link is not None and not link.closed.done()
-
     async def serve(self, connection: TunnelConnection, path: str) -> None:
         """One agent's WebSocket, from its handshake (``path`` is the request's, with
         the query) to its end."""
