@@ -52,6 +52,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_core import fresh_database, pct, postgres_server, write_results  # noqa: E402
+from bench.bench_proxy import cpu_seconds  # noqa: E402
 from infrastructure.settings import Settings  # noqa: E402
 from interfaces.bootstrap import Sandbar, build  # noqa: E402
 from interfaces.cli.output import table  # noqa: E402
@@ -167,8 +168,11 @@ end
 class Target:
     """One side: where to POST, and with which key."""
 
-    def __init__(self, name: str, port: int, path: str, key: str, scratch: Path) -> None:
+    def __init__(
+        self, name: str, port: int, path: str, key: str, scratch: Path, pids: dict[str, int]
+    ) -> None:
         self.name, self.port, self.path, self.key = name, port, path, key
+        self.pids = pids  # the processes whose CPU time a request on this side costs
         self.url = f"http://127.0.0.1:{port}{path}"
         self.scripts = {}
         for mode, body in BODIES.items():
@@ -184,6 +188,7 @@ class Target:
 
 
 def wrk(target: Target, mode: str, conns: int, seconds: float) -> dict[str, Any]:
+    cpu = {name: cpu_seconds(pid) for name, pid in target.pids.items()}
     out = subprocess.run(
         [
             "wrk",
@@ -205,7 +210,11 @@ def wrk(target: Target, mode: str, conns: int, seconds: float) -> dict[str, Any]
         raise RuntimeError(f"wrk printed no summary:\n{out.stdout}\n{out.stderr}")
     raw = json.loads(line[4:])
     errors = sum(raw[k] for k in ("connect", "read", "write", "status", "timeout"))
+    n = max(1, raw["requests"])
     return {
+        "cpu_us_per_request": {
+            name: (cpu_seconds(pid) - cpu[name]) / n * 1e6 for name, pid in target.pids.items()
+        },
         "p50_ms": raw["p50_us"] / 1000,
         "p99_ms": raw["p99_us"] / 1000,
         "mean_ms": raw["mean_us"] / 1000,
@@ -422,6 +431,12 @@ def run_rounds(
             "direct_rps": rps["direct"],
             "proxy_rps": rps["proxy"],
             "rps_ratio": statistics.median(r["proxy"]["rps"] / r["direct"]["rps"] for r in results),
+            "sandbar_cpu_us_per_request": statistics.median(
+                r["proxy"]["cpu_us_per_request"]["sandbar"] for r in results
+            ),
+            "standin_cpu_us_per_request": statistics.median(
+                r["direct"]["cpu_us_per_request"]["standin"] for r in results
+            ),
             "errors": sum(r[s]["errors"] for r in results for s in SIDES),
             "rounds": results,
         }
@@ -440,7 +455,7 @@ def measure(
     server: ServerProcess,
     sandbar: Sandbar,
     url: str,
-    standin_port: int,
+    standin: tuple[int, int],
     scratch: Path,
     rounds: int,
     seconds: float,
@@ -448,9 +463,18 @@ def measure(
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, int]]:
     """(wrk figures, first-byte figures, usage counted by the proxy)."""
     token, workspace_id, sandbox_id = sandbox_token(server, sandbar)
+    standin_pid, standin_port = standin
+    assert server.proc is not None
     targets = {
-        "direct": Target("direct", standin_port, PATH, REAL_KEY, scratch),
-        "proxy": Target("proxy", server.port, PROXY_PREFIX + PATH, token, scratch),
+        "direct": Target("direct", standin_port, PATH, REAL_KEY, scratch, {"standin": standin_pid}),
+        "proxy": Target(
+            "proxy",
+            server.port,
+            PROXY_PREFIX + PATH,
+            token,
+            scratch,
+            {"standin": standin_pid, "sandbar": server.proc.pid},
+        ),
     }
     for target in targets.values():
         target.check()
@@ -523,7 +547,14 @@ def main() -> int:
             try:
                 sandbar = build(Settings.from_env(env))
                 load, first, usage = measure(
-                    server, sandbar, url, standin_port, scratch, rounds, seconds, ttfb_seconds
+                    server,
+                    sandbar,
+                    url,
+                    (standin.pid, standin_port),
+                    scratch,
+                    rounds,
+                    seconds,
+                    ttfb_seconds,
                 )
                 print("PostgreSQL per request, alone ...", file=sys.stderr, flush=True)
                 other = UUID(
@@ -558,6 +589,8 @@ def main() -> int:
              added(fig["added_p99_ms"])),
             ("", "answers/s", f"{fig['direct_rps']:,.0f}", f"{fig['proxy_rps']:,.0f}",
              f"{fig['rps_ratio']:.2f}x"),
+            ("", "CPU us/answer", f"{fig['standin_cpu_us_per_request']:.0f} (API)",
+             f"{fig['sandbar_cpu_us_per_request']:.0f} (Sandbar)", ""),
         ]  # fmt: skip
     for fig in first.values():
         what = f"first byte, {fig['concurrency']} client{'s' if fig['concurrency'] > 1 else ''}"

@@ -4,6 +4,7 @@ stand-in for the API, called by the official ``anthropic`` SDK as a sandbox woul
 from __future__ import annotations
 
 import concurrent.futures
+import http.client
 import json
 import socket
 import time
@@ -269,6 +270,45 @@ def test_usage_is_recorded_and_reported(
     assert report["limits"]["daily_requests"] is None  # no default configured here
     stranger = register(api_server.url, "stranger")
     assert stranger.client.get(usage_url).status_code == 404
+
+
+def usage_of(box: Box, requests: int) -> dict[str, object]:
+    """The box's usage today, once ``requests`` are recorded (they are, just after each
+    answer ends), or as it stands after 10 s."""
+    deadline = time.monotonic() + 10
+    while True:
+        days = box.owner.client.get(f"/api/workspaces/{box.workspace_id}/usage").json()["days"]
+        if (days and days[0]["requests"] == requests) or time.monotonic() > deadline:
+            return days[0] if days else {}
+        time.sleep(0.05)
+
+
+def test_one_connection_may_ask_the_proxy_and_the_api_in_turn(
+    make_box: Callable[[], Box], api_server: ServerProcess
+) -> None:
+    """Proxy calls are answered before uvicorn, the REST API by uvicorn: a keep-alive
+    connection that goes from one to the other is answered right, in either order."""
+    box = make_box()
+    payload = json.dumps({"model": "m", "max_tokens": 8, "messages": HELLO})
+    for first in ("proxy", "api"):
+        conn = http.client.HTTPConnection("127.0.0.1", api_server.port, timeout=10)
+        conn.connect()
+        sock = conn.sock
+        order = ["proxy", "api", "proxy", "api"] if first == "proxy" else ["api", "proxy", "api"]
+        for turn in order:
+            if turn == "proxy":
+                headers = {"x-api-key": box.token, "content-type": "application/json"}
+                conn.request("POST", "/proxy/anthropic/v1/messages", payload, headers)
+            else:
+                conn.request("GET", "/healthz")
+            r = conn.getresponse()
+            body = json.loads(r.read())
+            assert r.status == 200, body
+            assert ("usage" in body) if turn == "proxy" else body == {"status": "ok"}
+            assert conn.sock is sock  # still the one connection
+        conn.close()
+    day = usage_of(box, 3)
+    assert (day["requests"], day["input_tokens"], day["output_tokens"]) == (3, 6, 9)
 
 
 def test_daily_limits_hold_under_concurrency(

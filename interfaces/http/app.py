@@ -1,6 +1,7 @@
 """The ASGI application: the REST API behind the request guard, and the Anthropic proxy
-at ``/proxy/anthropic/``. (Sandbox hosts never reach it: interfaces/proxy/front.py
-answers them at the protocol level.)"""
+at ``/proxy/anthropic/`` for the connections uvicorn holds. (Sandbox hosts never reach
+it, nor do most proxy calls: interfaces/proxy/front.py answers them at the protocol
+level.)"""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from interfaces.http import (
     routes_workspaces,
 )
 from interfaces.http.guard import RequestGuard
-from interfaces.proxy.anthropic import PREFIX, AnthropicProxy
+from interfaces.proxy.anthropic import PREFIX, AnthropicApi
 from interfaces.proxy.front import SandboxProxy
 
 
@@ -52,7 +53,9 @@ def create_app(sandbar: Sandbar, proxy: SandboxProxy | None = None) -> ASGIApp:
 
     guarded = RequestGuard(api, max_body=sandbar.settings.max_body_bytes)
     proxy = proxy or SandboxProxy(sandbar)
-    return PathDispatch(guarded, AnthropicProxy(proxy))
+    anthropic = AnthropicApi(proxy)
+    proxy.hot_path = anthropic  # answered at the protocol level, before uvicorn
+    return PathDispatch(guarded, anthropic.asgi)
 
 
 class PathDispatch:

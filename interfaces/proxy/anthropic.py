@@ -7,7 +7,11 @@ proxy swaps it for the real key, which lives only in the settings, counts the re
 against the workspace's daily limits, streams the request and the answer through
 unbuffered, and reads the token usage from the answer as it passes (plain JSON or the
 SSE event stream) to record it per sandbox and day. Errors are in Anthropic's own shape,
-so the SDKs inside sandboxes report them sensibly."""
+so the SDKs inside sandboxes report them sensibly.
+
+Requests are relayed at the protocol level by the subdomain proxy's machinery
+(interfaces/proxy/front.py), as an ``Exchange`` with its own decision, headers and usage:
+an ASGI handler costs some three times the CPU per request (bench/bench_anthropic.py)."""
 
 from __future__ import annotations
 
@@ -18,13 +22,15 @@ from urllib.parse import urlsplit
 from uuid import UUID
 
 import orjson
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from application.errors import RateLimited
 from application.opening import GONE
-from interfaces.proxy.front import SandboxProxy
-from interfaces.proxy.headers import HOP_BY_HOP, Headers, bearer, header
-from interfaces.proxy.upstream import Stream
+from interfaces.proxy import gate
+from interfaces.proxy.front import Exchange, FrontProtocol, SandboxProxy
+from interfaces.proxy.gate import Admit, Answer, Request
+from interfaces.proxy.headers import HOP_BY_HOP, Headers, bearer, header, to_browser
+from interfaces.proxy.upstream import TLS, Stream
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +64,11 @@ class Refused(Exception):
         super().__init__(message)
         self.status, self.kind, self.message, self.retry_after = status, kind, message, retry_after
 
-
-def _unreachable(error: Exception) -> Refused:
-    return Refused(502, "api_error", f"the Anthropic API could not be reached ({error})")
+    def answer(self) -> Answer:
+        headers = [(b"content-type", b"application/json")]
+        if self.retry_after is not None:
+            headers.append((b"retry-after", b"%d" % self.retry_after))
+        return Answer(self.status, headers, error_body(self.kind, self.message))
 
 
 class UsageTap:
@@ -124,43 +132,40 @@ class UsageTap:
                 self.counts[name] = max(self.counts.get(name, 0), value)
 
 
-class AnthropicProxy:
+class AnthropicApi:
+    """What every request to the proxy shares: checking its token and its sandbox,
+    counting it, and the headers it is sent on with. Requests are served at the
+    protocol level by ``AnthropicExchange`` (interfaces/proxy/front.py runs it); ``asgi``
+    serves the rare one on a connection that uvicorn already holds."""
+
+    prefix = PREFIX.encode() + b"/"
+
     def __init__(self, proxy: SandboxProxy) -> None:
         sandbar = proxy.sandbar
         settings = sandbar.settings
         self._sb = sandbar
         self._proxy = proxy
         self._directory = proxy.gate.directory
-        self._pool = proxy.pool
         self._key = (settings.anthropic_api_key or "").encode()
         base = urlsplit(settings.anthropic_base_url)
-        self._tls = base.scheme == "https"
-        port = base.port or (443 if self._tls else 80)
-        self._host = base.hostname or ""
-        self._address = f"{self._host}:{port}"
-        self._pool_key = f"https://{self._address}" if self._tls else self._address
-        default_port = port == (443 if self._tls else 80)
-        self._host_header = (self._host if default_port else f"{self._host}:{port}").encode()
+        tls = base.scheme == "https"
+        port = base.port or (443 if tls else 80)
+        host = base.hostname or ""
+        self.target = f"{TLS if tls else ''}{host}:{port}"  # the upstream pool's name for it
+        self.route = {"kind": "api", "target": self.target}
+        default_port = port == (443 if tls else 80)
+        self._host_header = (host if default_port else f"{host}:{port}").encode()
         self._base_path = base.path.rstrip("/").encode()
-        self._max_body = settings.anthropic_max_body
-        self._timeout = settings.anthropic_timeout
+        self.max_body = settings.anthropic_max_body
+        self.timeout = settings.anthropic_timeout
         self._tokens: dict[bytes, Any] = {}
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return
-        self._proxy.started()  # the cache's change feed, the activity writer
-        try:
-            await self._relay(scope, receive, send)
-        except Refused as r:
-            headers = [(b"content-type", b"application/json")]
-            if r.retry_after is not None:
-                headers.append((b"retry-after", str(r.retry_after).encode()))
-            await send({"type": "http.response.start", "status": r.status, "headers": headers})
-            await send({"type": "http.response.body", "body": error_body(r.kind, r.message)})
+    def exchange(self, front: FrontProtocol, request: Request, keep_alive: bool) -> Exchange:
+        request.target = self._base_path + request.target[len(PREFIX) :]
+        return AnthropicExchange(front, request, keep_alive, self)
 
-    async def _relay(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers: Headers = scope["headers"]
+    async def admit(self, headers: Headers) -> tuple[UUID, UUID]:
+        """The request's workspace and sandbox, once it is counted; else Refused."""
         sandbox_id = self._sandbox(headers)
         route = await self._directory.route(sandbox_id)
         if route is None or route["status"] in GONE:
@@ -170,11 +175,8 @@ class AnthropicProxy:
         if not self._key:
             raise Refused(503, "api_error", "this Sandbar has no Anthropic API key configured", 60)
         length = header(headers, b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self._max_body):
-            raise Refused(413, "request_too_large", self._too_large())
-        first = await receive()
-        if first["type"] == "http.disconnect":
-            return  # the client left before its request was read: nothing to send or count
+        if length is not None and (not length.isdigit() or int(length) > self.max_body):
+            raise self.too_large()
         workspace_id: UUID = route["workspace_id"]
         try:
             await self._sb.usage.admit(workspace_id)
@@ -186,35 +188,27 @@ class AnthropicProxy:
                 503, "api_error", "Sandbar cannot count requests right now; try again", 5
             ) from None
         self._sb.activity.note(sandbox_id)
-        stream = await self._send_request(scope, receive, headers, first)
-        try:
-            status, answer = await stream.head(self._timeout)
-        except TimeoutError:
-            stream.conn.close()
-            raise Refused(504, "api_error", "the Anthropic API did not answer in time") from None
-        except ConnectionError as e:
-            raise Refused(
-                502, "api_error", f"the Anthropic API could not be reached ({e})"
-            ) from None
-        tap = UsageTap(header(answer, b"content-type") or b"")
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [(n, v) for n, v in answer if n not in HOP_BY_HOP],
-            }
+        return workspace_id, sandbox_id
+
+    def record(self, workspace_id: UUID, sandbox_id: UUID, tap: UsageTap | None) -> None:
+        self._sb.usage.record(workspace_id, sandbox_id, tap.finish() if tap else {})
+
+    def headers_out(self, headers: Headers) -> Headers:
+        """The request's headers as the API gets them: the real key for the token."""
+        out = [(n, v) for n, v in headers if n not in _DROPPED]
+        out.append((b"host", self._host_header))
+        out.append((b"x-api-key", self._key))
+        out.append((b"accept-encoding", b"identity"))
+        if header(headers, b"anthropic-version") is None:
+            out.append((b"anthropic-version", DEFAULT_VERSION))
+        return out
+
+    def too_large(self) -> Refused:
+        return Refused(
+            413,
+            "request_too_large",
+            f"the request body is over the proxy's limit of {self.max_body} bytes",
         )
-        try:
-            async for chunk in stream.body():
-                tap.feed(chunk)
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except ConnectionError:
-            log.warning("the Anthropic API broke off an answer for sandbox %s", sandbox_id)
-            stream.conn.close()
-            return  # unfinished: the server drops the connection, the client sees it cut
-        await send({"type": "http.response.body", "body": b""})
-        self._pool.release(stream.conn)
-        self._sb.usage.record(workspace_id, sandbox_id, tap.finish())
 
     def _sandbox(self, headers: Headers) -> UUID:
         token = header(headers, b"x-api-key")
@@ -235,70 +229,165 @@ class AnthropicProxy:
             )
         return sandbox_id
 
-    def _too_large(self) -> str:
-        return f"the request body is over the proxy's limit of {self._max_body} bytes"
-
-    async def _send_request(
-        self, scope: Scope, receive: Receive, headers: Headers, first: Message
-    ) -> Stream:
-        path = scope.get("raw_path") or scope["path"].encode()
-        target = self._base_path + path[len(PREFIX) :]
+    async def asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The same, for a request on a connection uvicorn holds (one that asked the
+        REST API first): the whole request is read, then sent on as one."""
+        if scope["type"] != "http":
+            return
+        self._proxy.started()
+        try:
+            body = await self._read_body(scope["headers"], receive)
+            workspace_id, sandbox_id = await self.admit(scope["headers"])
+        except Refused as r:
+            await _send_answer(send, r.answer())
+            return
+        target = self._base_path + (scope.get("raw_path") or scope["path"].encode())[len(PREFIX) :]
         if scope["query_string"]:
             target += b"?" + scope["query_string"]
-        out = [(n, v) for n, v in headers if n not in _DROPPED]
-        out.append((b"host", self._host_header))
-        out.append((b"x-api-key", self._key))
-        out.append((b"accept-encoding", b"identity"))
-        if header(headers, b"anthropic-version") is None:
-            out.append((b"anthropic-version", DEFAULT_VERSION))
-        body: bytes = first.get("body", b"")
-        more: bool = first.get("more_body", False)
-        chunked = more and header(headers, b"content-length") is None
-        if chunked:
-            out.append((b"transfer-encoding", b"chunked"))
-        elif header(headers, b"content-length") is None:
-            out.append((b"content-length", b"%d" % len(body)))
-        if len(body) > self._max_body:
-            raise Refused(413, "request_too_large", self._too_large())
+        out = [(n, v) for n, v in self.headers_out(scope["headers"]) if n != b"content-length"]
+        out.append((b"content-length", b"%d" % len(body)))
         parts = [scope["method"].encode(), b" ", target, b" HTTP/1.1\r\n"]
         for name, value in out:
             parts += [name, b": ", value, b"\r\n"]
-        parts.append(b"\r\n")
-        if body:
-            parts.append(b"%x\r\n%b\r\n" % (len(body), body) if chunked else body)
-        if chunked and not more:
-            parts.append(b"0\r\n\r\n")
-        conn = self._pool.idle(self._pool_key)
-        if conn is None:
+        parts += [b"\r\n", body]
+        tap: UsageTap | None = None
+        pool = self._proxy.pool
+        try:
+            conn = pool.idle(self.target) or await pool.connect(self.target)
+            stream = Stream(conn)
+            conn.send(stream, b"".join(parts), head_only=scope["method"] == "HEAD")
             try:
-                conn = await self._pool.connect(self._address, tls=self._tls)
+                status, answer = await stream.head(self.timeout)
+            except TimeoutError:
+                conn.close()
+                await _send_answer(send, _timed_out(self.timeout).answer())
+                return
             except ConnectionError as e:
-                raise Refused(
-                    502, "api_error", f"the Anthropic API could not be reached ({e})"
-                ) from None
-        stream = Stream(conn)
-        conn.send(stream, b"".join(parts), head_only=scope["method"] == "HEAD")
-        if more:
-            await self._upload(stream, receive, chunked, len(body))
-        return stream
+                await _send_answer(send, _unreachable(str(e)).answer())
+                return
+            tap = UsageTap(header(answer, b"content-type") or b"")
+            await send(
+                {"type": "http.response.start", "status": status, "headers": to_browser(answer)}
+            )
+            try:
+                async for chunk in stream.body():
+                    tap.feed(chunk)
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            except ConnectionError:
+                log.warning("the Anthropic API broke off an answer for sandbox %s", sandbox_id)
+                conn.close()
+                return  # unfinished: the server drops the connection, the client sees it cut
+            await send({"type": "http.response.body", "body": b""})
+            pool.release(conn)
+        except ConnectionError as e:
+            await _send_answer(send, _unreachable(str(e)).answer())
+        finally:
+            self.record(workspace_id, sandbox_id, tap)
 
-    async def _upload(self, stream: Stream, receive: Receive, chunked: bool, sent: int) -> None:
+    async def _read_body(self, headers: Headers, receive: Receive) -> bytes:
+        length = header(headers, b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body):
+            raise self.too_large()
+        body = bytearray()
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                stream.conn.close()
                 raise Refused(400, "invalid_request_error", "the client went away")
-            data = message.get("body", b"")
-            sent += len(data)
-            if sent > self._max_body:
-                stream.conn.close()  # the API never sees a whole oversized request
-                raise Refused(413, "request_too_large", self._too_large())
-            try:
-                if data:
-                    await stream.write(b"%x\r\n%b\r\n" % (len(data), data) if chunked else data)
-                if not message.get("more_body", False):
-                    if chunked:
-                        await stream.write(b"0\r\n\r\n")
-                    return
-            except ConnectionError:
-                return  # the API broke off: its answer (or its absence) says the rest
+            body += message.get("body", b"")
+            if len(body) > self.max_body:
+                raise self.too_large()
+            if not message.get("more_body", False):
+                return bytes(body)
+
+
+async def _send_answer(send: Send, answer: Answer) -> None:
+    await send({"type": "http.response.start", "status": answer.status, "headers": answer.headers})
+    await send({"type": "http.response.body", "body": answer.body})
+
+
+def _unreachable(reason: str) -> Refused:
+    return Refused(502, "api_error", f"the Anthropic API could not be reached ({reason})")
+
+
+def _timed_out(seconds: float) -> Refused:
+    return Refused(504, "api_error", f"the Anthropic API did not answer within {seconds:g} s")
+
+
+class AnthropicExchange(Exchange):
+    """One request to the proxy, relayed as the subdomain proxy relays a sandbox's
+    (interfaces/proxy/front.py), with its own decision, headers, errors and usage."""
+
+    def __init__(
+        self, front: FrontProtocol, request: Request, keep_alive: bool, api: AnthropicApi
+    ) -> None:
+        super().__init__(front, request, keep_alive)
+        self._api = api
+        self._tap: UsageTap | None = None
+        self._counted: tuple[UUID, UUID] | None = None  # admitted, not yet recorded
+        self._body_size = 0
+
+    @property
+    def timeout(self) -> float:
+        return self._api.timeout
+
+    def _decide_now(self) -> Admit | Answer | None:
+        return None  # every request is counted, in the database
+
+    async def _decide(self) -> Admit | Answer:
+        try:
+            counted = await self._api.admit(self.request.headers)
+        except Refused as r:
+            return r.answer()
+        self._counted = counted
+        if self._done:  # the client left while it was being counted
+            self._record()
+        return Admit(self._api.route, counted[1], (b"x-api-key", b""))
+
+    def _headers_out(self, admit: Admit) -> Headers:
+        return self._api.headers_out(self.request.headers)
+
+    def _refused(self, refused: gate.Refused) -> Answer:
+        if refused.status == 504:
+            return _timed_out(self.timeout).answer()
+        if refused.status == 502:
+            return _unreachable(refused.message.rstrip(".")).answer()
+        return Refused(refused.status, "api_error", refused.message, refused.retry_after).answer()
+
+    def request_body(self, chunk: bytes) -> None:
+        self._body_size += len(chunk)
+        if self._body_size <= self._api.max_body:
+            super().request_body(chunk)
+        elif not self._done:  # the API never sees a whole oversized request
+            if self._upstream is not None:
+                self._upstream.close()
+                self._upstream = None
+            if self._responded:
+                self.keep_alive = False
+                self._finish()
+            else:
+                self._answer(self._api.too_large().answer())
+
+    def response_head(self, status: int, headers: Headers, upgraded: bool) -> None:
+        self._tap = UsageTap(header(headers, b"content-type") or b"")
+        super().response_head(status, headers, upgraded)
+
+    def response_body(self, data: bytes) -> None:
+        if self._tap is not None:
+            self._tap.feed(data)
+        super().response_body(data)
+
+    def _finish(self) -> None:
+        self._record()
+        super()._finish()
+
+    def abort(self) -> None:
+        if self._counted is None and self._task is not None and not self._responded:
+            # Being counted: let that end (and be recorded) rather than lose the count.
+            self._task = None
+        self._record()
+        super().abort()
+
+    def _record(self) -> None:
+        counted, self._counted = self._counted, None
+        if counted is not None:
+            self._api.record(*counted, self._tap)

@@ -5,8 +5,10 @@ A connection whose first request names a sandbox host stays here: each request i
 decided by the Gate and relayed to the agent over a pooled keep-alive connection, bodies
 streamed in both directions with backpressure (a slow reader pauses the writer's socket;
 nothing is buffered beyond a few chunks), WebSocket upgrades spliced into a byte pipe once
-the agent answers 101 (frames and close codes pass as they are). Any other connection is
-handed, with the bytes already read, to uvicorn's own protocol and so to the REST API.
+the agent answers 101 (frames and close codes pass as they are). Requests for the API
+host's hot path (the Anthropic proxy, interfaces/proxy/anthropic.py) are relayed here the
+same way; any other request of the API host hands the connection, with the bytes of that
+request, to uvicorn's own protocol and so to the REST API.
 
 Working at this level rather than through ASGI is what makes the proxy fast enough: no
 task, scope or message per request on the common path (see bench/bench_proxy.py)."""
@@ -20,7 +22,7 @@ import logging
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 from uuid import UUID
 
 import httptools
@@ -54,6 +56,15 @@ def render_head(status: int, headers: Headers) -> bytes:
     return b"".join(parts)
 
 
+class HotPath(Protocol):
+    """A path of the API host answered here rather than by the REST API: the Anthropic
+    proxy's, whose clients are sandboxes calling it many times a second."""
+
+    prefix: bytes
+
+    def exchange(self, front: FrontProtocol, request: Request, keep_alive: bool) -> Exchange: ...
+
+
 class SandboxProxy:
     """What all proxy connections of a process share: the gate, the agent connection
     pool, and the open streams (which keep their sandboxes from going idle)."""
@@ -63,6 +74,7 @@ class SandboxProxy:
         self.gate = Gate(sandbar)
         self.pool = Pool()
         self.tunnels = Tunnels(sandbar)
+        self.hot_path: HotPath | None = None  # set by whoever serves it
         self.streams: Counter[UUID] = Counter()
         self.proto = sandbar.settings.public_scheme.encode()
         self.timeout = sandbar.settings.upstream_timeout
@@ -147,7 +159,11 @@ class FrontProtocol(asyncio.Protocol):
         self.proxy = proxy
         self.transport: asyncio.Transport | None = None
         self._parser = httptools.HttpRequestParser(self)
-        self._raw: bytearray | None = bytearray()  # until the first request is placed
+        # A connection serves sandbox hosts, or the hot path of the API host; any other
+        # request of the API host hands it to uvicorn, with the bytes of that request.
+        self._kind: str | None = None  # "sandbox" or "api", once the first request says
+        self._raw: bytearray | None = bytearray()  # while a hand-off is possible
+        self._between = True  # the parser is between requests
         self._client = b""
         self._queue: deque[Exchange] = deque()
         self._paused: set[str] = set()
@@ -196,6 +212,8 @@ class FrontProtocol(asyncio.Protocol):
         if self._spliced is not None:
             self._spliced.client_raw(data)
             return
+        if self._kind == "api" and self._between and not self._queue:
+            self._raw = bytearray()  # what follows may be the API's other paths
         if self._raw is not None:
             self._raw += data
         try:
@@ -258,6 +276,7 @@ class FrontProtocol(asyncio.Protocol):
     # httptools callbacks
 
     def on_message_begin(self) -> None:
+        self._between = False
         self._url = b""
         self._headers = []
         self._head_size = 0
@@ -278,25 +297,33 @@ class FrontProtocol(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         parser = self._parser
         host = (header(self._headers, b"host") or b"").decode("latin-1")
-        gate = self.proxy.gate
-        sandbox = gate.sandbox_of(host)
+        sandbox = self.proxy.gate.sandbox_of(host)
         is_sandbox_host = sandbox is not None or self.proxy.sandbar.addresses.is_sandbox_host(host)
-        if self._raw is not None:  # the connection's first request decides whose it is
-            if not is_sandbox_host:
-                if self._url.startswith(TUNNEL_PATH) and self._parser.should_upgrade():
-                    raise _TunnelHandOff
-                raise _HandOff
-            self._raw = None
+        hot = self.proxy.hot_path
+        kind = "sandbox" if is_sandbox_host else "api"
+        is_hot = kind == "api" and hot is not None and self._url.startswith(hot.prefix)
+        if kind == "api" and not is_hot and self._raw is not None:
+            if self._kind is None and self._url.startswith(TUNNEL_PATH) and parser.should_upgrade():
+                raise _TunnelHandOff
+            raise _HandOff
+        if self._kind is None:  # the connection's first request decides whose it is
+            self._kind = kind
             self.proxy.started()
+        self._raw = None
         upgrade = parser.should_upgrade()
         websocket = upgrade and (header(self._headers, b"upgrade") or b"").lower() == b"websocket"
-        if upgrade and not websocket:
+        if upgrade and (not websocket or is_hot):
             raise _Malformed(400)
+        keep_alive = parser.should_keep_alive()
         request = Request(host, parser.get_method(), self._url, self._headers, websocket, sandbox)
-        exchange = Exchange(self, request, parser.should_keep_alive())
-        if not is_sandbox_host:  # a keep-alive connection asking for another host
-            exchange.keep_alive = False
-            exchange.preset = Answer(421, [], b"Misdirected Request")
+        if is_hot and self._kind == "api":
+            assert hot is not None
+            exchange = hot.exchange(self, request, keep_alive)
+        else:
+            exchange = Exchange(self, request, keep_alive)
+            if kind != self._kind or not is_sandbox_host:  # another host than the first's
+                exchange.keep_alive = False
+                exchange.preset = Answer(421, [], b"Misdirected Request")
         self._queue.append(exchange)
         if len(self._queue) == 1:
             exchange.start()
@@ -306,6 +333,7 @@ class FrontProtocol(asyncio.Protocol):
             self._queue[-1].request_body(body)
 
     def on_message_complete(self) -> None:
+        self._between = True
         if self._queue:
             self._queue[-1].request_complete()
 
@@ -384,22 +412,35 @@ class Exchange:
     # Deciding
 
     def start(self) -> None:
-        decision = self.preset or self.front.proxy.gate.decide_cached(self.request)
+        decision = self.preset or self._decide_now()
         if decision is None:
-            self._task = asyncio.get_running_loop().create_task(self._decide())
+            self._task = asyncio.get_running_loop().create_task(self._decide_later())
         else:
             self._act(decision)
 
-    async def _decide(self) -> None:
+    def _decide_now(self) -> Admit | Answer | None:
+        """The decision, if it can be made without waiting."""
+        return self.front.proxy.gate.decide_cached(self.request)
+
+    async def _decide(self) -> Admit | Answer:
+        return await self.front.proxy.gate.decide(self.request)
+
+    async def _decide_later(self) -> None:
         try:
-            decision = await self.front.proxy.gate.decide(self.request)
+            decision = await self._decide()
         except Exception:  # the database is down, say: the client may try again
-            log.exception("could not decide on a sandbox request")
-            decision = Refused(
-                503, "unavailable", "Try again", "Sandbar cannot check access right now.", 5
-            ).answer(self.request)
+            log.exception("could not decide on a proxied request")
+            decision = self._refused(
+                Refused(
+                    503, "unavailable", "Try again", "Sandbar cannot check access right now.", 5
+                )
+            )
         if not self._done:
             self._act(decision)
+
+    def _refused(self, refused: Refused) -> Answer:
+        """The answer that says so, in the shape the client expects."""
+        return refused.answer(self.request)
 
     def _act(self, decision: Admit | Answer) -> None:
         if isinstance(decision, Answer):
@@ -416,10 +457,10 @@ class Exchange:
                 conn = self._tunnel_stream(decision)
             except TunnelBusy as e:
                 refused = Refused(503, "agent_busy", "The agent is busy", f"{e}.", 1)
-                self._answer(refused.answer(self.request))
+                self._answer(self._refused(refused))
                 return
             if conn is None:
-                self._answer(AGENT_OFFLINE.answer(self.request))
+                self._answer(self._refused(AGENT_OFFLINE))
             else:
                 self._send(conn)
         else:
@@ -470,15 +511,7 @@ class Exchange:
         assert admit is not None
         request = self.request
         self._upstream = conn
-        headers = to_agent(
-            request.headers,
-            credential=admit.credential,
-            client=self.front._client,
-            proto=self.front.proxy.proto,
-            host=request.host.encode("latin-1"),
-            upgrade=request.websocket,
-            trusted=self.front._client in self.front.proxy.trusted,
-        )
+        headers = self._headers_out(admit)
         parts = [request.method, b" ", request.target, b" HTTP/1.1\r\n"]
         for name, value in headers:
             parts += [name, b": ", value, b"\r\n"]
@@ -499,6 +532,18 @@ class Exchange:
         if reused and self._request_done and request.method in (b"GET", b"HEAD", b"OPTIONS"):
             self._replay = data  # a pooled connection may have just been closed by the agent
         conn.send(self, data, head_only=request.method == b"HEAD")
+
+    def _headers_out(self, admit: Admit) -> Headers:
+        """The request's headers as the agent gets them."""
+        return to_agent(
+            self.request.headers,
+            credential=admit.credential,
+            client=self.front._client,
+            proto=self.front.proxy.proto,
+            host=self.request.host.encode("latin-1"),
+            upgrade=self.request.websocket,
+            trusted=self.front._client in self.front.proxy.trusted,
+        )
 
     def _frame(self, chunk: bytes) -> bytes:
         return b"%x\r\n%b\r\n" % (len(chunk), chunk) if self._chunked_upload else chunk
@@ -594,7 +639,7 @@ class Exchange:
             self._finish()
             return
         refused = Refused(502, "agent_unreachable", "The sandbox did not answer", f"{reason}.")
-        self._answer(refused.answer(self.request))
+        self._answer(self._refused(refused))
 
     def upstream_writable(self, writable: bool) -> None:
         if writable:
@@ -624,23 +669,26 @@ class Exchange:
         self.front.write(render_head(answer.status, headers) + body)
         self._finish()
 
+    @property
+    def timeout(self) -> float:
+        """Seconds the answer's head may take."""
+        return self.front.proxy.timeout
+
     def _await_answer(self) -> None:
-        proxy = self.front.proxy
-        proxy.waiting[self] = time.monotonic() + proxy.timeout
+        self.front.proxy.waiting[self] = time.monotonic() + self.timeout
 
     def timed_out(self) -> None:
         self._cancel_timer()
         if self._upstream is not None:
             self._upstream.close()
             self._upstream = None
-        self._answer(
-            Refused(
-                504,
-                "agent_timeout",
-                "The sandbox did not answer in time",
-                f"The agent did not answer within {self.front.proxy.timeout:g} s.",
-            ).answer(self.request)
+        refused = Refused(
+            504,
+            "agent_timeout",
+            "The sandbox did not answer in time",
+            f"The agent did not answer within {self.timeout:g} s.",
         )
+        self._answer(self._refused(refused))
 
     def _count_stream(self) -> None:
         if self._admit is not None and self._streaming is None:

@@ -19,6 +19,7 @@ import httptools
 
 from interfaces.proxy.headers import Headers
 
+TLS = "https://"  # a target so named is reached over TLS
 MAX_IDLE = 64  # idle connections kept per agent address
 # An idle connection older than this is not reused: agents' servers close idle
 # connections after a few seconds (5 s for Node's and uvicorn's), and a request sent just
@@ -189,7 +190,7 @@ class Upstream(asyncio.Protocol):
 
 
 class Pool:
-    """Idle keep-alive connections per agent address ("host:port")."""
+    """Idle keep-alive connections per target ("host:port" or "https://host:port")."""
 
     def __init__(self, connect_timeout: float = 10.0) -> None:
         self._idle: dict[str, list[Upstream]] = {}
@@ -213,18 +214,19 @@ class Pool:
             conn.close()
         return None
 
-    async def connect(self, address: str, tls: bool = False) -> Upstream:
-        """A new connection to ``address`` ("host:port"), over TLS if asked (pooled
-        under "https://host:port" then)."""
+    async def connect(self, target: str) -> Upstream:
+        """A new connection to ``target``: "host:port", or "https://host:port" for TLS
+        (pooled under that same name)."""
+        tls = target.startswith(TLS)
+        address = target[len(TLS) :] if tls else target
         host, _, port = address.rpartition(":")
         host = host.strip("[]")
         loop = asyncio.get_running_loop()
-        key = f"https://{address}" if tls else address
         context = self._tls_context() if tls else None
         try:
             transport, conn = await asyncio.wait_for(
                 loop.create_connection(
-                    lambda: Upstream(key),
+                    lambda: Upstream(target),
                     host,
                     int(port),
                     ssl=context,
@@ -233,9 +235,7 @@ class Pool:
                 self._connect_timeout,
             )
         except (OSError, TimeoutError, ValueError) as e:
-            raise ConnectionError(
-                f"cannot connect to the agent ({e or type(e).__name__})"
-            ) from None
+            raise ConnectionError(f"cannot connect ({e or type(e).__name__})") from None
         conn.transport = transport  # type: ignore[assignment]  # uvloop may call back later
         return conn
 
