@@ -28,6 +28,7 @@ class UsageStore(Protocol):
         default_requests: int | None,
         default_tokens: int | None,
     ) -> str | None: ...
+    def take(self, workspace_id: UUID, day: date) -> bool: ...
     def record(
         self, workspace_id: UUID, sandbox_id: UUID, day: date, counts: dict[str, int]
     ) -> None: ...
@@ -73,6 +74,11 @@ class Usage:
             "own_requests": requests,
             "own_tokens": tokens,
         }
+
+    def admit_now(self, workspace_id: UUID) -> bool:
+        """Count a proxy request without waiting, if what this process has counted ahead
+        allows; False says: ``admit`` it."""
+        return self._store.take(workspace_id, today())
 
     async def admit(self, workspace_id: UUID) -> None:
         """Count a proxy request against today's limits, or refuse it (RateLimited).

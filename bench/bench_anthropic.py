@@ -54,6 +54,7 @@ sys.path.insert(0, str(ROOT))
 from bench.bench_core import fresh_database, pct, postgres_server, write_results  # noqa: E402
 from bench.bench_proxy import cpu_seconds  # noqa: E402
 from infrastructure.settings import Settings  # noqa: E402
+from infrastructure.usage import IDLE_SECONDS  # noqa: E402
 from interfaces.bootstrap import Sandbar, build  # noqa: E402
 from interfaces.cli.output import table  # noqa: E402
 from tests.anthropic_standin import REAL_KEY, AnthropicStandIn  # noqa: E402
@@ -480,6 +481,7 @@ def measure(
         target.check()
     print("warming up ...", file=sys.stderr, flush=True)
     warm_up(targets)
+    time.sleep(2 * IDLE_SECONDS + 1.0)  # what the warm-up counted ahead is given back
     before = usage_counted(url, workspace_id, sandbox_id)
     print(
         f"{rounds} rounds: wrk {seconds:g} s per run, first bytes {ttfb_seconds:g} s per run ...",
@@ -487,7 +489,8 @@ def measure(
         flush=True,
     )
     load, first, proxied = run_rounds(targets, rounds, seconds, ttfb_seconds)
-    time.sleep(1.0)  # the last usage records land
+    # The last usage records land, and what was counted ahead and not used is given back.
+    time.sleep(2 * IDLE_SECONDS + 1.0)
     after = usage_counted(url, workspace_id, sandbox_id)
     usage = {
         "answers_completed_by_clients": proxied,

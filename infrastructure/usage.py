@@ -10,10 +10,23 @@ requests already in flight use.
 Both run as group commits (infrastructure/group_commit.py): requests admitted while a
 statement is under way are counted together by the next one, which grants as many as the
 limit leaves (the first ones in; the rest are refused), and finished requests are recorded
-together, so the proxy issues a statement per batch rather than two per request."""
+together, so the proxy issues a statement per batch rather than two per request.
+
+A workspace that keeps asking is counted ahead: each reservation asks for some requests
+more than are waiting (twice as many as the last time, up to ``MAX_AHEAD``), and this
+process hands them out without a statement (``take``) while nothing has changed (the
+change feed's generation: a new limit, say), the tokens it knows of are under the limit,
+and the day is the same. What a lease still holds is given back when it lapses, when it
+has been idle for ``IDLE_SECONDS`` and on shutdown, so a request limit is never overshot
+and, near it, other processes wait at most that long for what this one holds; a crash
+loses the lease (its requests stay counted, refusing that many too early, that day)."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
 from datetime import date
 from typing import Any
 from uuid import UUID
@@ -21,6 +34,7 @@ from uuid import UUID
 from eventsourcing.postgres import PostgresDatastore
 from psycopg_pool import AsyncConnectionPool
 
+from infrastructure.changes import ChangeFeed
 from infrastructure.database import ensure_tables
 from infrastructure.group_commit import GroupCommit
 
@@ -39,7 +53,11 @@ SCHEMA = (
     "ALTER TABLE sandbar_usage_totals ADD COLUMN IF NOT EXISTS granted bigint NOT NULL DEFAULT 0",
 )
 COUNTS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+log = logging.getLogger(__name__)
 UNLIMITED = 2**62
+MAX_AHEAD = 256  # requests counted ahead of need, at most, per workspace and process
+IDLE_SECONDS = 2.0  # a lease unused this long gives back what it holds
+RECORD_EVERY = 0.05  # seconds a batch of finished requests gathers before it is written
 
 
 _LIMITS = (
@@ -60,7 +78,11 @@ _RESERVE = (
     " SET requests = t.requests + LEAST(%(n)s, (SELECT requests FROM lim) - t.requests),"
     " granted = LEAST(%(n)s, (SELECT requests FROM lim) - t.requests)"
     " WHERE t.requests < (SELECT requests FROM lim) AND t.tokens < (SELECT tokens FROM lim)"
-    " RETURNING t.granted"
+    " RETURNING t.granted, t.tokens, (SELECT tokens FROM lim)"
+)
+_GIVE_BACK = (
+    "UPDATE sandbar_usage_totals SET requests = GREATEST(0, requests - %(n)s)"
+    " WHERE workspace_id = %(w)s AND day = %(d)s"
 )
 _WHICH = (
     _LIMITS + "SELECT CASE WHEN COALESCE(t.requests, 0) >= lim.requests THEN 'requests'"
@@ -86,18 +108,48 @@ Reservation = tuple[UUID, date, int | None, int | None]  # workspace, day, defau
 Finished = tuple[UUID, UUID, date, dict[str, int]]  # workspace, sandbox, day, token counts
 
 
+@dataclass
+class Lease:
+    """Requests of a workspace and day counted in the table, not yet handed out."""
+
+    left: int = 0
+    ahead: int = 0  # how many more than are waiting the next reservation asks for
+    tokens: int = 0  # the day's tokens when last reserved, and those recorded here since
+    token_limit: int = UNLIMITED
+    generation: int | None = None  # the change feed's when reserved (None: not to use)
+    used: float = 0.0  # when a request was last handed out
+
+    def valid(self, generation: int | None) -> bool:
+        return (
+            generation is not None
+            and generation == self.generation
+            and self.tokens < self.token_limit
+        )
+
+
 class UsageTable:
     """Reserving and recording run on the proxy's event loop, on a small pool of their
     own (autocommit, and ``synchronous_commit`` off: a crash may lose the last
     milliseconds of counts, never a consistent total)."""
 
-    def __init__(self, datastore: PostgresDatastore, conninfo: str, pool_size: int = 4) -> None:
+    def __init__(
+        self,
+        datastore: PostgresDatastore,
+        conninfo: str,
+        changes: ChangeFeed | None = None,
+        pool_size: int = 4,
+    ) -> None:
         self._db = datastore
         self._conninfo = conninfo
+        self._changes = changes
         self._pool_size = pool_size
         self._pool: AsyncConnectionPool | None = None
+        self._leases: dict[tuple[UUID, date], Lease] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
         self._reserving = GroupCommit(self._reserve_batch)
-        self._recording = GroupCommit(self._record_batch)
+        self._recording: GroupCommit[Finished | None, None] = GroupCommit(
+            self._record_batch, linger=RECORD_EVERY
+        )
         ensure_tables(self._db, SCHEMA)
 
     async def _connections(self) -> AsyncConnectionPool:
@@ -111,6 +163,19 @@ class UsageTable:
             )
             await self._pool.open()
         return self._pool
+
+    def _generation(self) -> int | None:
+        changes = self._changes
+        return changes.generation if changes is not None and changes.reliable else None
+
+    def take(self, workspace_id: UUID, day: date) -> bool:
+        """Count one request from this process's lease, if it holds one that is good."""
+        lease = self._leases.get((workspace_id, day))
+        if lease is None or lease.left <= 0 or not lease.valid(self._generation()):
+            return False
+        lease.left -= 1
+        lease.used = time.monotonic()
+        return True
 
     async def reserve(
         self,
@@ -129,23 +194,50 @@ class UsageTable:
             asked[reservation] = asked.get(reservation, 0) + 1
         left: dict[Reservation, int] = {}  # granted, not yet handed out
         reached: dict[Reservation, str] = {}
+        generation = self._generation()  # before reading: a change while reading shows
+        await self._recording.flush()  # the tokens of answers already ended count
         pool = await self._connections()
         async with pool.connection() as conn:
+            await self._give_back(conn, generation)
             for key, n in asked.items():
                 workspace_id, day, default_requests, default_tokens = key
+                lease = self._leases.get((workspace_id, day))
+                if lease is not None and lease.valid(generation) and lease.left > 0:
+                    # Granted by the statement that ran while these waited.
+                    taken = min(n, lease.left)
+                    lease.left -= taken
+                    left[key] = taken
+                    if taken == n:
+                        continue
+                    n -= taken
+                else:
+                    left[key] = 0
+                if lease is None:
+                    lease = self._leases[workspace_id, day] = Lease()
+                ahead = lease.ahead if generation is not None else 0
                 params = {
                     "w": workspace_id,
                     "d": day,
-                    "n": n,
+                    "n": n + ahead,
                     "default_requests": default_requests,
                     "default_tokens": default_tokens,
                     "unlimited": UNLIMITED,
                 }
                 row = await (await conn.execute(_RESERVE, params, prepare=True)).fetchone()
-                left[key] = int(row[0]) if row else 0
-                if left[key] < n:
+                granted = int(row[0]) if row else 0
+                left[key] += min(n, granted)
+                lease.left = granted - min(n, granted)
+                lease.used = time.monotonic()
+                if row is not None:
+                    lease.tokens, lease.token_limit = int(row[1]), int(row[2])
+                    lease.generation = generation
+                    lease.ahead = min(MAX_AHEAD, max(1, ahead * 2))
+                if granted < n:
                     which = await (await conn.execute(_WHICH, params)).fetchone()
                     reached[key] = which[0] if which else "requests"
+                if lease.left > 0 and self._sweeper is None:
+                    loop = asyncio.get_running_loop()
+                    self._sweeper = loop.call_later(IDLE_SECONDS, self._sweep)
         results: list[str | None] = []
         for key in batch:  # the first ones in get what was granted
             if left[key] > 0:
@@ -155,33 +247,72 @@ class UsageTable:
                 results.append(reached[key])
         return results
 
+    async def _give_back(self, conn: Any, generation: int | None, everything: bool = False) -> None:
+        """Return what lapsed leases hold (idle, outdated, past their day; or all)."""
+        now = time.monotonic()
+        today = max((day for _, day in self._leases), default=None)
+        for key, lease in list(self._leases.items()):
+            lapsed = (
+                everything
+                or not lease.valid(generation)
+                or now - lease.used > IDLE_SECONDS
+                or key[1] != today
+            )
+            if not lapsed:
+                continue
+            if key[1] != today or everything:
+                del self._leases[key]
+            else:
+                lease.ahead //= 2  # it was more than was needed
+            if lease.left > 0:
+                held, lease.left = lease.left, 0
+                params = {"w": key[0], "d": key[1], "n": held}
+                await conn.execute(_GIVE_BACK, params, prepare=True)
+
+    def _sweep(self) -> None:
+        """Now and then while leases hold requests: give back those gone idle."""
+        self._sweeper = None
+        if any(lease.left > 0 for lease in self._leases.values()):
+            self._recording.post(None)  # a batch with nothing to record gives back
+
     def record(
         self, workspace_id: UUID, sandbox_id: UUID, day: date, counts: dict[str, int]
     ) -> None:
         """Add one finished request and its tokens (written with the next batch)."""
+        lease = self._leases.get((workspace_id, day))
+        if lease is not None:
+            lease.tokens += sum(max(0, int(counts.get(name, 0))) for name in COUNTS)
         self._recording.post((workspace_id, sandbox_id, day, counts))
 
-    async def _record_batch(self, batch: list[Finished]) -> list[None]:
+    async def _record_batch(self, batch: list[Finished | None]) -> list[None]:
         merged: dict[tuple[date, UUID, UUID], list[int]] = {}
-        for workspace_id, sandbox_id, day, counts in batch:
+        for finished in batch:
+            if finished is None:
+                continue  # (a sweep)
+            workspace_id, sandbox_id, day, counts = finished
             row = merged.setdefault((day, workspace_id, sandbox_id), [0] * (1 + len(COUNTS)))
             row[0] += 1
             for i, name in enumerate(COUNTS, start=1):
                 row[i] += max(0, int(counts.get(name, 0)))
-        keys, rows = list(merged), list(merged.values())
-        columns = list(zip(*rows, strict=True))
-        params = {
-            "d": [k[0] for k in keys],
-            "w": [k[1] for k in keys],
-            "s": [k[2] for k in keys],
-            **{
-                name: list(col)
-                for name, col in zip(("r", "i", "o", "cc", "cr"), columns, strict=True)
-            },
-        }
         pool = await self._connections()
         async with pool.connection() as conn:
-            await conn.execute(_RECORD, params, prepare=True)
+            if merged:
+                keys, rows = list(merged), list(merged.values())
+                columns = list(zip(*rows, strict=True))
+                params = {
+                    "d": [k[0] for k in keys],
+                    "w": [k[1] for k in keys],
+                    "s": [k[2] for k in keys],
+                    **{
+                        name: list(col)
+                        for name, col in zip(("r", "i", "o", "cc", "cr"), columns, strict=True)
+                    },
+                }
+                await conn.execute(_RECORD, params, prepare=True)
+            await self._give_back(conn, self._generation())
+        if self._sweeper is None and any(lease.left > 0 for lease in self._leases.values()):
+            loop = asyncio.get_running_loop()
+            self._sweeper = loop.call_later(IDLE_SECONDS, self._sweep)
         return [None] * len(batch)
 
     async def flush(self) -> None:
@@ -190,7 +321,14 @@ class UsageTable:
         await self._recording.flush()
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         await self.flush()
+        if self._leases:
+            pool = await self._connections()
+            async with pool.connection() as conn:
+                await self._give_back(conn, None, everything=True)
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.close()

@@ -159,7 +159,7 @@ def _build(settings: Settings, url: str) -> Sandbar:
             event_log,
             reads,
             access,
-            UsageTable(datastore, url),
+            UsageTable(datastore, url, changes),
             default_requests=settings.anthropic_daily_requests,
             default_tokens=settings.anthropic_daily_tokens,
         ),

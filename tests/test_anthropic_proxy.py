@@ -353,6 +353,62 @@ def test_daily_limits_hold_under_concurrency(
     assert settled(lambda: call(0), 429).json()["error"]["message"].count("token") == 1
 
 
+def ask(base: str, box: Box) -> int:
+    """One Messages API call through the proxy at ``base``; its status."""
+    return httpx.post(
+        f"{base}/proxy/anthropic/v1/messages",
+        json={"model": "m", "max_tokens": 8, "messages": HELLO},
+        headers={"x-api-key": box.token},
+        timeout=30,
+    ).status_code
+
+
+def test_requests_counted_ahead_never_pass_a_new_limit(
+    make_box: Callable[[], Box], api_server: ServerProcess
+) -> None:
+    """A busy sandbox's requests are counted some at a time ahead of need; a limit set
+    meanwhile holds at once, and what was counted ahead is given back, not lost."""
+    box = make_box()
+    assert [ask(api_server.url, box) for _ in range(9)] == [200] * 9
+    limits = f"/api/workspaces/{box.workspace_id}/limits"
+    r = box.owner.client.put(limits, json={"daily_requests": 9, "daily_tokens": None})
+    assert r.status_code == 200
+    assert ask(api_server.url, box) == 429
+    r = box.owner.client.put(limits, json={"daily_requests": 12, "daily_tokens": None})
+    assert [ask(api_server.url, box) for _ in range(4)] == [200, 200, 200, 429]
+    assert usage_of(box, 12)["requests"] == 12
+
+
+def test_a_limit_is_shared_by_several_servers(
+    make_box: Callable[[], Box], api_server: ServerProcess, tmp_path: Path
+) -> None:
+    """Two Sandbar processes on one database: what one counted ahead and did not use
+    comes back once it is idle, and together they pass exactly the limit."""
+    box = make_box()
+    r = box.owner.client.put(
+        f"/api/workspaces/{box.workspace_id}/limits",
+        json={"daily_requests": 8, "daily_tokens": None},
+    )
+    assert r.status_code == 200
+    other = ServerProcess(api_server.env, tmp_path / "server.log").start()
+    try:
+        first = [ask(api_server.url, box) for _ in range(4)]  # counts some ahead
+        assert first == [200] * 4
+        # The rest of the limit reaches the other server, once the first gives back
+        # what it held (it is idle now).
+        deadline = time.monotonic() + 15
+        second: list[int] = []
+        while second.count(200) < 4 and time.monotonic() < deadline:
+            second.append(ask(other.url, box))
+            if second[-1] == 429:
+                time.sleep(0.2)
+        assert second.count(200) == 4, second
+        assert ask(other.url, box) == 429 and ask(api_server.url, box) == 429
+    finally:
+        other.stop()
+    assert usage_of(box, 8)["requests"] == 8
+
+
 def test_proxy_calls_count_as_activity(make_box: Callable[[], Box], sandbar: Sandbar) -> None:
     box = make_box()
     assert sandbar.activity.last_seen(box.id) is None

@@ -90,3 +90,20 @@ def test_a_posted_item_is_written_and_its_failure_logged(caplog: pytest.LogCaptu
 
     asyncio.run(run())
     assert "could not write 2 item(s): batch [4, 5] failed" in caplog.text
+
+
+def test_posts_gather_for_the_linger_and_a_flush_or_a_caller_cuts_it_short() -> None:
+    async def run() -> None:
+        recorder = Recorder()
+        group = GroupCommit(recorder.write, linger=60.0)
+        for i in range(5):
+            group.post(i)
+            await asyncio.sleep(0.01)
+        assert recorder.batches == []  # still gathering
+        await asyncio.wait_for(group.flush(), 10)  # not after the minute
+        assert recorder.batches == [[0, 1, 2, 3, 4]]
+        group.post(5)
+        assert await asyncio.wait_for(group.submit(6), 10) == 60  # nor does a caller wait
+        assert recorder.batches[1:] == [[5, 6]]
+
+    asyncio.run(run())

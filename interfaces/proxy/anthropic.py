@@ -27,6 +27,7 @@ from starlette.types import Receive, Scope, Send
 from application.errors import RateLimited
 from application.opening import GONE
 from interfaces.proxy import gate
+from interfaces.proxy.directory import MISS
 from interfaces.proxy.front import Exchange, FrontProtocol, SandboxProxy
 from interfaces.proxy.gate import Admit, Answer, Request
 from interfaces.proxy.headers import HOP_BY_HOP, Headers, bearer, header, to_browser
@@ -35,7 +36,6 @@ from interfaces.proxy.upstream import TLS, Stream
 log = logging.getLogger(__name__)
 
 PREFIX = "/proxy/anthropic"
-MISSING: Any = object()
 DEFAULT_VERSION = b"2023-06-01"
 PAUSED = {"paused", "pausing"}
 MAX_USAGE_JSON = 4 * 1024 * 1024  # a plain answer is parsed for its usage up to this size
@@ -164,20 +164,22 @@ class AnthropicApi:
         request.target = self._base_path + request.target[len(PREFIX) :]
         return AnthropicExchange(front, request, keep_alive, self)
 
+    def admit_now(self, headers: Headers) -> tuple[UUID, UUID] | None:
+        """``admit``, if it can be decided without waiting; else None."""
+        sandbox_id = self._sandbox(headers)
+        route = self._directory.peek_route(sandbox_id)
+        if route is MISS:
+            return None
+        workspace_id = self._check(route, headers)
+        if not self._sb.usage.admit_now(workspace_id):
+            return None
+        self._sb.activity.note(sandbox_id)
+        return workspace_id, sandbox_id
+
     async def admit(self, headers: Headers) -> tuple[UUID, UUID]:
         """The request's workspace and sandbox, once it is counted; else Refused."""
         sandbox_id = self._sandbox(headers)
-        route = await self._directory.route(sandbox_id)
-        if route is None or route["status"] in GONE:
-            raise Refused(401, "authentication_error", "this sandbox's token is no longer valid")
-        if route["status"] in PAUSED:
-            raise Refused(403, "permission_error", "the sandbox is paused")
-        if not self._key:
-            raise Refused(503, "api_error", "this Sandbar has no Anthropic API key configured", 60)
-        length = header(headers, b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_body):
-            raise self.too_large()
-        workspace_id: UUID = route["workspace_id"]
+        workspace_id = self._check(await self._directory.route(sandbox_id), headers)
         try:
             await self._sb.usage.admit(workspace_id)
         except RateLimited as e:
@@ -189,6 +191,20 @@ class AnthropicApi:
             ) from None
         self._sb.activity.note(sandbox_id)
         return workspace_id, sandbox_id
+
+    def _check(self, route: dict[str, Any] | None, headers: Headers) -> UUID:
+        """The sandbox's workspace, if its request may go on; else Refused."""
+        if route is None or route["status"] in GONE:
+            raise Refused(401, "authentication_error", "this sandbox's token is no longer valid")
+        if route["status"] in PAUSED:
+            raise Refused(403, "permission_error", "the sandbox is paused")
+        if not self._key:
+            raise Refused(503, "api_error", "this Sandbar has no Anthropic API key configured", 60)
+        length = header(headers, b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body):
+            raise self.too_large()
+        workspace_id: UUID = route["workspace_id"]
+        return workspace_id
 
     def record(self, workspace_id: UUID, sandbox_id: UUID, tap: UsageTap | None) -> None:
         self._sb.usage.record(workspace_id, sandbox_id, tap.finish() if tap else {})
@@ -216,8 +232,8 @@ class AnthropicApi:
             token = bearer(headers)
         sandbox_id = None
         if token:
-            sandbox_id = self._tokens.get(token, MISSING)
-            if sandbox_id is MISSING:
+            sandbox_id = self._tokens.get(token, MISS)
+            if sandbox_id is MISS:
                 # Derived tokens never change, so their check is remembered (bounded).
                 sandbox_id = self._sb.secrets.proxy_token_sandbox(token.decode("latin-1"))
                 if len(self._tokens) >= 10_000:
@@ -331,7 +347,14 @@ class AnthropicExchange(Exchange):
         return self._api.timeout
 
     def _decide_now(self) -> Admit | Answer | None:
-        return None  # every request is counted, in the database
+        try:
+            counted = self._api.admit_now(self.request.headers)
+        except Refused as r:
+            return r.answer()
+        if counted is None:
+            return None
+        self._counted = counted
+        return Admit(self._api.route, counted[1], (b"x-api-key", b""))
 
     async def _decide(self) -> Admit | Answer:
         try:
