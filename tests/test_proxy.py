@@ -478,6 +478,12 @@ def test_head_and_a_response_cut_short(make_box: Callable[..., Box]) -> None:
         with pytest.raises(httpx.TransportError):
             client.get("/broken")
         assert client.get("/echo").status_code == 200
+        # A head goes out with its body's first bytes: a body that comes late comes
+        # whole; one that never comes breaks the transfer, as above.
+        assert client.get("/late?after=0.5").content == b"late"
+        with pytest.raises(httpx.TransportError):
+            client.get("/broken?sent=0")
+        assert client.get("/echo").status_code == 200
 
 
 def test_proxied_requests_count_as_activity(make_box: Callable[..., Box], sandbar: Sandbar) -> None:

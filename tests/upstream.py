@@ -92,8 +92,14 @@ class TestAgent:
                     "headers": [(b"content-length", b"1000000")],
                 }
             )
-            await send({"type": "http.response.body", "body": b"x" * 1000, "more_body": True})
+            if query.get("sent") != "0":  # (sent=0: hangs up before any of the body)
+                await send({"type": "http.response.body", "body": b"x" * 1000, "more_body": True})
             raise ConnectionAbortedError("the test agent hangs up mid-body")
+        elif path == "/late":  # the head, and the body a moment later
+            headers = [(b"content-type", b"text/plain"), (b"content-length", b"4")]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await asyncio.sleep(float(query.get("after", "0.3")))
+            await send({"type": "http.response.body", "body": b"late"})
         elif path == "/cookies":
             await _json(
                 send,

@@ -170,6 +170,7 @@ class FrontProtocol(asyncio.Protocol):
         self._closing = False
         self._spliced: Exchange | None = None
         self._corked: list[bytes] | None = None
+        self._holding = False  # a response head kept corked until its body comes
         # The request being parsed.
         self._url = b""
         self._headers: Headers = []
@@ -360,7 +361,14 @@ class FrontProtocol(asyncio.Protocol):
         if self._corked is None:
             self._corked = []
 
+    def hold(self, holding: bool) -> None:
+        """While holding, ``uncork`` keeps what is corked: a head whose body is on its
+        way (many servers write the two apart) goes out with the body's first bytes."""
+        self._holding = holding
+
     def uncork(self) -> None:
+        if self._holding:
+            return
         corked, self._corked = self._corked, None
         if corked:
             self.write(b"".join(corked))
@@ -407,6 +415,7 @@ class Exchange:
         self._responded = False
         self._chunked_response = False
         self._streaming: UUID | None = None
+        self._holding = False  # this answer's head waits for its body
         self._done = False
 
     # Deciding
@@ -606,8 +615,15 @@ class Exchange:
             self.keep_alive = False
             out.append((b"connection", b"close"))
         self.front.write(render_head(status, out))
+        if not bodiless and (header(headers, b"content-length") or b"0") != b"0":
+            # Sent with the body's first bytes: one write, not two, for most answers.
+            self._holding = True
+            self.front.hold(True)
 
     def response_body(self, data: bytes) -> None:
+        if self._holding:
+            self._holding = False
+            self.front.hold(False)  # (written when this read's cork is lifted)
         if self._chunked_response:
             self.front.write(b"%x\r\n%b\r\n" % (len(data), data))
         else:
@@ -701,6 +717,10 @@ class Exchange:
     def _finish(self) -> None:
         if self._done:
             return
+        if self._holding:
+            self._holding = False
+            self.front.hold(False)
+            self.front.uncork()
         self._done = True
         self._cancel_timer()
         if self._streaming is not None:
