@@ -155,15 +155,18 @@ class DockerEngine:
                 return False
             return bool(info["State"]["Running"]) and not info["State"]["Paused"]
 
-    def host_gateway(self) -> str | None:
+    def host_gateway(self) -> str:
         """The host's address on the engine's default bridge: what containers reach as
-        ``host.docker.internal``. None if the engine cannot say."""
+        ``host.docker.internal`` (EngineUnavailable, saying why, if the engine cannot say)."""
         try:
             with self._engine() as client:
-                config = client.networks.get("bridge").attrs["IPAM"]["Config"]
-        except (EngineUnavailable, APIError, KeyError):
-            return None
-        return next((c["Gateway"] for c in config if c.get("Gateway")), None)
+                config = client.networks.get("bridge").attrs["IPAM"]["Config"] or []
+        except (APIError, KeyError, TypeError) as e:
+            raise EngineUnavailable(f"the engine's bridge network cannot be read: {e}") from e
+        gateway = next((c["Gateway"] for c in config if c.get("Gateway")), None)
+        if gateway is None:
+            raise EngineUnavailable("the engine's bridge network has no gateway address")
+        return gateway
 
     def sandbox_ids(self) -> set[UUID]:
         """Sandboxes with a container of this installation's."""

@@ -9,6 +9,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from typing import Any
 
 from infrastructure.settings import Settings
@@ -57,16 +58,9 @@ def _listen(sandbar: Any, host: str, port: int) -> list[socket.socket]:
     ``host.docker.internal`` without Sandbar listening on every interface."""
     hosts = [host]
     if sandbar.settings.worker and host not in ("0.0.0.0", "::"):  # noqa: S104 - comparing
-        from infrastructure.containers import DockerEngine
-
-        gateway = DockerEngine(sandbar.settings, sandbar.secrets).host_gateway()
+        gateway = _engine_gateway(sandbar)
         if gateway and gateway != host:
             hosts.append(gateway)
-        elif not gateway:
-            log.warning(
-                "no container engine answered: containers will not reach Sandbar's"
-                " Anthropic proxy unless --host or SANDBAR_SANDBOX_API_URL says how"
-            )
     sockets = []
     for address in hosts:
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
@@ -84,6 +78,31 @@ def _listen(sandbar: Any, host: str, port: int) -> list[socket.socket]:
         sockets.append(sock)
         log.info("listening on http://%s:%d", address, port)
     return sockets
+
+
+def _engine_gateway(sandbar: Any, tries: int = 5, pause: float = 1.0) -> str | None:
+    """The host's address on the container engine's bridge, asked a few times (an engine
+    that is starting, or busy, may not answer the first time); None if it never says."""
+    from infrastructure.containers import DockerEngine, EngineUnavailable
+
+    socket_path = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    if socket_path.startswith("unix://") and not os.path.exists(socket_path[len("unix://") :]):
+        tries = 1  # no engine here at all: nothing to wait for
+    engine = DockerEngine(sandbar.settings, sandbar.secrets)
+    reason = "no answer"
+    for attempt in range(tries):
+        try:
+            return engine.host_gateway()
+        except EngineUnavailable as e:
+            reason = str(e)
+        if attempt + 1 < tries:
+            time.sleep(pause)
+    log.warning(
+        "no container engine answered (%s): containers will not reach Sandbar's Anthropic"
+        " proxy unless --host or SANDBAR_SANDBOX_API_URL says how",
+        reason,
+    )
+    return None
 
 
 def _worker(args: argparse.Namespace) -> int:

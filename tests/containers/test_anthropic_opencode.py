@@ -65,7 +65,7 @@ def test_opencode_asks_the_api_through_the_proxy(
             seen += [session.text, answer.text]
             assert answer.status_code == 200, answer.text
             texts = [p.get("text") for p in answer.json()["parts"] if p.get("type") == "text"]
-            assert "echo: hello from the sandbox" in texts
+            assert "echo: hello from the sandbox" in texts, answer.text
             asked = [q for q in standin.requests if q["path"] == "/v1/messages"]
             assert asked and all(q["headers"]["x-api-key"] == REAL_KEY for q in asked)
             assert any(b"hello from the sandbox" in q["body"] for q in asked)
