@@ -7,7 +7,9 @@
                     p50/p99 of the whole answer, and answers/s
   first byte        an asyncio client on raw sockets (uvloop), streamed answers only:
                     time to the answer's first byte and to its first event (message_start),
-                    at 1 and 64 concurrent clients, proxied vs direct
+                    at 1 and 64 concurrent clients, proxied vs direct; and 64 clients
+                    whose answers stream at the API's own pace (the stand-in pauses 10 ms
+                    between events): many answers in flight, none waiting for a turn
   context           what the proxy does in PostgreSQL for one request at a time, timed
                     alone in this process: usage.admit (before the request goes on) and
                     the write of usage.record (queued after the answer ends); under load
@@ -70,6 +72,7 @@ BODIES = {
     ).encode(),
 }
 CONCURRENCY = (1, 64)
+PACE_MS = 10  # between a paced answer's events (the real API streams tokens about so)
 SIDES = ("direct", "proxy")
 
 
@@ -230,13 +233,15 @@ def wrk(target: Target, mode: str, conns: int, seconds: float) -> dict[str, Any]
 
 
 async def _first_bytes(
-    target: Target, conns: int, seconds: float
+    target: Target, conns: int, seconds: float, gap_ms: int
 ) -> tuple[list[float], list[float], list[float], int]:
     """(to the first byte, to the first event, to the end) of streamed answers, seconds;
-    and the number of answers that were not 200."""
+    and the number of answers that were not 200. ``gap_ms``: the stand-in's pause
+    between events (0: none)."""
     body = BODIES["stream"]
     request = (
         f"POST {target.path} HTTP/1.1\r\nhost: 127.0.0.1:{target.port}\r\n"
+        f"x-standin-gap-ms: {gap_ms}\r\n"
         f"content-type: application/json\r\nx-api-key: {target.key}\r\n"
         f"anthropic-version: 2023-06-01\r\ncontent-length: {len(body)}\r\n\r\n"
     ).encode() + body
@@ -281,11 +286,11 @@ async def _first_bytes(
     return heads, events, ends, bad
 
 
-def first_bytes(target: Target, conns: int, seconds: float) -> dict[str, Any]:
+def first_bytes(target: Target, conns: int, seconds: float, gap_ms: int = 0) -> dict[str, Any]:
     import uvloop
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        heads, events, ends, bad = runner.run(_first_bytes(target, conns, seconds))
+        heads, events, ends, bad = runner.run(_first_bytes(target, conns, seconds, gap_ms))
     ms = 1000.0
     return {
         "head_p50_ms": pct(heads, 50) * ms,
@@ -293,6 +298,7 @@ def first_bytes(target: Target, conns: int, seconds: float) -> dict[str, Any]:
         "event_p50_ms": pct(events, 50) * ms,
         "event_p99_ms": pct(events, 99) * ms,
         "end_p50_ms": pct(ends, 50) * ms,
+        "end_p99_ms": pct(ends, 99) * ms,
         "samples": len(events),
         "errors": bad,
     }
@@ -390,7 +396,11 @@ def run_rounds(
     loads: dict[tuple[str, int], list[dict[str, dict[str, Any]]]] = {
         (m, c): [] for m in BODIES for c in CONCURRENCY
     }
-    firsts: dict[int, list[dict[str, dict[str, Any]]]] = {c: [] for c in CONCURRENCY}
+    firsts: dict[tuple[int, int], list[dict[str, dict[str, Any]]]] = {
+        (c, 0): [] for c in CONCURRENCY
+    }
+    # Many answers streaming at once at the API's own pace, none waiting for a turn.
+    firsts[max(CONCURRENCY), PACE_MS] = []
     proxied = 0
     for i in range(rounds):
         order = SIDES if i % 2 == 0 else SIDES[::-1]  # ABBA: drift hits both sides alike
@@ -409,13 +419,14 @@ def run_rounds(
                 file=sys.stderr,
                 flush=True,
             )
-        for conns, results in firsts.items():
-            one = {side: first_bytes(targets[side], conns, ttfb_seconds) for side in order}
+        for (conns, gap), results in firsts.items():
+            one = {side: first_bytes(targets[side], conns, ttfb_seconds, gap) for side in order}
             proxied += one["proxy"]["samples"] + one["proxy"]["errors"]
             results.append(one)
             d, p = one["direct"], one["proxy"]
+            paced = f" paced {gap} ms" if gap else ""
             print(
-                f"  round {i + 1}/{rounds} first event c={conns:<2}  direct p50"
+                f"  round {i + 1}/{rounds} first event c={conns:<2}{paced}  direct p50"
                 f" {d['event_p50_ms']:6.2f} p99 {d['event_p99_ms']:6.2f} ms | proxy p50"
                 f" {p['event_p50_ms']:6.2f} p99 {p['event_p99_ms']:6.2f} ms",
                 file=sys.stderr,
@@ -442,10 +453,14 @@ def run_rounds(
             "rounds": results,
         }
     first_out: dict[str, Any] = {}
-    for conns, results in firsts.items():
-        first_out[f"c{conns}"] = {
+    for (conns, gap), results in firsts.items():
+        first_out[f"c{conns}_paced" if gap else f"c{conns}"] = {
             "concurrency": conns,
-            **sides_of(results, ("head_p50_ms", "event_p50_ms", "event_p99_ms")),
+            "event_gap_ms": gap,
+            **sides_of(
+                results,
+                ("head_p50_ms", "event_p50_ms", "event_p99_ms", "end_p50_ms", "end_p99_ms"),
+            ),
             "errors": sum(r[s]["errors"] for r in results for s in SIDES),
             "rounds": results,
         }
@@ -597,6 +612,8 @@ def main() -> int:
         ]  # fmt: skip
     for fig in first.values():
         what = f"first byte, {fig['concurrency']} client{'s' if fig['concurrency'] > 1 else ''}"
+        if fig["event_gap_ms"]:
+            what += f", events {fig['event_gap_ms']} ms apart"
         rows += [
             (what, "head p50", ms(fig["direct_head_p50_ms"]), ms(fig["proxy_head_p50_ms"]),
              added(fig["added_head_p50_ms"])),
@@ -605,6 +622,13 @@ def main() -> int:
             ("", "1st event p99", ms(fig["direct_event_p99_ms"]), ms(fig["proxy_event_p99_ms"]),
              added(fig["added_event_p99_ms"])),
         ]  # fmt: skip
+        if fig["event_gap_ms"]:
+            rows += [
+                ("", "whole answer p50", ms(fig["direct_end_p50_ms"]),
+                 ms(fig["proxy_end_p50_ms"]), added(fig["added_end_p50_ms"])),
+                ("", "whole answer p99", ms(fig["direct_end_p99_ms"]),
+                 ms(fig["proxy_end_p99_ms"]), added(fig["added_end_p99_ms"])),
+            ]  # fmt: skip
     table(["MEASURE", "FIGURE", "DIRECT", "PROXIED", "ADDED / RATIO"], rows)
 
     worst_p50 = max(f["added_p50_ms"] for f in load.values())

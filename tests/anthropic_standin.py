@@ -94,7 +94,9 @@ class AnthropicStandIn:
         }
         model = request.get("model", MODEL)
         if request.get("stream"):
-            await self._stream(send, model, reply, usage)
+            # As the real API streams tokens some milliseconds apart (benchmarks ask).
+            gap = float(headers.get("x-standin-gap-ms", "0") or 0) / 1000
+            await self._stream(send, model, reply, usage, gap)
         else:
             await self._json(
                 send,
@@ -111,7 +113,9 @@ class AnthropicStandIn:
                 },
             )
 
-    async def _stream(self, send: Any, model: str, reply: str, usage: dict[str, int]) -> None:
+    async def _stream(
+        self, send: Any, model: str, reply: str, usage: dict[str, int], gap: float = 0.0
+    ) -> None:
         await send(
             {
                 "type": "http.response.start",
@@ -177,6 +181,8 @@ class AnthropicStandIn:
         for i, (name, data) in enumerate(events):
             if self.hold.is_set() and i:
                 await asyncio.to_thread(self.release.acquire, True, 30)
+            elif gap and i:
+                await asyncio.sleep(gap)
             chunk = f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
