@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import http.client
+import itertools
 import json
 import socket
 import time
@@ -17,10 +18,13 @@ import anthropic
 import httpx
 import psycopg
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from domain.sandboxes import Sandbox
 from infrastructure.agents import DerivedSecrets
 from interfaces.bootstrap import Sandbar
+from interfaces.proxy.anthropic import UsageTap
 from tests.anthropic_standin import REAL_KEY, AnthropicStandIn
 from tests.conftest import (
     ServerProcess,
@@ -526,3 +530,27 @@ def test_a_request_that_cannot_be_counted_is_refused_cleanly(
         assert owner.client.get("/healthz").status_code == 200
     finally:
         server.stop()
+
+
+STREAM = b"".join(
+    b"event: %s\r\ndata: %s\r\n\r\n" % (name.encode(), json.dumps(data).encode())
+    for name, data in [
+        ("message_start", {"type": "message_start", "message": {"usage": {"input_tokens": 7}}}),
+        ("ping", {"type": "ping"}),
+        ("content_block_delta", {"type": "content_block_delta", "delta": {"text": "usage"}}),
+        ("message_delta", {"type": "message_delta", "usage": {"output_tokens": 3}}),
+        ("message_delta", {"type": "message_delta", "usage": {"output_tokens": 11}}),
+        ("message_stop", {"type": "message_stop"}),
+    ]
+)
+
+
+@given(cuts=st.lists(st.integers(min_value=0, max_value=len(STREAM)), max_size=12))
+def test_usage_is_read_from_a_stream_however_it_is_cut(cuts: list[int]) -> None:
+    """The proxy reads usage from an event stream as it passes, in whatever pieces the
+    network delivers it: always the same counts (running totals: the last, largest)."""
+    tap = UsageTap(b"text/event-stream; charset=utf-8")
+    bounds = [0, *sorted(cuts), len(STREAM)]
+    for start, end in itertools.pairwise(bounds):
+        tap.feed(STREAM[start:end])
+    assert tap.finish() == {"input_tokens": 7, "output_tokens": 11}

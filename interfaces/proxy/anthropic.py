@@ -85,12 +85,20 @@ class UsageTap:
 
     def feed(self, chunk: bytes) -> None:
         if self.streaming:
+            # Whole lines only; of those, only data that mentions usage is parsed (two
+            # events of an answer's dozens).
             self._buffer += chunk
-            while (end := self._buffer.find(b"\n")) >= 0:
-                line = bytes(self._buffer[:end]).rstrip(b"\r")
-                del self._buffer[: end + 1]
-                if line.startswith(b"data:"):
-                    self._event(line[5:].strip())
+            end = self._buffer.rfind(b"\n")
+            if end < 0:
+                if len(self._buffer) > MAX_USAGE_JSON:
+                    self._buffer.clear()  # no line is this long: not an event stream
+                return
+            lines = bytes(self._buffer[:end])
+            del self._buffer[: end + 1]
+            if b"usage" in lines:
+                for line in lines.split(b"\n"):
+                    if line.startswith(b"data:") and b"usage" in line:
+                        self._event(line[5:].strip())
         elif self.json and not self._too_big:
             self._buffer += chunk
             if len(self._buffer) > MAX_USAGE_JSON:
