@@ -67,6 +67,7 @@ class Pipe:
         self._pending: deque[bytes] = deque()  # written, waiting for window
         self._pending_size = 0
         self._end_after_pending = False
+        self._writable = True  # as last told with on_writable
         self.closed = False
 
     # What arrives (called by the link).
@@ -85,7 +86,8 @@ class Pipe:
         """The stream is gone (reset, or the link died)."""
 
     def on_writable(self, writable: bool) -> None:
-        """Pending output rose above, or fell below, the high-water mark."""
+        """Pending output rose above the high-water mark (False), or fell back below
+        half of it after that (True)."""
 
     # Sending.
 
@@ -95,7 +97,8 @@ class Pipe:
         self._pending.append(data)
         self._pending_size += len(data)
         self.link.pump(self)
-        if self._pending_size > WINDOW:
+        if self._pending_size > WINDOW and self._writable:
+            self._writable = False
             self.on_writable(False)
 
     def end(self) -> None:
@@ -260,7 +263,8 @@ class Link:
             return
         if sent:
             self._flush_soon()
-            if pipe._pending_size <= WINDOW // 2:
+            if not pipe._writable and pipe._pending_size <= WINDOW // 2:
+                pipe._writable = True
                 pipe.on_writable(True)
 
     def ack(self, stream_id: int, flow_length: int) -> None:
