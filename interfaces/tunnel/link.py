@@ -50,6 +50,7 @@ MAX_MESSAGE = 1024 * 1024  # bytes per WebSocket message
 # stream goes): h2 sends a WINDOW_UPDATE only once half a window is consumed anyway, and a
 # call per small request cost more than the rest of its DATA frame's handling.
 ACK_EVERY = 32 * 1024
+SMALL_FRAME = 16 * 1024  # no peer's MAX_FRAME_SIZE is smaller (RFC 9113, 6.5.2)
 PING_EVERY = 5.0  # seconds
 DEAD_AFTER = 15.0  # seconds without a ping answered: the link is dead
 
@@ -151,9 +152,10 @@ class Link:
         self.pipes: dict[int, Pipe] = {}
         self._unacked: dict[int, int] = {}  # stream: consumed, not yet handed to h2
         self._flush_scheduled = False
-        self.closed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._loop = asyncio.get_running_loop()
+        self.closed: asyncio.Future[str] = self._loop.create_future()
         self._last_pong = time.monotonic()
-        self._heartbeats = asyncio.get_running_loop().create_task(self._heartbeat())
+        self._heartbeats = self._loop.create_task(self._heartbeat())
         self._flush_soon()
 
     # Incoming bytes.
@@ -171,7 +173,13 @@ class Link:
         self._flush_soon()
 
     def _dispatch(self, event: h2.events.Event) -> None:
-        if isinstance(event, h2.events.RequestReceived):
+        if isinstance(event, h2.events.DataReceived):  # (by far the most frequent first)
+            pipe = self.pipes.get(event.stream_id)
+            if pipe is None:
+                self.ack(event.stream_id, event.flow_controlled_length)
+            else:
+                pipe.on_data(event.data, event.flow_controlled_length)
+        elif isinstance(event, h2.events.RequestReceived):
             pipe = self._on_request(event.stream_id, event.headers) if self._on_request else None
             if pipe is None:
                 self.reset(event.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
@@ -183,12 +191,6 @@ class Link:
             pipe = self.pipes.get(event.stream_id)
             if pipe is not None:
                 pipe.on_headers(event.headers)
-        elif isinstance(event, h2.events.DataReceived):
-            pipe = self.pipes.get(event.stream_id)
-            if pipe is None:
-                self.ack(event.stream_id, event.flow_controlled_length)
-            else:
-                pipe.on_data(event.data, event.flow_controlled_length)
         elif isinstance(event, h2.events.StreamEnded):
             pipe = self.pipes.get(event.stream_id)
             if pipe is not None:
@@ -239,6 +241,19 @@ class Link:
         sent = False
         try:
             while pipe._pending:
+                chunk = pipe._pending[0]
+                if len(chunk) <= SMALL_FRAME:
+                    # A small write (most are) goes as it is, h2 checking the windows
+                    # (which it does anyway); asking first cost as much again.
+                    try:
+                        self.conn.send_data(pipe.stream_id, chunk)
+                    except h2.exceptions.FlowControlError:
+                        pass  # the window is short: cut below
+                    else:
+                        pipe._pending.popleft()
+                        pipe._pending_size -= len(chunk)
+                        sent = True
+                        continue
                 window = min(
                     self.conn.local_flow_control_window(pipe.stream_id),
                     self.conn.max_outbound_frame_size,
@@ -310,7 +325,7 @@ class Link:
         frames that turn made leave together."""
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
