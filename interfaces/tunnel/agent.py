@@ -156,13 +156,16 @@ class TunnelClient(ClientConnection):
     tunnel's messages going straight between the socket and the link, as on Sandbar's
     side: each is given to the link as it is parsed, and the link's bytes (all it made
     over a turn of the event loop) are written at once, with no task, queue or lock
-    between (awaiting each message cost more than the rest). What is written is bounded
-    by the streams' windows, as a transport's write requires."""
+    between (awaiting each message cost more than the rest). While the socket's buffer
+    is above its high-water mark, messages wait in an outbox instead (asyncio's buffer
+    moves what it holds at every send: megabytes in it made a bulk transfer CPU-bound);
+    what waits is bounded by the streams' windows."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.link: Link | None = None
         self._early: list[Frame] = []  # messages that came before the link
+        self._outbox: deque[bytes] = deque()  # while the socket's buffer is full
         # Done once Sandbar's close frame has come, or the connection is lost.
         self.ended: asyncio.Future[None] = self.loop.create_future()
 
@@ -173,6 +176,17 @@ class TunnelClient(ClientConnection):
             self._deliver(link, frame)
 
     def write(self, data: bytes) -> None:
+        if self.paused or self._outbox:
+            self._outbox.append(data)
+        else:
+            self._send(data)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        while self._outbox and not self.paused:
+            self._send(self._outbox.popleft())
+
+    def _send(self, data: bytes) -> None:
         if self.protocol.state is State.OPEN:
             self.protocol.send_binary(data)
             with contextlib.suppress(Exception):  # the connection is gone: connection_lost
@@ -193,6 +207,7 @@ class TunnelClient(ClientConnection):
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
+        self._outbox.clear()
         self._end()
 
     def _end(self) -> None:
