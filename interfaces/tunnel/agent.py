@@ -12,13 +12,16 @@ import random
 import time
 from asyncio import FIRST_COMPLETED
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidStatus, InvalidURI
+from websockets.frames import DATA_OPCODES, Frame, Opcode
+from websockets.protocol import Event, State
 
-from interfaces.tunnel.link import MAX_MESSAGE, Link, Pipe
+from interfaces.tunnel.link import Link, Pipe
 from interfaces.tunnel.server import GONE, REPLACED
 
 BACKOFF_START = 0.5
@@ -148,43 +151,75 @@ class TargetPipe(Pipe, asyncio.Protocol):
         self.ack(unacked)
 
 
-class Sender:
-    """The link's ``write`` on the websockets client, whose send is awaited: bytes queued
-    here and sent in order by one task, as much as has gathered at a time, in messages
-    of at most MAX_MESSAGE. ``failed`` says why sending stopped."""
+class TunnelClient(ClientConnection):
+    """websockets' asyncio client (its handshake, TLS, proxies, closing handshake), with the
+    tunnel's messages going straight between the socket and the link, as on Sandbar's
+    side: each is given to the link as it is parsed, and the link's bytes (all it made
+    over a turn of the event loop) are written at once, with no task, queue or lock
+    between (awaiting each message cost more than the rest). While the socket's buffer
+    is above its high-water mark, messages wait in an outbox instead (asyncio's buffer
+    moves what it holds at every send: megabytes in it made a bulk transfer CPU-bound);
+    what waits is bounded by the streams' windows."""
 
-    def __init__(self, send: Callable[[bytes], Awaitable[None]]) -> None:
-        self._send = send
-        self._outbox: deque[bytes] = deque()
-        self._wake = asyncio.Event()
-        self.failed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._task = asyncio.get_running_loop().create_task(self._run())
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.link: Link | None = None
+        self._early: list[Frame] = []  # messages that came before the link
+        self._outbox: deque[bytes] = deque()  # while the socket's buffer is full
+        # Done once Sandbar's close frame has come, or the connection is lost.
+        self.ended: asyncio.Future[None] = self.loop.create_future()
+
+    def attach(self, link: Link) -> None:
+        self.link = link
+        early, self._early = self._early, []
+        for frame in early:
+            self._deliver(link, frame)
 
     def write(self, data: bytes) -> None:
-        if not self.failed.done():
+        if self.paused or self._outbox:
             self._outbox.append(data)
-            self._wake.set()
+        else:
+            self._send(data)
 
-    async def _run(self) -> None:
-        try:
-            while True:
-                await self._wake.wait()
-                self._wake.clear()
-                while self._outbox:
-                    parts = [self._outbox.popleft()]
-                    size = len(parts[0])
-                    while self._outbox and size + len(self._outbox[0]) <= MAX_MESSAGE:
-                        size += len(self._outbox[0])
-                        parts.append(self._outbox.popleft())
-                    await self._send(b"".join(parts))
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # the WebSocket is gone
-            if not self.failed.done():
-                self.failed.set_result(f"the tunnel's connection failed ({type(e).__name__})")
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        while self._outbox and not self.paused:
+            self._send(self._outbox.popleft())
 
-    def stop(self) -> None:
-        self._task.cancel()
+    def _send(self, data: bytes) -> None:
+        if self.protocol.state is State.OPEN:
+            self.protocol.send_binary(data)
+            with contextlib.suppress(Exception):  # the connection is gone: connection_lost
+                self.send_data()
+
+    def process_event(self, event: Event) -> None:
+        if self.response is None or not isinstance(event, Frame):
+            super().process_event(event)  # (the handshake's response)
+        elif event.opcode in DATA_OPCODES:
+            if self.link is None:
+                self._early.append(event)
+            else:
+                self._deliver(self.link, event)
+        elif event.opcode is Opcode.CLOSE:
+            self._end()
+        else:
+            super().process_event(event)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self._outbox.clear()
+        self._end()
+
+    def _end(self) -> None:
+        if not self.ended.done():
+            self.ended.set_result(None)
+
+    @staticmethod
+    def _deliver(link: Link, frame: Frame) -> None:
+        if frame.opcode is Opcode.TEXT:
+            link.close("Sandbar sent text where the tunnel carries bytes")
+        else:
+            link.receive(frame.data)
 
 
 @dataclass
@@ -221,6 +256,7 @@ async def serve_once(registration: Registration, say: Callable[[str], None]) -> 
             ping_interval=None,  # the tunnel has its own heartbeat
             open_timeout=15,
             close_timeout=CLOSE_WAIT,
+            create_connection=TunnelClient,
         )
     except InvalidStatus as e:
         if e.response.status_code in (401, 403, 404):
@@ -234,41 +270,28 @@ async def serve_once(registration: Registration, say: Callable[[str], None]) -> 
     except (OSError, TimeoutError) as e:
         return f"cannot reach Sandbar ({e.strerror or type(e).__name__})"
     async with websocket:
-        sender = Sender(websocket.send)
+        assert isinstance(websocket, TunnelClient)
         link = Link(
-            sender.write,
+            websocket.write,
             client_side=False,
             on_request=lambda stream_id, _headers: TargetPipe(link, stream_id, host, port),
         )
+        websocket.attach(link)
         say(f"connected: forwarding to {registration.target}")
-
-        async def feed() -> None:
-            with contextlib.suppress(ConnectionClosed):
-                async for message in websocket:
-                    if isinstance(message, str):
-                        link.close("Sandbar sent text where the tunnel carries bytes")
-                        return
-                    link.receive(message)
-
-        feeding = asyncio.get_running_loop().create_task(feed())
-        await asyncio.wait({feeding, link.closed, sender.failed}, return_when=FIRST_COMPLETED)
-        if sender.failed.done():
-            link.close(sender.failed.result())
-        if not feeding.done():
+        await asyncio.wait({websocket.ended, link.closed}, return_when=FIRST_COMPLETED)
+        if not websocket.ended.done():
             # Sandbar ends a tunnel with GOAWAY, then a close frame that says why (replaced,
             # deleted): wait a moment for it. (A heartbeat that died waits in vain.)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(feeding), CLOSE_WAIT)
-            feeding.cancel()
+                await asyncio.wait_for(asyncio.shield(websocket.ended), CLOSE_WAIT)
         reason = link.closed.result() if link.closed.done() else "the connection closed"
         link.close(reason)
-        sender.stop()
-        rcvd = websocket.close_code
-        if rcvd == REPLACED:
+        rcvd = websocket.protocol.close_rcvd  # (its close frame, if Sandbar sent one)
+        if rcvd is not None and rcvd.code == REPLACED:
             raise Stop("another connection of this agent took over")
-        if rcvd == GONE:
+        if rcvd is not None and rcvd.code == GONE:
             raise Stop("the sandbox was deleted")
-        return websocket.close_reason or reason
+        return (rcvd.reason if rcvd is not None else "") or reason
 
 
 async def run(registration: Registration, say: Callable[[str], None]) -> None:

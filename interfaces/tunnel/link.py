@@ -46,6 +46,11 @@ MAX_STREAMS = 256  # so at most MAX_STREAMS * WINDOW (256 MiB) waits for slow re
 # streams whose readers stall can never use it up and hold back the others.
 CONNECTION_WINDOW = 2**31 - 1
 MAX_MESSAGE = 1024 * 1024  # bytes per WebSocket message
+# What a stream's reader has consumed is handed to h2 in lumps of this much (and when the
+# stream goes): h2 sends a WINDOW_UPDATE only once half a window is consumed anyway, and a
+# call per small request cost more than the rest of its DATA frame's handling.
+ACK_EVERY = 32 * 1024
+SMALL_FRAME = 16 * 1024  # no peer's MAX_FRAME_SIZE is smaller (RFC 9113, 6.5.2)
 PING_EVERY = 5.0  # seconds
 DEAD_AFTER = 15.0  # seconds without a ping answered: the link is dead
 
@@ -63,6 +68,7 @@ class Pipe:
         self._pending: deque[bytes] = deque()  # written, waiting for window
         self._pending_size = 0
         self._end_after_pending = False
+        self._writable = True  # as last told with on_writable
         self.closed = False
 
     # What arrives (called by the link).
@@ -81,7 +87,8 @@ class Pipe:
         """The stream is gone (reset, or the link died)."""
 
     def on_writable(self, writable: bool) -> None:
-        """Pending output rose above, or fell below, the high-water mark."""
+        """Pending output rose above the high-water mark (False), or fell back below
+        half of it after that (True)."""
 
     # Sending.
 
@@ -91,7 +98,8 @@ class Pipe:
         self._pending.append(data)
         self._pending_size += len(data)
         self.link.pump(self)
-        if self._pending_size > WINDOW:
+        if self._pending_size > WINDOW and self._writable:
+            self._writable = False
             self.on_writable(False)
 
     def end(self) -> None:
@@ -142,10 +150,13 @@ class Link:
         self._write = write
         self._on_request = on_request
         self.pipes: dict[int, Pipe] = {}
-        self.closed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._unacked: dict[int, int] = {}  # stream: consumed, not yet handed to h2
+        self._flush_scheduled = False
+        self._loop = asyncio.get_running_loop()
+        self.closed: asyncio.Future[str] = self._loop.create_future()
         self._last_pong = time.monotonic()
-        self._heartbeats = asyncio.get_running_loop().create_task(self._heartbeat())
-        self._flush()
+        self._heartbeats = self._loop.create_task(self._heartbeat())
+        self._flush_soon()
 
     # Incoming bytes.
 
@@ -159,10 +170,16 @@ class Link:
             return
         for event in events:
             self._dispatch(event)
-        self._flush()
+        self._flush_soon()
 
     def _dispatch(self, event: h2.events.Event) -> None:
-        if isinstance(event, h2.events.RequestReceived):
+        if isinstance(event, h2.events.DataReceived):  # (by far the most frequent first)
+            pipe = self.pipes.get(event.stream_id)
+            if pipe is None:
+                self.ack(event.stream_id, event.flow_controlled_length)
+            else:
+                pipe.on_data(event.data, event.flow_controlled_length)
+        elif isinstance(event, h2.events.RequestReceived):
             pipe = self._on_request(event.stream_id, event.headers) if self._on_request else None
             if pipe is None:
                 self.reset(event.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
@@ -174,19 +191,13 @@ class Link:
             pipe = self.pipes.get(event.stream_id)
             if pipe is not None:
                 pipe.on_headers(event.headers)
-        elif isinstance(event, h2.events.DataReceived):
-            pipe = self.pipes.get(event.stream_id)
-            if pipe is None:
-                self.ack(event.stream_id, event.flow_controlled_length)
-            else:
-                pipe.on_data(event.data, event.flow_controlled_length)
         elif isinstance(event, h2.events.StreamEnded):
             pipe = self.pipes.get(event.stream_id)
             if pipe is not None:
                 pipe.on_end()
                 self._forget_if_done(pipe)
         elif isinstance(event, h2.events.StreamReset):
-            pipe = self.pipes.pop(event.stream_id, None)
+            pipe = self._forget(event.stream_id)
             if pipe is not None:
                 pipe.closed = True
                 pipe.on_reset("the far end cancelled the stream")
@@ -215,21 +226,34 @@ class Link:
             raise TunnelBusy(f"{MAX_STREAMS} streams are open in this tunnel") from None
         pipe = pipe_factory(stream_id)
         self.pipes[stream_id] = pipe
-        self._flush()
+        self._flush_soon()
         return pipe
 
     def respond(self, stream_id: int, status: int, end: bool = False) -> None:
         with contextlib.suppress(h2.exceptions.StreamClosedError, KeyError):
             self.conn.send_headers(stream_id, [(b":status", str(status).encode())], end_stream=end)
         if end:
-            self.pipes.pop(stream_id, None)
-        self._flush()
+            self._forget(stream_id)
+        self._flush_soon()
 
     def pump(self, pipe: Pipe) -> None:
         """Send what the windows allow of a pipe's pending data (and its end)."""
         sent = False
         try:
             while pipe._pending:
+                chunk = pipe._pending[0]
+                if len(chunk) <= SMALL_FRAME:
+                    # A small write (most are) goes as it is, h2 checking the windows
+                    # (which it does anyway); asking first cost as much again.
+                    try:
+                        self.conn.send_data(pipe.stream_id, chunk)
+                    except h2.exceptions.FlowControlError:
+                        pass  # the window is short: cut below
+                    else:
+                        pipe._pending.popleft()
+                        pipe._pending_size -= len(chunk)
+                        sent = True
+                        continue
                 window = min(
                     self.conn.local_flow_control_window(pipe.stream_id),
                     self.conn.max_outbound_frame_size,
@@ -253,30 +277,58 @@ class Link:
             pipe._pending_size = 0
             return
         if sent:
-            self._flush()
-            if pipe._pending_size <= WINDOW // 2:
+            self._flush_soon()
+            if not pipe._writable and pipe._pending_size <= WINDOW // 2:
+                pipe._writable = True
                 pipe.on_writable(True)
 
     def ack(self, stream_id: int, flow_length: int) -> None:
+        """``flow_length`` bytes of the stream were consumed: their room in the windows
+        goes back to the peer (gathered per stream up to ACK_EVERY while it lives)."""
         if flow_length <= 0 or self.closed.done():
             return
+        if stream_id in self.pipes:
+            flow_length += self._unacked.pop(stream_id, 0)
+            if flow_length < ACK_EVERY:
+                self._unacked[stream_id] = flow_length
+                return
+        self._acknowledge(stream_id, flow_length)
+
+    def _acknowledge(self, stream_id: int, flow_length: int) -> None:
         with contextlib.suppress(h2.exceptions.StreamClosedError, KeyError):
             self.conn.acknowledge_received_data(flow_length, stream_id)
-            self._flush()
+            self._flush_soon()
 
     def reset(self, stream_id: int, code: int = h2.errors.ErrorCodes.CANCEL) -> None:
-        self.pipes.pop(stream_id, None)
+        self._forget(stream_id)
         with contextlib.suppress(h2.exceptions.StreamClosedError, KeyError):
             self.conn.reset_stream(stream_id, error_code=code)
-            self._flush()
+            self._flush_soon()
 
     def _forget_if_done(self, pipe: Pipe) -> None:
         with contextlib.suppress(KeyError):
             stream = self.conn.streams.get(pipe.stream_id)
             if stream is None or stream.closed:
-                self.pipes.pop(pipe.stream_id, None)
+                self._forget(pipe.stream_id)
+
+    def _forget(self, stream_id: int) -> Pipe | None:
+        """The stream's pipe, no longer the link's; what its reader consumed and h2 was
+        not told yet goes back to the connection's window."""
+        pipe = self.pipes.pop(stream_id, None)
+        unacked = self._unacked.pop(stream_id, 0)
+        if unacked and not self.closed.done():
+            self._acknowledge(stream_id, unacked)
+        return pipe
+
+    def _flush_soon(self) -> None:
+        """Send what h2 has to send once this turn of the event loop is over: all the
+        frames that turn made leave together."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
+        self._flush_scheduled = False
         data = self.conn.data_to_send()
         # Message boundaries mean nothing, so cut freely: a message stays well under any
         # WebSocket size limit however many streams were pumped at once.
@@ -291,7 +343,7 @@ class Link:
                 return
             with contextlib.suppress(h2.exceptions.ProtocolError):
                 self.conn.ping(b"sandbar!")
-                self._flush()
+                self._flush_soon()
 
     # Ending.
 

@@ -211,8 +211,6 @@ class TunnelConnection(asyncio.Protocol):
         self._link: Link | None = None
         self._serving: asyncio.Task[None] | None = None
         self._closer: asyncio.TimerHandle | None = None
-        self._out: list[bytes] = []
-        self._out_scheduled = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]  # (uvloop's is no subclass)
@@ -285,7 +283,6 @@ class TunnelConnection(asyncio.Protocol):
     def close(self, code: int, reason: str) -> None:
         """Send the close frame that tells the agent why; the socket closes once it
         answers (or in CLOSE_WAIT seconds)."""
-        self._send_out()  # what the link said last (its GOAWAY) goes first
         if self._ws.state is State.OPEN:
             self._ws.send_close(code, reason[:120])
             self._flush()
@@ -302,21 +299,11 @@ class TunnelConnection(asyncio.Protocol):
                 self._transport.abort()
 
     def _write(self, data: bytes) -> None:
-        """The link's bytes, gathered over one turn of the event loop and sent then as
-        one message (a syscall per request at load would cost more than the rest)."""
+        """The link's bytes: all it made over a turn of the event loop, one message (up
+        to MAX_MESSAGE: the link gathers them; a message and a syscall per frame would
+        cost more than the rest)."""
         if self._ws.state is State.OPEN:
-            self._out.append(data)
-            if not self._out_scheduled:
-                self._out_scheduled = True
-                asyncio.get_running_loop().call_soon(self._send_out)
-
-    def _send_out(self) -> None:
-        self._out_scheduled = False
-        data = b"".join(self._out)
-        self._out.clear()
-        if self._ws.state is State.OPEN:
-            for start in range(0, len(data), MAX_MESSAGE):
-                self._ws.send_binary(data[start : start + MAX_MESSAGE])
+            self._ws.send_binary(data)
             self._flush()
 
     def _flush(self) -> None:
