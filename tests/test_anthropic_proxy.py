@@ -97,6 +97,16 @@ def make_box(api_server: ServerProcess, sandbar: Sandbar) -> Callable[[], Box]:
 HELLO = [{"role": "user", "content": "hello there"}]
 
 
+def ask(base: str, box: Box) -> int:
+    """One Messages API call through the proxy at ``base``; its status."""
+    return httpx.post(
+        f"{base}/proxy/anthropic/v1/messages",
+        json={"model": "m", "max_tokens": 8, "messages": HELLO},
+        headers={"x-api-key": box.token},
+        timeout=30,
+    ).status_code
+
+
 def test_the_sdk_plain_and_streaming(
     make_box: Callable[[], Box], standin: tuple[AnthropicStandIn, int]
 ) -> None:
@@ -357,16 +367,6 @@ def test_daily_limits_hold_under_concurrency(
     assert settled(lambda: call(0), 429).json()["error"]["message"].count("token") == 1
 
 
-def ask(base: str, box: Box) -> int:
-    """One Messages API call through the proxy at ``base``; its status."""
-    return httpx.post(
-        f"{base}/proxy/anthropic/v1/messages",
-        json={"model": "m", "max_tokens": 8, "messages": HELLO},
-        headers={"x-api-key": box.token},
-        timeout=30,
-    ).status_code
-
-
 def test_requests_counted_ahead_never_pass_a_new_limit(
     make_box: Callable[[], Box], api_server: ServerProcess
 ) -> None:
@@ -472,18 +472,8 @@ def test_usage_of_parallel_requests_adds_up(
     boxes = [make_box(), make_box()]  # two sandboxes, in two workspaces
     server = ServerProcess(api_server.env, tmp_path / "server.log").start()
     try:
-
-        def call(i: int) -> int:
-            box = boxes[i % 2]
-            return httpx.post(
-                f"{server.url}/proxy/anthropic/v1/messages",
-                json={"model": "m", "max_tokens": 8, "messages": HELLO},
-                headers={"x-api-key": box.token},
-                timeout=30,
-            ).status_code
-
         with concurrent.futures.ThreadPoolExecutor(40) as pool:
-            statuses = list(pool.map(call, range(80)))
+            statuses = list(pool.map(lambda i: ask(server.url, boxes[i % 2]), range(80)))
     finally:
         server.stop()
     assert statuses == [200] * 80
