@@ -160,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `sandbar audit log | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except KeyboardInterrupt:  # Ctrl-C: uvicorn has shut down cleanly and says it again
+        return 130
 
 
 if __name__ == "__main__":
