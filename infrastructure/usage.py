@@ -24,7 +24,6 @@ loses the lease (its requests stay counted, refusing that many too early, that d
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from dataclasses import dataclass
 from datetime import date
@@ -53,7 +52,6 @@ SCHEMA = (
     "ALTER TABLE sandbar_usage_totals ADD COLUMN IF NOT EXISTS granted bigint NOT NULL DEFAULT 0",
 )
 COUNTS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
-log = logging.getLogger(__name__)
 UNLIMITED = 2**62
 MAX_AHEAD = 256  # requests counted ahead of need, at most, per workspace and process
 IDLE_SECONDS = 2.0  # a lease unused this long gives back what it holds
@@ -235,9 +233,7 @@ class UsageTable:
                 if granted < n:
                     which = await (await conn.execute(_WHICH, params)).fetchone()
                     reached[key] = which[0] if which else "requests"
-                if lease.left > 0 and self._sweeper is None:
-                    loop = asyncio.get_running_loop()
-                    self._sweeper = loop.call_later(IDLE_SECONDS, self._sweep)
+        self._sweep_later()
         results: list[str | None] = []
         for key in batch:  # the first ones in get what was granted
             if left[key] > 0:
@@ -269,8 +265,13 @@ class UsageTable:
                 params = {"w": key[0], "d": key[1], "n": held}
                 await conn.execute(_GIVE_BACK, params, prepare=True)
 
+    def _sweep_later(self) -> None:
+        """While leases hold requests, a sweep in IDLE_SECONDS gives back those gone idle."""
+        if self._sweeper is None and any(lease.left > 0 for lease in self._leases.values()):
+            loop = asyncio.get_running_loop()
+            self._sweeper = loop.call_later(IDLE_SECONDS, self._sweep)
+
     def _sweep(self) -> None:
-        """Now and then while leases hold requests: give back those gone idle."""
         self._sweeper = None
         if any(lease.left > 0 for lease in self._leases.values()):
             self._recording.post(None)  # a batch with nothing to record gives back
@@ -310,9 +311,7 @@ class UsageTable:
                 }
                 await conn.execute(_RECORD, params, prepare=True)
             await self._give_back(conn, self._generation())
-        if self._sweeper is None and any(lease.left > 0 for lease in self._leases.values()):
-            loop = asyncio.get_running_loop()
-            self._sweeper = loop.call_later(IDLE_SECONDS, self._sweep)
+        self._sweep_later()
         return [None] * len(batch)
 
     async def flush(self) -> None:

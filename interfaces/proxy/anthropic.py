@@ -208,11 +208,14 @@ class AnthropicApi:
             raise Refused(403, "permission_error", "the sandbox is paused")
         if not self._key:
             raise Refused(503, "api_error", "this Sandbar has no Anthropic API key configured", 60)
+        self._check_length(headers)
+        workspace_id: UUID = route["workspace_id"]
+        return workspace_id
+
+    def _check_length(self, headers: Headers) -> None:
         length = header(headers, b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body):
             raise self.too_large()
-        workspace_id: UUID = route["workspace_id"]
-        return workspace_id
 
     def record(self, workspace_id: UUID, sandbox_id: UUID, tap: UsageTap | None) -> None:
         self._sb.usage.record(workspace_id, sandbox_id, tap.finish() if tap else {})
@@ -309,9 +312,7 @@ class AnthropicApi:
             self.record(workspace_id, sandbox_id, tap)
 
     async def _read_body(self, headers: Headers, receive: Receive) -> bytes:
-        length = header(headers, b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_body):
-            raise self.too_large()
+        self._check_length(headers)  # (before reading it, and before it is counted)
         body = bytearray()
         while True:
             message = await receive()
@@ -361,17 +362,22 @@ class AnthropicExchange(Exchange):
             return r.answer()
         if counted is None:
             return None
-        self._counted = counted
-        return Admit(self._api.route, counted[1], (b"x-api-key", b""))
+        return self._admitted(counted)
 
     async def _decide(self) -> Admit | Answer:
         try:
             counted = await self._api.admit(self.request.headers)
         except Refused as r:
             return r.answer()
-        self._counted = counted
+        decision = self._admitted(counted)
         if self._done:  # the client left while it was being counted
             self._record()
+        return decision
+
+    def _admitted(self, counted: tuple[UUID, UUID]) -> Admit:
+        """Counted (so recorded when it ends): on to the API. (The real key goes in with
+        ``_headers_out``, so the Admit's own credential is empty.)"""
+        self._counted = counted
         return Admit(self._api.route, counted[1], (b"x-api-key", b""))
 
     def _headers_out(self, admit: Admit) -> Headers:

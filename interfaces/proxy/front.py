@@ -361,10 +361,17 @@ class FrontProtocol(asyncio.Protocol):
         if self._corked is None:
             self._corked = []
 
-    def hold(self, holding: bool) -> None:
-        """While holding, ``uncork`` keeps what is corked: a head whose body is on its
+    def hold(self) -> None:
+        """Until ``release``, ``uncork`` keeps what is corked: a head whose body is on its
         way (many servers write the two apart) goes out with the body's first bytes."""
-        self._holding = holding
+        self._holding = True
+
+    def release(self, write: bool = False) -> None:
+        """Stop holding; what is held goes with the next uncork, or now if ``write``."""
+        if self._holding:
+            self._holding = False
+            if write:
+                self.uncork()
 
     def uncork(self) -> None:
         if self._holding:
@@ -415,7 +422,6 @@ class Exchange:
         self._responded = False
         self._chunked_response = False
         self._streaming: UUID | None = None
-        self._holding = False  # this answer's head waits for its body
         self._done = False
 
     # Deciding
@@ -617,13 +623,10 @@ class Exchange:
         self.front.write(render_head(status, out))
         if not bodiless and (header(headers, b"content-length") or b"0") != b"0":
             # Sent with the body's first bytes: one write, not two, for most answers.
-            self._holding = True
-            self.front.hold(True)
+            self.front.hold()
 
     def response_body(self, data: bytes) -> None:
-        if self._holding:
-            self._holding = False
-            self.front.hold(False)  # (written when this read's cork is lifted)
+        self.front.release()  # (the head goes when this read's cork is lifted)
         if self._chunked_response:
             self.front.write(b"%x\r\n%b\r\n" % (len(data), data))
         else:
@@ -717,10 +720,7 @@ class Exchange:
     def _finish(self) -> None:
         if self._done:
             return
-        if self._holding:
-            self._holding = False
-            self.front.hold(False)
-            self.front.uncork()
+        self.front.release(write=True)
         self._done = True
         self._cancel_timer()
         if self._streaming is not None:
