@@ -7,7 +7,10 @@ init process, no engine socket inside. Its port is published on 127.0.0.1 only."
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import socket
+import struct
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -27,6 +30,19 @@ log = logging.getLogger("sandbar.containers")
 LABEL = "sandbar.sandbox"
 INSTANCE_LABEL = "sandbar.instance"
 T = TypeVar("T")
+SIOCGIFADDR = 0x8915  # Linux: an interface's address
+
+
+def interface_address(name: str) -> str | None:
+    """The IPv4 address of this host's network interface ``name``; None if it has none
+    (or there is no such interface, or this is not Linux)."""
+    request = struct.pack("256s", name.encode()[:15])
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            answer = fcntl.ioctl(sock.fileno(), SIOCGIFADDR, request)
+        except OSError:
+            return None
+    return socket.inet_ntoa(answer[20:24])
 
 
 def container_name(sandbox_id: UUID) -> str:
@@ -160,10 +176,16 @@ class DockerEngine:
         ``host.docker.internal`` (EngineUnavailable, saying why, if the engine cannot say)."""
         try:
             with self._engine() as client:
-                config = client.networks.get("bridge").attrs["IPAM"]["Config"] or []
+                attrs = client.networks.get("bridge").attrs
+            config = attrs["IPAM"]["Config"] or []
+            bridge = (attrs.get("Options") or {}).get("com.docker.network.bridge.name")
         except (APIError, KeyError, TypeError) as e:
             raise EngineUnavailable(f"the engine's bridge network cannot be read: {e}") from e
         gateway = next((c["Gateway"] for c in config if c.get("Gateway")), None)
+        # A freshly started engine may list the bridge's subnet without its gateway; the
+        # gateway is then the address of the bridge's interface here (docker0, say).
+        if gateway is None and bridge:
+            gateway = interface_address(bridge)
         if gateway is None:
             raise EngineUnavailable("the engine's bridge network has no gateway address")
         return gateway

@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from infrastructure.agents import DerivedSecrets
-from infrastructure.containers import DockerEngine
+from infrastructure.containers import DockerEngine, interface_address
 from infrastructure.settings import Settings
 from interfaces.bootstrap import build
 from tests.conftest import ROOT, register, run_sandbar
@@ -376,3 +376,31 @@ def test_a_sandbox_made_during_a_sweep_is_not_taken_for_an_orphan(
         assert container(engine, reads.made).status == "running"
     finally:
         app.close()
+
+
+def test_containers_reach_sandbar_on_the_engine_bridge(
+    shared_server, engine, tiny_image, docker_host, monkeypatch
+):
+    """What a sandbox's agent does to reach the Anthropic proxy: Sandbar, listening on
+    127.0.0.1, also listens on the engine's bridge, which containers know as
+    host.docker.internal (a freshly started engine may not name the bridge's gateway:
+    its interface's address is used then)."""
+    bridge = engine.networks.get("bridge").attrs
+    name = bridge["Options"]["com.docker.network.bridge.name"]
+    gateway = interface_address(name)
+    assert gateway is not None
+    monkeypatch.setenv("DOCKER_HOST", docker_host)
+    assert DockerEngine(Settings.from_env(), DerivedSecrets(b"k" * 32)).host_gateway() == gateway
+    assert f"listening on http://{gateway}:{shared_server.port}" in shared_server.log.read_text()
+    url = f"http://host.docker.internal:{shared_server.port}/healthz"
+    box = engine.containers.run(
+        tiny_image,
+        ["wget", "-q", "-O", "-", url],
+        extra_hosts={"host.docker.internal": "host-gateway"},
+        detach=True,
+    )
+    try:
+        assert box.wait(timeout=30)["StatusCode"] == 0, box.logs()
+        assert json.loads(box.logs()) == {"status": "ok"}
+    finally:
+        box.remove(force=True)
