@@ -220,3 +220,176 @@ def test_many_busy_streams_never_make_an_oversized_message() -> None:
         server.close("done")
 
     asyncio.run(run())
+
+
+class PlainPeer:
+    """The other end played by h2 itself, untouched: it checks every window and frame
+    the link sends, pads what it sends when told, and echoes what it receives."""
+
+    def __init__(self, client_side: bool, padding: int = 0) -> None:
+        import h2.config
+        import h2.connection
+
+        config = h2.config.H2Configuration(client_side=client_side, header_encoding=None)
+        self.conn = h2.connection.H2Connection(config=config)
+        self.conn.initiate_connection()
+        self.padding = padding
+        self.link: Link | None = None
+        self.received: dict[int, bytearray] = {}
+        self.ended: set[int] = set()
+        self.pending: dict[int, bytearray] = {}
+
+    def receive(self, data: bytes) -> None:
+        import h2.events
+
+        for event in self.conn.receive_data(data):
+            if isinstance(event, h2.events.RequestReceived):
+                self.conn.send_headers(event.stream_id, [(b":status", b"200")])
+                self.received[event.stream_id] = bytearray()
+            elif isinstance(event, h2.events.ResponseReceived):
+                self.received.setdefault(event.stream_id, bytearray())
+            elif isinstance(event, h2.events.DataReceived):
+                self.received[event.stream_id] += event.data
+                self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                if not self.conn.config.client_side:
+                    self.pending.setdefault(event.stream_id, bytearray()).extend(event.data)
+            elif isinstance(event, h2.events.StreamEnded):
+                self.ended.add(event.stream_id)
+        self.send_pending()
+
+    def send_pending(self) -> None:
+        for stream_id, data in list(self.pending.items()):
+            while data:
+                room = min(self.conn.local_flow_control_window(stream_id), 8_000)
+                if room <= self.padding:
+                    break
+                size = min(room - self.padding, len(data))
+                self.conn.send_data(stream_id, bytes(data[:size]), pad_length=self.padding or None)
+                del data[:size]
+            if not data and stream_id in self.ended:
+                self.conn.end_stream(stream_id)
+                del self.pending[stream_id]
+        self.flush()
+
+    def flush(self) -> None:
+        out = self.conn.data_to_send()
+        if out and self.link is not None:
+            asyncio.get_running_loop().call_soon(self.link.receive, out)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    payloads=st.lists(st.binary(min_size=0, max_size=300_000), min_size=1, max_size=4),
+    padding=st.integers(min_value=0, max_value=255),
+)
+def test_the_link_speaks_http2_with_h2_itself(payloads: list[bytes], padding: int) -> None:
+    """Sandbar's end against an agent that is plain h2 (padding its DATA frames, checking
+    every window and frame): each stream echoes whole, over several windows' worth."""
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        agent = PlainPeer(client_side=False, padding=padding)
+        link = Link(lambda data: loop.call_soon(agent.receive, data), client_side=True)
+        agent.link = link
+        agent.flush()
+        pipes = []
+        for payload in payloads:
+            pipe = link.open(lambda stream_id: Collect(link, stream_id))
+            for i in range(0, len(payload), 50_000):
+                pipe.write(payload[i : i + 50_000])
+            pipe.end()
+            pipes.append(pipe)
+        await asyncio.wait_for(asyncio.gather(*(p.ended for p in pipes)), 20)
+        for pipe, payload in zip(pipes, payloads, strict=True):
+            assert bytes(pipe.received) == payload
+            assert bytes(agent.received[pipe.stream_id]) == payload
+        assert not link.closed.done()
+        link.close("done")
+
+    asyncio.run(run())
+
+
+def test_h2_itself_speaks_with_the_agents_end() -> None:
+    """The agent's end against a Sandbar that is plain h2: streams echo whole."""
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        sandbar = PlainPeer(client_side=True)
+        agent = Link(
+            lambda data: loop.call_soon(sandbar.receive, data),
+            client_side=False,
+            on_request=lambda stream_id, _: Collect(agent, stream_id, echo=True),
+        )
+        sandbar.link = agent
+        payload = bytes(range(256)) * 9_000  # more than two windows
+        stream_id = sandbar.conn.get_next_available_stream_id()
+        sandbar.conn.send_headers(stream_id, [(b":method", b"CONNECT"), (b":authority", b"a")])
+        sandbar.pending[stream_id] = bytearray(payload)
+        sandbar.ended.add(stream_id)  # (so that send_pending ends the stream after it)
+        sandbar.send_pending()
+        for _ in range(2000):
+            await asyncio.sleep(0.002)
+            sandbar.send_pending()
+            if len(sandbar.received.get(stream_id, b"")) == len(payload):
+                break
+        assert bytes(sandbar.received[stream_id]) == payload
+        assert not agent.closed.done()
+        agent.close("done")
+
+    asyncio.run(run())
+
+
+def test_a_peer_that_overruns_a_window_closes_the_tunnel() -> None:
+    """DATA beyond what the link's windows allow: the tunnel closes with the reason (the
+    memory a stream may hold stays bounded by its window)."""
+
+    async def run() -> None:
+        from interfaces.tunnel.link import DATA, frame_head
+
+        loop = asyncio.get_running_loop()
+        agent = PlainPeer(client_side=False)
+        link = Link(lambda data: loop.call_soon(agent.receive, data), client_side=True)
+        agent.link = link
+        agent.flush()
+
+        class Lazy(Collect):
+            def on_data(self, data: bytes, flow_length: int) -> None:
+                self.received += data  # never acknowledged
+
+        pipe = link.open(lambda stream_id: Lazy(link, stream_id))
+        await asyncio.sleep(0.05)  # the answer's HEADERS came
+        chunk = b"x" * 60_000
+        for _ in range(WINDOW // len(chunk) + 2):  # past the stream's window, unasked
+            link.receive(frame_head(len(chunk), DATA, 0, pipe.stream_id) + chunk)
+        assert link.closed.done()
+        assert "window" in link.closed.result()
+        assert len(pipe.received) <= WINDOW
+
+    asyncio.run(run())
+
+
+@settings(max_examples=30, deadline=None)
+@given(stream_id=st.integers(min_value=0, max_value=5), zero=st.booleans())
+def test_a_bad_window_update_closes_the_tunnel(stream_id: int, zero: bool) -> None:
+    """A WINDOW_UPDATE of 0, or one past 2^31-1, is refused with a reason (RFC 9113,
+    6.9); one for a stream that is not open is ignored."""
+
+    async def run() -> None:
+        from interfaces.tunnel.link import window_update
+
+        loop = asyncio.get_running_loop()
+        agent = PlainPeer(client_side=False)
+        link = Link(lambda data: loop.call_soon(agent.receive, data), client_side=True)
+        agent.link = link
+        agent.flush()
+        pipe = link.open(lambda sid: Collect(link, sid))  # stream 1
+        await asyncio.sleep(0.05)
+        link.receive(window_update(stream_id, 0 if zero else 2**31 - 1))
+        if stream_id in (0, pipe.stream_id):
+            assert link.closed.done()
+            assert "protocol" in link.closed.result()
+        else:
+            assert not link.closed.done()
+            link.close("done")
+
+    asyncio.run(run())

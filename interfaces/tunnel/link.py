@@ -1,5 +1,5 @@
-"""One tunnel: an HTTP/2 connection (the ``h2`` state machine) carried in the binary
-messages of one WebSocket, between Sandbar (the HTTP/2 client) and an agent (the server).
+"""One tunnel: an HTTP/2 connection carried in the binary messages of one WebSocket,
+between Sandbar (the HTTP/2 client) and an agent (the server).
 
 Every stream is a ``CONNECT`` to the agent's local target, so a stream is a byte pipe,
 like a TCP connection: Sandbar's proxy writes HTTP/1.1 into it and reads the answer back
@@ -8,13 +8,23 @@ upgrades). HTTP/2 brings what the tunnel needs and a home-made protocol would ha
 reinvent: many streams at once, per-stream flow control (a slow browser fills its own
 stream's window and stops only that stream; nothing is ever dropped), RST_STREAM to
 cancel a stream at the far end, and PING for heartbeats. docs/tunnel.md describes the
-wire format."""
+wire format.
+
+The ``h2`` state machine keeps the connection: the preface and SETTINGS, streams opening
+and closing (HEADERS, END_STREAM, RST_STREAM, the stream limit), PING and GOAWAY, and
+every check that goes with them. DATA and WINDOW_UPDATE frames, nearly all a tunnel
+carries, are read and written here instead, in HTTP/2's format (RFC 9113, 6.1 and 6.9):
+h2 handles each frame through several layers of objects, which cost a small request
+more than everything else between the browser and the agent's server. So the windows
+are kept here; h2 sees a zero-length DATA frame where a stream's DATA ends it, so that
+its streams' states stay exact, and nothing else of the data."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import struct
 import time
 from collections import deque
 from collections.abc import Callable
@@ -25,34 +35,40 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
-import hyperframe.frame
 
 log = logging.getLogger(__name__)
-
-
-def _data_repr(self: hyperframe.frame.DataFrame) -> str:
-    return f"data=<{len(self.data)} bytes>"
-
-
-# h2 logs every frame it receives as ``repr(frame)``, computed before the logger can decline
-# it; for a DATA frame, hyperframe's repr re-serializes and hex-encodes the whole payload:
-# two copies of every byte received, about half the tunnel's CPU on a bulk transfer. A
-# DATA frame's repr gives its length instead (only repr changes; parsing is untouched).
-hyperframe.frame.DataFrame._body_repr = _data_repr  # type: ignore[method-assign]
 
 WINDOW = 1024 * 1024  # per stream: what may be in flight before the reader takes it
 MAX_STREAMS = 256  # so at most MAX_STREAMS * WINDOW (256 MiB) waits for slow readers
 # The connection's window is the largest HTTP/2 allows, far above MAX_STREAMS * WINDOW:
 # streams whose readers stall can never use it up and hold back the others.
 CONNECTION_WINDOW = 2**31 - 1
+MAX_FRAME = 64 * 1024  # the largest frame either side accepts (its SETTINGS say so)
 MAX_MESSAGE = 1024 * 1024  # bytes per WebSocket message
-# What a stream's reader has consumed is handed to h2 in lumps of this much (and when the
-# stream goes): h2 sends a WINDOW_UPDATE only once half a window is consumed anyway, and a
-# call per small request cost more than the rest of its DATA frame's handling.
-ACK_EVERY = 32 * 1024
-SMALL_FRAME = 16 * 1024  # no peer's MAX_FRAME_SIZE is smaller (RFC 9113, 6.5.2)
+# A WINDOW_UPDATE goes back for a stream once half its window is passed on (as h2 does),
+# for the connection once this much is.
+CONNECTION_ACK = 64 * 1024 * 1024
 PING_EVERY = 5.0  # seconds
 DEAD_AFTER = 15.0  # seconds without a ping answered: the link is dead
+
+# A frame's header (RFC 9113, 4.1): 24-bit length and 8-bit type, flags, stream id.
+_HEAD = struct.Struct(">IBI")
+_INCREMENT = struct.Struct(">I")
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"  # the client's, before its first frame
+DATA, WINDOW_UPDATE = 0x0, 0x8
+END_STREAM, PADDED = 0x1, 0x8
+
+
+def frame_head(length: int, kind: int, flags: int, stream_id: int) -> bytes:
+    return _HEAD.pack(length << 8 | kind, flags, stream_id)
+
+
+def window_update(stream_id: int, increment: int) -> bytes:
+    return frame_head(4, WINDOW_UPDATE, 0, stream_id) + _INCREMENT.pack(increment)
+
+
+class Broken(Exception):
+    """The peer broke the protocol (a window overrun, say): the tunnel ends."""
 
 
 class TunnelBusy(Exception):
@@ -65,11 +81,18 @@ class Pipe:
     def __init__(self, link: Link, stream_id: int) -> None:
         self.link = link
         self.stream_id = stream_id
-        self._pending: deque[bytes] = deque()  # written, waiting for window
+        self._pending: deque[bytes | memoryview] = deque()  # written, waiting for window
         self._pending_size = 0
         self._end_after_pending = False
         self._writable = True  # as last told with on_writable
-        self.closed = False
+        self.closed = False  # reset, or gone with the link
+        # The link's bookkeeping of this stream.
+        self.send_window = link.peer_initial_window
+        self.receive_window = WINDOW  # what the peer may still send (at most)
+        self.consumed = 0  # passed on, not yet given back with a WINDOW_UPDATE
+        self.heard = False  # the far end's HEADERS came: DATA may follow
+        self.far_ended = False
+        self.near_ended = False  # END_STREAM sent
 
     # What arrives (called by the link).
 
@@ -93,7 +116,7 @@ class Pipe:
     # Sending.
 
     def write(self, data: bytes) -> None:
-        if self.closed or not data:
+        if self.closed or self._end_after_pending or not data:
             return
         self._pending.append(data)
         self._pending_size += len(data)
@@ -143,14 +166,21 @@ class Link:
             {
                 h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: WINDOW,
                 h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
-                h2.settings.SettingCodes.MAX_FRAME_SIZE: 64 * 1024,
+                h2.settings.SettingCodes.MAX_FRAME_SIZE: MAX_FRAME,
             }
         )
         self.conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
         self._write = write
         self._on_request = on_request
         self.pipes: dict[int, Pipe] = {}
-        self._unacked: dict[int, int] = {}  # stream: consumed, not yet handed to h2
+        # The windows, kept here rather than in h2 (see the module's docstring).
+        self.peer_initial_window = self.conn.remote_settings.initial_window_size
+        self._send_window = 65535  # the connection's, as the peer opens it
+        self._receive_window = CONNECTION_WINDOW
+        self._consumed = 0  # passed on (or dropped), not yet given back to the connection
+        self._preface = 0 if client_side else len(PREFACE)
+        self._partial = b""  # the start of a frame the next message completes
+        self._out: list[bytes | memoryview] = []  # frames for the next message, in order
         self._flush_scheduled = False
         self._loop = asyncio.get_running_loop()
         self.closed: asyncio.Future[str] = self._loop.create_future()
@@ -163,52 +193,146 @@ class Link:
     def receive(self, data: bytes) -> None:
         if self.closed.done():
             return
+        if self._partial:
+            data, self._partial = self._partial + data, b""
         try:
-            events = self.conn.receive_data(data)
+            self._frames(data)
         except h2.exceptions.ProtocolError as e:
             self.close(f"the peer broke the tunnel's protocol ({type(e).__name__}: {e})")
             return
-        for event in events:
-            self._dispatch(event)
+        except Broken as e:
+            self.close(f"the peer broke the tunnel's protocol ({e})")
+            return
         self._flush_soon()
 
+    def _frames(self, data: bytes) -> None:
+        """Read the frames in ``data``: DATA and WINDOW_UPDATE here, the rest in h2 (in
+        runs, each given before the next frame read here, so that order holds)."""
+        given = 0  # data[:given] is read (here or by h2)
+        pos = min(self._preface, len(data))  # the client's preface, for h2
+        self._preface -= pos
+        end = len(data)
+        while end - pos >= 9 and not self.closed.done():
+            kind_length, flags, stream_id = _HEAD.unpack_from(data, pos)
+            length, kind = kind_length >> 8, kind_length & 0xFF
+            if length > MAX_FRAME:
+                pos = end  # for h2, which refuses it
+                break
+            stop = pos + 9 + length
+            if stop > end:
+                break
+            stream_id &= 0x7FFFFFFF
+            if stream_id and (kind == DATA or (kind == WINDOW_UPDATE and length == 4)):
+                if given < pos:
+                    self._to_h2(data[given:pos])
+                    if self.closed.done():
+                        return
+                if kind == DATA:
+                    self._data(data, pos + 9, stop, flags, stream_id)
+                else:
+                    self._window_update(stream_id, _INCREMENT.unpack_from(data, pos + 9)[0])
+                given = stop
+            elif kind == WINDOW_UPDATE and length == 4:  # the connection's window
+                if given < pos:
+                    self._to_h2(data[given:pos])
+                    if self.closed.done():
+                        return
+                self._connection_window_update(_INCREMENT.unpack_from(data, pos + 9)[0])
+                given = stop
+            pos = stop
+        if given < pos:
+            self._to_h2(data[given:pos])
+        if pos < end:
+            self._partial = data[pos:]
+
+    def _to_h2(self, data: bytes) -> None:
+        for event in self.conn.receive_data(data):
+            self._dispatch(event)
+
+    def _data(self, data: bytes, start: int, stop: int, flags: int, stream_id: int) -> None:
+        length = stop - start
+        self._receive_window -= length
+        if self._receive_window < 0:
+            raise Broken("DATA beyond the connection's window")
+        if flags & PADDED:
+            if length == 0 or data[start] >= length:
+                raise Broken("a DATA frame's padding is longer than the frame")
+            stop -= data[start]
+            start += 1
+        pipe = self.pipes.get(stream_id)
+        if pipe is None or not pipe.heard or pipe.far_ended:
+            # Not (or no longer) a stream to read: h2 says what that means (a reset for
+            # a closed stream, an error for one never opened); the room goes back.
+            self._give_back(length)
+            self._to_h2(frame_head(0, DATA, flags & END_STREAM, stream_id))
+            return
+        pipe.receive_window -= length
+        if pipe.receive_window < 0:
+            raise Broken(f"DATA beyond stream {stream_id}'s window")
+        if flags & END_STREAM:
+            pipe.far_ended = True
+        if start < stop:
+            pipe.on_data(data[start:stop], length)
+        elif length:
+            self.ack(stream_id, length)  # padding alone
+        if flags & END_STREAM:
+            self._to_h2(frame_head(0, DATA, END_STREAM, stream_id))
+
+    def _window_update(self, stream_id: int, increment: int) -> None:
+        pipe = self.pipes.get(stream_id)
+        if pipe is None:
+            return  # a stream gone meanwhile (the peer's update crossed its end)
+        increment &= 0x7FFFFFFF
+        if increment == 0 or pipe.send_window + increment > CONNECTION_WINDOW:
+            raise Broken(f"a WINDOW_UPDATE of {increment} for stream {stream_id}")
+        pipe.send_window += increment
+        if pipe._pending or pipe._end_after_pending:
+            self.pump(pipe)
+
+    def _connection_window_update(self, increment: int) -> None:
+        increment &= 0x7FFFFFFF
+        if increment == 0 or self._send_window + increment > CONNECTION_WINDOW:
+            raise Broken(f"a WINDOW_UPDATE of {increment} for the connection")
+        blocked = self._send_window <= 0
+        self._send_window += increment
+        if blocked:
+            for pipe in list(self.pipes.values()):
+                if pipe._pending:
+                    self.pump(pipe)
+
     def _dispatch(self, event: h2.events.Event) -> None:
-        if isinstance(event, h2.events.DataReceived):  # (by far the most frequent first)
-            pipe = self.pipes.get(event.stream_id)
-            if pipe is None:
-                self.ack(event.stream_id, event.flow_controlled_length)
-            else:
-                pipe.on_data(event.data, event.flow_controlled_length)
-        elif isinstance(event, h2.events.RequestReceived):
+        if isinstance(event, h2.events.RequestReceived):
             pipe = self._on_request(event.stream_id, event.headers) if self._on_request else None
             if pipe is None:
                 self.reset(event.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
-            else:
-                self.pipes[event.stream_id] = pipe
-            if event.stream_ended and pipe is not None:
+                return
+            pipe.heard = True
+            self.pipes[event.stream_id] = pipe
+            if event.stream_ended:
+                pipe.far_ended = True
                 pipe.on_end()
         elif isinstance(event, h2.events.ResponseReceived):
             pipe = self.pipes.get(event.stream_id)
             if pipe is not None:
+                pipe.heard = True
                 pipe.on_headers(event.headers)
         elif isinstance(event, h2.events.StreamEnded):
             pipe = self.pipes.get(event.stream_id)
             if pipe is not None:
+                pipe.far_ended = True
                 pipe.on_end()
                 self._forget_if_done(pipe)
         elif isinstance(event, h2.events.StreamReset):
             pipe = self._forget(event.stream_id)
             if pipe is not None:
-                pipe.closed = True
                 pipe.on_reset("the far end cancelled the stream")
-        elif isinstance(event, h2.events.WindowUpdated):
-            targets = (
-                list(self.pipes.values())
-                if event.stream_id == 0
-                else [p for p in [self.pipes.get(event.stream_id)] if p is not None]
-            )
-            for pipe in targets:
-                self.pump(pipe)
+        elif isinstance(event, h2.events.RemoteSettingsChanged):
+            initial = self.conn.remote_settings.initial_window_size
+            change, self.peer_initial_window = initial - self.peer_initial_window, initial
+            for pipe in list(self.pipes.values()):
+                pipe.send_window += change  # (RFC 9113, 6.9.2)
+                if change > 0 and pipe._pending:
+                    self.pump(pipe)
         elif isinstance(event, h2.events.PingAckReceived):
             self._last_pong = time.monotonic()
         elif isinstance(event, h2.events.ConnectionTerminated):
@@ -238,44 +362,34 @@ class Link:
 
     def pump(self, pipe: Pipe) -> None:
         """Send what the windows allow of a pipe's pending data (and its end)."""
-        sent = False
-        try:
-            while pipe._pending:
-                chunk = pipe._pending[0]
-                if len(chunk) <= SMALL_FRAME:
-                    # A small write (most are) goes as it is, h2 checking the windows
-                    # (which it does anyway); asking first cost as much again.
-                    try:
-                        self.conn.send_data(pipe.stream_id, chunk)
-                    except h2.exceptions.FlowControlError:
-                        pass  # the window is short: cut below
-                    else:
-                        pipe._pending.popleft()
-                        pipe._pending_size -= len(chunk)
-                        sent = True
-                        continue
-                window = min(
-                    self.conn.local_flow_control_window(pipe.stream_id),
-                    self.conn.max_outbound_frame_size,
-                )
-                if window <= 0:
-                    break
-                chunk = pipe._pending.popleft()
-                if len(chunk) > window:
-                    pipe._pending.appendleft(chunk[window:])
-                    chunk = chunk[:window]
-                pipe._pending_size -= len(chunk)
-                self.conn.send_data(pipe.stream_id, chunk)
-                sent = True
-            if not pipe._pending and pipe._end_after_pending and not pipe.closed:
-                pipe._end_after_pending = False
-                self.conn.end_stream(pipe.stream_id)
-                sent = True
-                self._forget_if_done(pipe)
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
+        if pipe.closed or pipe.near_ended:
             pipe._pending.clear()
             pipe._pending_size = 0
             return
+        sent = False
+        while pipe._pending:
+            room = min(pipe.send_window, self._send_window, MAX_FRAME)
+            if room <= 0:
+                break
+            chunk = pipe._pending[0]
+            size = len(chunk)
+            if size > room:
+                view = memoryview(chunk)
+                pipe._pending[0] = view[room:]
+                chunk, size = view[:room], room
+            else:
+                pipe._pending.popleft()
+            self._send(frame_head(size, DATA, 0, pipe.stream_id), chunk)
+            pipe._pending_size -= size
+            pipe.send_window -= size
+            self._send_window -= size
+            sent = True
+        if not pipe._pending and pipe._end_after_pending:
+            pipe.near_ended = True
+            with contextlib.suppress(h2.exceptions.StreamClosedError, KeyError):
+                self.conn.end_stream(pipe.stream_id)
+            self._forget_if_done(pipe)
+            sent = True
         if sent:
             self._flush_soon()
             if not pipe._writable and pipe._pending_size <= WINDOW // 2:
@@ -284,20 +398,25 @@ class Link:
 
     def ack(self, stream_id: int, flow_length: int) -> None:
         """``flow_length`` bytes of the stream were consumed: their room in the windows
-        goes back to the peer (gathered per stream up to ACK_EVERY while it lives)."""
+        goes back to the peer (a stream's once half its window is consumed)."""
         if flow_length <= 0 or self.closed.done():
             return
-        if stream_id in self.pipes:
-            flow_length += self._unacked.pop(stream_id, 0)
-            if flow_length < ACK_EVERY:
-                self._unacked[stream_id] = flow_length
-                return
-        self._acknowledge(stream_id, flow_length)
+        pipe = self.pipes.get(stream_id)
+        if pipe is not None and not pipe.far_ended:
+            pipe.consumed += flow_length
+            if pipe.consumed >= WINDOW // 2:
+                pipe.receive_window += pipe.consumed
+                self._send(window_update(stream_id, pipe.consumed))
+                pipe.consumed = 0
+        self._give_back(flow_length)
 
-    def _acknowledge(self, stream_id: int, flow_length: int) -> None:
-        with contextlib.suppress(h2.exceptions.StreamClosedError, KeyError):
-            self.conn.acknowledge_received_data(flow_length, stream_id)
-            self._flush_soon()
+    def _give_back(self, flow_length: int) -> None:
+        """Room in the connection's window, returned once there is a lump of it."""
+        self._consumed += flow_length
+        if self._consumed >= CONNECTION_ACK:
+            self._receive_window += self._consumed
+            self._send(window_update(0, self._consumed))
+            self._consumed = 0
 
     def reset(self, stream_id: int, code: int = h2.errors.ErrorCodes.CANCEL) -> None:
         self._forget(stream_id)
@@ -312,16 +431,22 @@ class Link:
                 self._forget(pipe.stream_id)
 
     def _forget(self, stream_id: int) -> Pipe | None:
-        """The stream's pipe, no longer the link's; what its reader consumed and h2 was
-        not told yet goes back to the connection's window."""
+        """The stream's pipe, no longer the link's (and closed)."""
         pipe = self.pipes.pop(stream_id, None)
-        unacked = self._unacked.pop(stream_id, 0)
-        if unacked and not self.closed.done():
-            self._acknowledge(stream_id, unacked)
+        if pipe is not None:
+            pipe.closed = True
         return pipe
 
+    def _send(self, *frames: bytes | memoryview) -> None:
+        """Frames made here, after those h2 has made so far (the order is the wire's)."""
+        earlier = self.conn.data_to_send()
+        if earlier:
+            self._out.append(earlier)
+        self._out.extend(frames)
+        self._flush_soon()
+
     def _flush_soon(self) -> None:
-        """Send what h2 has to send once this turn of the event loop is over: all the
+        """Send what there is to send once this turn of the event loop is over: all the
         frames that turn made leave together."""
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -329,7 +454,13 @@ class Link:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        data = self.conn.data_to_send()
+        earlier = self.conn.data_to_send()
+        if earlier:
+            self._out.append(earlier)
+        if not self._out:
+            return
+        data = b"".join(self._out)
+        self._out.clear()
         # Message boundaries mean nothing, so cut freely: a message stays well under any
         # WebSocket size limit however many streams were pumped at once.
         for start in range(0, len(data), MAX_MESSAGE):
