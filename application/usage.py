@@ -5,6 +5,7 @@ workspace's own limits (an event); otherwise the installation's defaults apply."
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
 from uuid import UUID
@@ -37,8 +38,22 @@ class UsageStore(Protocol):
     async def close(self) -> None: ...
 
 
-def today() -> date:
-    return datetime.now(UTC).date()
+class _Today:
+    """Today's date in UTC, remembered until midnight (the proxy asks twice a request)."""
+
+    def __init__(self) -> None:
+        self._day = date.min
+        self._until = 0.0
+
+    def __call__(self) -> date:
+        now = time.time()
+        if now >= self._until:
+            self._day = datetime.fromtimestamp(now, UTC).date()
+            self._until = (now // 86400 + 1) * 86400  # (a UTC day is 86400 s)
+        return self._day
+
+
+today = _Today()
 
 
 def _seconds_to_midnight() -> int:

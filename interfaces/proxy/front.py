@@ -171,6 +171,7 @@ class FrontProtocol(asyncio.Protocol):
         self._spliced: Exchange | None = None
         self._corked: list[bytes] | None = None
         self._holding = False  # a response head kept corked until its body comes
+        self._corked_upstreams: list[Upstream] | None = None  # while a read is parsed
         # The request being parsed.
         self._url = b""
         self._headers: Headers = []
@@ -217,6 +218,7 @@ class FrontProtocol(asyncio.Protocol):
             self._raw = bytearray()  # what follows may be the API's other paths
         if self._raw is not None:
             self._raw += data
+        self._corked_upstreams = []
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
@@ -237,6 +239,16 @@ class FrontProtocol(asyncio.Protocol):
                 self._hand_off_tunnel()
             else:
                 self._fail(reason.status if isinstance(reason, _Malformed) else 400)
+        finally:
+            corked, self._corked_upstreams = self._corked_upstreams, None
+            for conn in corked:
+                conn.uncork()
+
+    def cork_upstream(self, conn: Upstream) -> None:
+        """What a read of the browser's makes for the agent goes in one write (a
+        request's head and its body, say), once the read is parsed."""
+        if self._corked_upstreams is not None and conn.cork():
+            self._corked_upstreams.append(conn)
 
     def _hand_off(self) -> None:
         config, server_state, app_state, loop = self._uvicorn
@@ -546,6 +558,7 @@ class Exchange:
         data = b"".join(parts)
         if reused and self._request_done and request.method in (b"GET", b"HEAD", b"OPTIONS"):
             self._replay = data  # a pooled connection may have just been closed by the agent
+        self.front.cork_upstream(conn)
         conn.send(self, data, head_only=request.method == b"HEAD")
 
     def _headers_out(self, admit: Admit) -> Headers:
@@ -565,6 +578,7 @@ class Exchange:
 
     def request_body(self, chunk: bytes) -> None:
         if self._upstream is not None:
+            self.front.cork_upstream(self._upstream)
             self._upstream.write(self._frame(chunk))
         elif not self._done:
             self._held.append(chunk)
@@ -575,6 +589,7 @@ class Exchange:
     def request_complete(self) -> None:
         self._request_done = True
         if self._upstream is not None and self._chunked_upload:
+            self.front.cork_upstream(self._upstream)
             self._upstream.write(b"0\r\n\r\n")
 
     def client_raw(self, data: bytes) -> None:

@@ -58,6 +58,7 @@ class Upstream(asyncio.Protocol):
         self.closed = False
         self.spliced = False
         self.idle_since = 0.0
+        self._corked: list[bytes] | None = None
 
     # Used by the proxy.
 
@@ -70,11 +71,26 @@ class Upstream(asyncio.Protocol):
         self._head_seen = False
         self._head_only = head_only
         self.done = False
-        self.transport.write(data)
+        self.write(data)
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:
-            self.transport.write(data)
+            if self._corked is not None:
+                self._corked.append(data)
+            else:
+                self.transport.write(data)
+
+    def cork(self) -> bool:
+        """Gather what is written until ``uncork`` (False: it already is)."""
+        if self._corked is not None:
+            return False
+        self._corked = []
+        return True
+
+    def uncork(self) -> None:
+        corked, self._corked = self._corked, None
+        if corked:
+            self.write(b"".join(corked))
 
     def pause_reading(self) -> None:
         if self.transport is not None and not self.closed:
