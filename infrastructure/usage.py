@@ -16,10 +16,13 @@ A workspace that keeps asking is counted ahead: each reservation asks for some r
 more than are waiting (twice as many as the last time, up to ``MAX_AHEAD``), and this
 process hands them out without a statement (``take``) while nothing has changed (the
 change feed's generation: a new limit, say), the tokens it knows of are under the limit,
-and the day is the same. What a lease still holds is given back when it lapses, when it
-has been idle for ``IDLE_SECONDS`` and on shutdown, so a request limit is never overshot
-and, near it, other processes wait at most that long for what this one holds; a crash
-loses the lease (its requests stay counted, refusing that many too early, that day)."""
+and the day is the same; once half of them are handed out, it asks for more without
+waiting (so that under steady load no request waits for a statement), unless the last
+reservation got less than it asked for (the limit is near). What a lease still holds is
+given back when it lapses, when it has been idle for ``IDLE_SECONDS`` and on shutdown, so
+a request limit is never overshot and, near it, other processes wait at most that long for
+what this one holds; a crash loses the lease (its requests stay counted, refusing that
+many too early, that day)."""
 
 from __future__ import annotations
 
@@ -102,7 +105,10 @@ _RECORD = (
     " GROUP BY workspace_id, day) x"
     " WHERE t.workspace_id = x.workspace_id AND t.day = x.day AND x.total > 0"
 )
-Reservation = tuple[UUID, date, int | None, int | None]  # workspace, day, default limits
+# Workspace, day, default limits, and whether a request waits for it (else a top-up).
+Reservation = tuple[UUID, date, int | None, int | None, bool]
+Key = tuple[UUID, date, int | None, int | None]
+Limits = tuple[int | None, int | None]  # the default limits a reservation was made with
 Finished = tuple[UUID, UUID, date, dict[str, int]]  # workspace, sandbox, day, token counts
 
 
@@ -116,6 +122,8 @@ class Lease:
     token_limit: int = UNLIMITED
     generation: int | None = None  # the change feed's when reserved (None: not to use)
     used: float = 0.0  # when a request was last handed out
+    defaults: Limits = (None, None)
+    topping_up: bool = False  # a reservation for more is on its way
 
     def valid(self, generation: int | None) -> bool:
         return (
@@ -173,6 +181,9 @@ class UsageTable:
             return False
         lease.left -= 1
         lease.used = time.monotonic()
+        if lease.left <= lease.ahead // 2 and lease.ahead > 0 and not lease.topping_up:
+            lease.topping_up = True
+            self._reserving.post((workspace_id, day, *lease.defaults, False))
         return True
 
     async def reserve(
@@ -184,14 +195,19 @@ class UsageTable:
     ) -> str | None:
         """Count one request if the workspace is under both limits today; else the
         name of the limit reached ("requests" or "tokens")."""
-        return await self._reserving.submit((workspace_id, day, default_requests, default_tokens))
+        reservation = (workspace_id, day, default_requests, default_tokens, True)
+        return await self._reserving.submit(reservation)
 
     async def _reserve_batch(self, batch: list[Reservation]) -> list[str | None]:
-        asked: dict[Reservation, int] = {}
+        asked: dict[Key, int] = {}
+        topping_up: set[Key] = set()  # (asked for more with requests left: a statement even so)
         for reservation in batch:
-            asked[reservation] = asked.get(reservation, 0) + 1
-        left: dict[Reservation, int] = {}  # granted, not yet handed out
-        reached: dict[Reservation, str] = {}
+            key, waits = reservation[:4], reservation[4]
+            asked[key] = asked.get(key, 0) + (1 if waits else 0)
+            if not waits:
+                topping_up.add(key)
+        left: dict[Key, int] = {}  # granted, not yet handed out
+        reached: dict[Key, str] = {}
         generation = self._generation()  # before reading: a change while reading shows
         await self._recording.flush()  # the tokens of answers already ended count
         pool = await self._connections()
@@ -205,7 +221,7 @@ class UsageTable:
                     taken = min(n, lease.left)
                     lease.left -= taken
                     left[key] = taken
-                    if taken == n:
+                    if taken == n and key not in topping_up:
                         continue
                     n -= taken
                 else:
@@ -224,19 +240,26 @@ class UsageTable:
                 row = await (await conn.execute(_RESERVE, params, prepare=True)).fetchone()
                 granted = int(row[0]) if row else 0
                 left[key] += min(n, granted)
-                lease.left = granted - min(n, granted)
+                lease.left += granted - min(n, granted)  # (more, if topped up)
                 lease.used = time.monotonic()
+                lease.defaults = (default_requests, default_tokens)
+                lease.topping_up = False
                 if row is not None:
                     lease.tokens, lease.token_limit = int(row[1]), int(row[2])
                     lease.generation = generation
                     lease.ahead = min(MAX_AHEAD, max(1, ahead * 2))
+                if granted < n + ahead:
+                    lease.ahead = 0  # the limit is near: no more asked ahead, nor topped up
                 if granted < n:
                     which = await (await conn.execute(_WHICH, params)).fetchone()
                     reached[key] = which[0] if which else "requests"
         self._sweep_later()
         results: list[str | None] = []
-        for key in batch:  # the first ones in get what was granted
-            if left[key] > 0:
+        for reservation in batch:  # the first ones in get what was granted
+            key = reservation[:4]
+            if not reservation[4]:
+                results.append(None)  # (a top-up: nobody waits for it)
+            elif left[key] > 0:
                 left[key] -= 1
                 results.append(None)
             else:

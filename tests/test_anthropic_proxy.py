@@ -3,6 +3,7 @@ stand-in for the API, called by the official ``anthropic`` SDK as a sandbox woul
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import http.client
 import itertools
@@ -23,7 +24,8 @@ from hypothesis import strategies as st
 
 from domain.sandboxes import Sandbox
 from infrastructure.agents import DerivedSecrets
-from interfaces.bootstrap import Sandbar
+from infrastructure.settings import Settings
+from interfaces.bootstrap import Sandbar, build
 from interfaces.proxy.anthropic import UsageTap
 from tests.anthropic_standin import REAL_KEY, AnthropicStandIn
 from tests.conftest import (
@@ -381,6 +383,48 @@ def test_requests_counted_ahead_never_pass_a_new_limit(
     r = box.owner.client.put(limits, json={"daily_requests": 12, "daily_tokens": None})
     assert [ask(api_server.url, box) for _ in range(4)] == [200, 200, 200, 429]
     assert usage_of(box, 12)["requests"] == 12
+
+
+def test_a_busy_workspace_is_counted_ahead_before_it_runs_out(
+    make_box: Callable[[], Box], server_env: dict[str, str]
+) -> None:
+    """Requests counted ahead are asked for again once half are handed out, without
+    waiting: of a steady stream of a workspace's requests, only the first few wait for a
+    statement; what is left over is given back."""
+    box = make_box()
+    workspace_id = UUID(box.workspace_id)
+    proxy_side = build(Settings.from_env(server_env))  # its own, as a server's
+    proxy_side.changes.start()  # (nothing is counted ahead without the change feed)
+    usage = proxy_side.usage
+
+    async def run() -> int:
+        waited = 0
+        try:
+            for i in range(3000):
+                if not usage.admit_now(workspace_id):
+                    waited += 1
+                    await usage.admit(workspace_id)
+                if i % 5 == 0:
+                    await asyncio.sleep(0.001)  # (a busy sandbox's pace, and the loop turns)
+        finally:
+            await usage.close()  # gives back what is still counted ahead
+        return waited
+
+    try:
+        deadline = time.monotonic() + 10
+        while not proxy_side.changes.reliable and time.monotonic() < deadline:
+            time.sleep(0.05)
+        waited = asyncio.run(run())
+    finally:
+        proxy_side.close()
+    # The first 4 wait (what is asked for ahead doubles from 1); counted only at need,
+    # each batch twice the last up to 256, some 20 would.
+    assert waited <= 8, waited
+    with psycopg.connect(server_env["SANDBAR_DATABASE_URL"]) as conn:
+        counted = conn.execute(
+            "SELECT requests FROM sandbar_usage_totals WHERE workspace_id = %s", (workspace_id,)
+        ).fetchone()
+    assert counted == (3000,)  # each request once; nothing counted ahead is kept
 
 
 def test_a_limit_is_shared_by_several_servers(
