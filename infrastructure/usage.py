@@ -209,7 +209,11 @@ class UsageTable:
         left: dict[Key, int] = {}  # granted, not yet handed out
         reached: dict[Key, str] = {}
         generation = self._generation()  # before reading: a change while reading shows
-        await self._recording.flush()  # the tokens of answers already ended count
+        if any(reservation[4] for reservation in batch):  # (a request waits)
+            # The tokens of answers already ended count. (A top-up does not wait for
+            # them: it keeps what it knows of those, and a request that waits refreshes
+            # it; a statement waited for under load was what let leases run dry.)
+            await self._recording.flush()
         pool = await self._connections()
         async with pool.connection() as conn:
             await self._give_back(conn, generation)
@@ -245,7 +249,7 @@ class UsageTable:
                 lease.defaults = (default_requests, default_tokens)
                 lease.topping_up = False
                 if row is not None:
-                    lease.tokens, lease.token_limit = int(row[1]), int(row[2])
+                    lease.tokens, lease.token_limit = max(lease.tokens, int(row[1])), int(row[2])
                     lease.generation = generation
                     lease.ahead = min(MAX_AHEAD, max(1, ahead * 2))
                 if granted < n + ahead:

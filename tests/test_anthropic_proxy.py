@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from domain.sandboxes import Sandbox
 from infrastructure.agents import DerivedSecrets
 from infrastructure.settings import Settings
+from infrastructure.usage import COUNTS
 from interfaces.bootstrap import Sandbar, build
 from interfaces.proxy.anthropic import UsageTap
 from tests.anthropic_standin import REAL_KEY, AnthropicStandIn
@@ -383,6 +384,29 @@ def test_requests_counted_ahead_never_pass_a_new_limit(
     r = box.owner.client.put(limits, json={"daily_requests": 12, "daily_tokens": None})
     assert [ask(api_server.url, box) for _ in range(4)] == [200, 200, 200, 429]
     assert usage_of(box, 12)["requests"] == 12
+
+
+def test_a_busy_sandbox_stops_at_its_token_limit(
+    make_box: Callable[[], Box], api_server: ServerProcess
+) -> None:
+    """One request after another, counted ahead (and topped up meanwhile): the first
+    request once the day's tokens reach the limit is refused; the limit is passed by
+    no more than the last answer's tokens (none are in flight)."""
+    box = make_box()
+    limit = 300  # some 20 answers of the stand-in's
+    r = box.owner.client.put(
+        f"/api/workspaces/{box.workspace_id}/limits",
+        json={"daily_requests": None, "daily_tokens": limit},
+    )
+    assert r.status_code == 200
+    statuses = []
+    while len(statuses) < 100 and 429 not in statuses:
+        statuses.append(ask(api_server.url, box))
+    assert statuses[-1] == 429 and statuses.count(200) == len(statuses) - 1, statuses
+    day = usage_of(box, statuses.count(200))
+    used = sum(int(day[name]) for name in COUNTS)  # type: ignore[call-overload]
+    per_answer = used / statuses.count(200)
+    assert limit <= used < limit + per_answer, (used, per_answer)
 
 
 def test_a_busy_workspace_is_counted_ahead_before_it_runs_out(
