@@ -6,12 +6,28 @@ with a reason instead of raising."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import struct
+from collections.abc import Awaitable, Callable
 
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from interfaces.tunnel.link import WINDOW, Link, Pipe
+from interfaces.tunnel.link import (
+    CONTINUATION,
+    DATA,
+    HEADERS,
+    WINDOW,
+    Link,
+    Pipe,
+    frame_head,
+    window_update,
+)
 
 
 class Collect(Pipe):
@@ -89,7 +105,17 @@ async def echo_pair(cut: Callable[[bytes], list[bytes]]) -> tuple[Link, Link]:
     return client, server
 
 
-payloads = st.lists(st.binary(min_size=0, max_size=70_000), min_size=1, max_size=8)
+@st.composite
+def payload(draw: st.DrawFn, most: int) -> bytes:
+    """Bytes of any length up to ``most`` (the lengths that matter are large: a frame,
+    a window and more, which ``st.binary`` alone almost never draws), of random content
+    with a drawn pattern repeated to length."""
+    size = draw(st.one_of(st.integers(0, 100), st.integers(0, most)))
+    pattern = draw(st.binary(min_size=1, max_size=64))
+    return (pattern * (size // len(pattern) + 1))[:size]
+
+
+payloads = st.lists(payload(3 * WINDOW), min_size=1, max_size=4)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -227,9 +253,6 @@ class PlainPeer:
     the link sends, pads what it sends when told, and echoes what it receives."""
 
     def __init__(self, client_side: bool, padding: int = 0) -> None:
-        import h2.config
-        import h2.connection
-
         config = h2.config.H2Configuration(client_side=client_side, header_encoding=None)
         self.conn = h2.connection.H2Connection(config=config)
         self.conn.initiate_connection()
@@ -238,11 +261,29 @@ class PlainPeer:
         self.received: dict[int, bytearray] = {}
         self.ended: set[int] = set()
         self.pending: dict[int, bytearray] = {}
+        # What h2 refused of the link's frames, or the GOAWAY's code: ends a wait at once.
+        self.failed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def wait(self, *waits: Awaitable[object], timeout: float = 20) -> None:
+        """Wait for ``waits``; fail with h2's complaint as soon as it has one."""
+        everything = asyncio.ensure_future(asyncio.gather(*waits))
+        done, _ = await asyncio.wait(
+            [everything, self.failed], timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        assert not self.failed.done(), self.failed.result()
+        assert everything in done, "timed out"
+        everything.result()
 
     def receive(self, data: bytes) -> None:
-        import h2.events
-
-        for event in self.conn.receive_data(data):
+        try:
+            events = self.conn.receive_data(data)
+        except h2.exceptions.ProtocolError as e:
+            if not self.failed.done():
+                self.failed.set_result(f"h2 refused the link's frames: {e!r}")
+            return
+        for event in events:
+            if isinstance(event, h2.events.ConnectionTerminated) and not self.failed.done():
+                self.failed.set_result(f"GOAWAY {event.error_code!r}")
             if isinstance(event, h2.events.RequestReceived):
                 self.conn.send_headers(event.stream_id, [(b":status", b"200")])
                 self.received[event.stream_id] = bytearray()
@@ -279,12 +320,14 @@ class PlainPeer:
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    payloads=st.lists(st.binary(min_size=0, max_size=300_000), min_size=1, max_size=4),
+    payloads=st.lists(payload(300_000), min_size=1, max_size=4),
     padding=st.integers(min_value=0, max_value=255),
 )
 def test_the_link_speaks_http2_with_h2_itself(payloads: list[bytes], padding: int) -> None:
     """Sandbar's end against an agent that is plain h2 (padding its DATA frames, checking
-    every window and frame): each stream echoes whole, over several windows' worth."""
+    every window and frame; it keeps HTTP/2's default 64 KiB window and 16 KiB frames,
+    which the link's own end raises): each stream echoes whole, written in pieces larger
+    than a frame, over several of those windows."""
 
     async def run() -> None:
         loop = asyncio.get_running_loop()
@@ -299,7 +342,7 @@ def test_the_link_speaks_http2_with_h2_itself(payloads: list[bytes], padding: in
                 pipe.write(payload[i : i + 50_000])
             pipe.end()
             pipes.append(pipe)
-        await asyncio.wait_for(asyncio.gather(*(p.ended for p in pipes)), 20)
+        await agent.wait(*(p.ended for p in pipes))
         for pipe, payload in zip(pipes, payloads, strict=True):
             assert bytes(pipe.received) == payload
             assert bytes(agent.received[pipe.stream_id]) == payload
@@ -340,17 +383,12 @@ def test_h2_itself_speaks_with_the_agents_end() -> None:
 
 
 def test_a_peer_that_overruns_a_window_closes_the_tunnel() -> None:
-    """DATA beyond what the link's windows allow: the tunnel closes with the reason (the
-    memory a stream may hold stays bounded by its window)."""
+    """DATA beyond what the link's windows allow: the tunnel closes with the reason and
+    a GOAWAY that says FLOW_CONTROL_ERROR (the memory a stream may hold stays bounded by
+    its window)."""
 
     async def run() -> None:
-        from interfaces.tunnel.link import DATA, frame_head
-
-        loop = asyncio.get_running_loop()
-        agent = PlainPeer(client_side=False)
-        link = Link(lambda data: loop.call_soon(agent.receive, data), client_side=True)
-        agent.link = link
-        agent.flush()
+        agent, link = await plain_agent()
 
         class Lazy(Collect):
             def on_data(self, data: bytes, flow_length: int) -> None:
@@ -364,32 +402,113 @@ def test_a_peer_that_overruns_a_window_closes_the_tunnel() -> None:
         assert link.closed.done()
         assert "window" in link.closed.result()
         assert len(pipe.received) <= WINDOW
+        assert await goaway(agent) == h2.errors.ErrorCodes.FLOW_CONTROL_ERROR
 
     asyncio.run(run())
+
+
+async def plain_agent() -> tuple[PlainPeer, Link]:
+    """Sandbar's end and a plain h2 agent, SETTINGS exchanged."""
+    loop = asyncio.get_running_loop()
+    agent = PlainPeer(client_side=False)
+    link = Link(lambda data: loop.call_soon(agent.receive, data), client_side=True)
+    agent.link = link
+    agent.flush()
+    await asyncio.sleep(0.05)
+    return agent, link
+
+
+async def goaway(agent: PlainPeer) -> h2.errors.ErrorCodes:
+    """The error code of the GOAWAY the agent got."""
+    reason = await asyncio.wait_for(agent.failed, 5)
+    assert reason.startswith("GOAWAY"), reason
+    return next(code for code in h2.errors.ErrorCodes if repr(code) in reason)
 
 
 @settings(max_examples=30, deadline=None)
 @given(stream_id=st.integers(min_value=0, max_value=5), zero=st.booleans())
 def test_a_bad_window_update_closes_the_tunnel(stream_id: int, zero: bool) -> None:
-    """A WINDOW_UPDATE of 0, or one past 2^31-1, is refused with a reason (RFC 9113,
-    6.9); one for a stream that is not open is ignored."""
+    """A WINDOW_UPDATE of 0 (PROTOCOL_ERROR), or one past 2^31-1 (FLOW_CONTROL_ERROR), for
+    the connection or an open stream; or any for a stream never opened (PROTOCOL_ERROR):
+    the tunnel closes with a reason, and its GOAWAY says which (RFC 9113, 5.1 and 6.9).
+    One for a stream that was open and is closed now is ignored (it crossed the end)."""
 
     async def run() -> None:
-        from interfaces.tunnel.link import window_update
-
-        loop = asyncio.get_running_loop()
-        agent = PlainPeer(client_side=False)
-        link = Link(lambda data: loop.call_soon(agent.receive, data), client_side=True)
-        agent.link = link
-        agent.flush()
+        agent, link = await plain_agent()
         pipe = link.open(lambda sid: Collect(link, sid))  # stream 1
+        closed = link.open(lambda sid: Collect(link, sid))  # stream 3, then reset
+        await asyncio.sleep(0.05)
+        closed.reset()
         await asyncio.sleep(0.05)
         link.receive(window_update(stream_id, 0 if zero else 2**31 - 1))
-        if stream_id in (0, pipe.stream_id):
-            assert link.closed.done()
-            assert "protocol" in link.closed.result()
-        else:
+        if stream_id == closed.stream_id and not zero:
+            assert not link.closed.done()
+            link.receive(window_update(pipe.stream_id, 1))  # (still usable)
             assert not link.closed.done()
             link.close("done")
+            return
+        assert link.closed.done()
+        assert "protocol" in link.closed.result()
+        code = await goaway(agent)
+        if stream_id in (0, pipe.stream_id) and not zero:
+            assert code == h2.errors.ErrorCodes.FLOW_CONTROL_ERROR
+        else:
+            assert code == h2.errors.ErrorCodes.PROTOCOL_ERROR
+
+    asyncio.run(run())
+
+
+def test_a_settings_change_past_the_largest_window_closes_the_tunnel() -> None:
+    """A new INITIAL_WINDOW_SIZE that takes an open stream's window past 2^31-1 is a
+    FLOW_CONTROL_ERROR (RFC 9113, 6.9.2), which h2 cannot see here: the link keeps the
+    windows."""
+
+    async def run() -> None:
+        agent, link = await plain_agent()
+        link.open(lambda sid: Collect(link, sid))
+        await asyncio.sleep(0.05)
+        agent.conn.increment_flow_control_window(2**31 - 1 - 65_535, stream_id=1)
+        agent.flush()  # the stream's window is as large as can be
+        await asyncio.sleep(0.05)
+        assert not link.closed.done()
+        # A SETTINGS frame h2 would not send (its own window would pass the limit).
+        setting = struct.pack(">HI", h2.settings.SettingCodes.INITIAL_WINDOW_SIZE, 65_536)
+        link.receive(frame_head(len(setting), 0x4, 0, 0) + setting)
+        assert await goaway(agent) == h2.errors.ErrorCodes.FLOW_CONTROL_ERROR
+        assert "past 2^31-1" in link.closed.result()
+
+    asyncio.run(run())
+
+
+@settings(max_examples=20, deadline=None)
+@given(kind=st.sampled_from([DATA, 0x8]), stream_id=st.sampled_from([0, 1]))
+def test_data_or_window_updates_out_of_place_close_the_tunnel(kind: int, stream_id: int) -> None:
+    """DATA or WINDOW_UPDATE before the peer's first SETTINGS, or between a HEADERS
+    without END_HEADERS and its CONTINUATION, is a protocol error (RFC 9113, 3.4 and
+    6.10), even though h2 never sees those frames."""
+
+    async def run() -> None:
+        sent: list[bytes] = []
+        agent = Link(sent.append, client_side=False, on_request=lambda *_: None)
+        body = window_update(0, 1)[9:] if kind == 0x8 else b"x"
+        frame = frame_head(len(body), kind, 0, stream_id) + body
+        preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+        agent.receive(preface + frame)  # instead of the SETTINGS
+        assert agent.closed.done() and "protocol" in agent.closed.result()
+
+        sandbar = PlainPeer(client_side=True)
+        agent = Link(
+            lambda data: asyncio.get_running_loop().call_soon(sandbar.receive, data),
+            client_side=False,
+            on_request=lambda sid, _: Collect(agent, sid, echo=True),
+        )
+        sandbar.link = agent
+        sandbar.flush()
+        await asyncio.sleep(0.05)
+        # A HEADERS frame without END_HEADERS (an empty block fragment is enough to
+        # open it), then the frame, then the CONTINUATION.
+        agent.receive(frame_head(0, HEADERS, 0, 1) + frame + frame_head(0, CONTINUATION, 0x4, 1))
+        assert agent.closed.done() and "protocol" in agent.closed.result()
+        assert await goaway(sandbar) == h2.errors.ErrorCodes.PROTOCOL_ERROR
 
     asyncio.run(run())

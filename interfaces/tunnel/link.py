@@ -16,8 +16,11 @@ every check that goes with them. DATA and WINDOW_UPDATE frames, nearly all a tun
 carries, are read and written here instead, in HTTP/2's format (RFC 9113, 6.1 and 6.9):
 h2 handles each frame through several layers of objects, which cost a small request
 more than everything else between the browser and the agent's server. So the windows
-are kept here; h2 sees a zero-length DATA frame where a stream's DATA ends it, so that
-its streams' states stay exact, and nothing else of the data."""
+are kept here, and the sizes of the frames sent follow the peer's SETTINGS. h2 sees a
+zero-length DATA frame where a stream's DATA ends it, or where DATA comes for a stream
+that is not (or no longer) one to read, so that its streams' states stay exact and it
+judges what that DATA means; and a WINDOW_UPDATE for a stream that is not open (closed
+or idle: h2 tells which). Nothing else of the data."""
 
 from __future__ import annotations
 
@@ -42,8 +45,9 @@ WINDOW = 1024 * 1024  # per stream: what may be in flight before the reader take
 MAX_STREAMS = 256  # so at most MAX_STREAMS * WINDOW (256 MiB) waits for slow readers
 # The connection's window is the largest HTTP/2 allows, far above MAX_STREAMS * WINDOW:
 # streams whose readers stall can never use it up and hold back the others.
-CONNECTION_WINDOW = 2**31 - 1
-MAX_FRAME = 64 * 1024  # the largest frame either side accepts (its SETTINGS say so)
+MAX_WINDOW = 2**31 - 1  # the largest window HTTP/2 allows
+CONNECTION_WINDOW = MAX_WINDOW
+MAX_FRAME = 64 * 1024  # the largest frame this end accepts (its SETTINGS ask for it)
 MAX_MESSAGE = 1024 * 1024  # bytes per WebSocket message
 # A WINDOW_UPDATE goes back for a stream once half its window is passed on (as h2 does),
 # for the connection once this much is.
@@ -55,8 +59,8 @@ DEAD_AFTER = 15.0  # seconds without a ping answered: the link is dead
 _HEAD = struct.Struct(">IBI")
 _INCREMENT = struct.Struct(">I")
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"  # the client's, before its first frame
-DATA, WINDOW_UPDATE = 0x0, 0x8
-END_STREAM, PADDED = 0x1, 0x8
+DATA, HEADERS, PUSH_PROMISE, WINDOW_UPDATE, CONTINUATION = 0x0, 0x1, 0x5, 0x8, 0x9
+END_STREAM, END_HEADERS, PADDED = 0x1, 0x4, 0x8
 
 
 def frame_head(length: int, kind: int, flags: int, stream_id: int) -> bytes:
@@ -68,7 +72,15 @@ def window_update(stream_id: int, increment: int) -> bytes:
 
 
 class Broken(Exception):
-    """The peer broke the protocol (a window overrun, say): the tunnel ends."""
+    """The peer broke the protocol (a window overrun, say): the tunnel ends, and the
+    GOAWAY says ``code`` (RFC 9113, 7)."""
+
+    def __init__(self, reason: str, code: int = h2.errors.ErrorCodes.PROTOCOL_ERROR) -> None:
+        super().__init__(reason)
+        self.code = code
+
+
+FLOW_CONTROL_ERROR = h2.errors.ErrorCodes.FLOW_CONTROL_ERROR
 
 
 class TunnelBusy(Exception):
@@ -175,7 +187,12 @@ class Link:
         self.pipes: dict[int, Pipe] = {}
         # The windows, kept here rather than in h2 (see the module's docstring).
         self.peer_initial_window = self.conn.remote_settings.initial_window_size
+        self._max_frame = self.conn.max_outbound_frame_size  # the peer's, 16 KiB at first
         self._send_window = 65535  # the connection's, as the peer opens it
+        # Until the peer's first SETTINGS, and inside a header block (HEADERS or
+        # PUSH_PROMISE to its END_HEADERS), no DATA or WINDOW_UPDATE may come.
+        self._settled = False
+        self._in_block = False
         self._receive_window = CONNECTION_WINDOW
         self._consumed = 0  # passed on (or dropped), not yet given back to the connection
         self._preface = 0 if client_side else len(PREFACE)
@@ -201,7 +218,7 @@ class Link:
             self.close(f"the peer broke the tunnel's protocol ({type(e).__name__}: {e})")
             return
         except Broken as e:
-            self.close(f"the peer broke the tunnel's protocol ({e})")
+            self.close(f"the peer broke the tunnel's protocol ({e})", e.code)
             return
         self._flush_soon()
 
@@ -227,6 +244,8 @@ class Link:
                     self._to_h2(data[given:pos])
                     if self.closed.done():
                         return
+                if self._in_block or not self._settled:
+                    raise Broken("a frame before the peer's SETTINGS or inside a header block")
                 if kind == DATA:
                     self._data(data, pos + 9, stop, flags, stream_id)
                 else:
@@ -237,8 +256,12 @@ class Link:
                     self._to_h2(data[given:pos])
                     if self.closed.done():
                         return
+                if self._in_block or not self._settled:
+                    raise Broken("a frame before the peer's SETTINGS or inside a header block")
                 self._connection_window_update(_INCREMENT.unpack_from(data, pos + 9)[0])
                 given = stop
+            elif kind in (HEADERS, PUSH_PROMISE, CONTINUATION):
+                self._in_block = not flags & END_HEADERS  # (h2 checks the rest)
             pos = stop
         if given < pos:
             self._to_h2(data[given:pos])
@@ -253,7 +276,7 @@ class Link:
         length = stop - start
         self._receive_window -= length
         if self._receive_window < 0:
-            raise Broken("DATA beyond the connection's window")
+            raise Broken("DATA beyond the connection's window", FLOW_CONTROL_ERROR)
         if flags & PADDED:
             if length == 0 or data[start] >= length:
                 raise Broken("a DATA frame's padding is longer than the frame")
@@ -268,7 +291,7 @@ class Link:
             return
         pipe.receive_window -= length
         if pipe.receive_window < 0:
-            raise Broken(f"DATA beyond stream {stream_id}'s window")
+            raise Broken(f"DATA beyond stream {stream_id}'s window", FLOW_CONTROL_ERROR)
         if flags & END_STREAM:
             pipe.far_ended = True
         if start < stop:
@@ -279,20 +302,27 @@ class Link:
             self._to_h2(frame_head(0, DATA, END_STREAM, stream_id))
 
     def _window_update(self, stream_id: int, increment: int) -> None:
+        increment &= 0x7FFFFFFF
         pipe = self.pipes.get(stream_id)
         if pipe is None:
-            return  # a stream gone meanwhile (the peer's update crossed its end)
-        increment &= 0x7FFFFFFF
-        if increment == 0 or pipe.send_window + increment > CONNECTION_WINDOW:
-            raise Broken(f"a WINDOW_UPDATE of {increment} for stream {stream_id}")
+            # A stream gone meanwhile (the update crossed its end: ignored), or one never
+            # opened (a protocol error): h2 knows which.
+            self._to_h2(window_update(stream_id, increment))
+            return
+        if increment == 0:
+            raise Broken(f"a WINDOW_UPDATE of 0 for stream {stream_id}")
+        if pipe.send_window + increment > MAX_WINDOW:
+            raise Broken(f"stream {stream_id}'s window past 2^31-1", FLOW_CONTROL_ERROR)
         pipe.send_window += increment
         if pipe._pending or pipe._end_after_pending:
             self.pump(pipe)
 
     def _connection_window_update(self, increment: int) -> None:
         increment &= 0x7FFFFFFF
-        if increment == 0 or self._send_window + increment > CONNECTION_WINDOW:
-            raise Broken(f"a WINDOW_UPDATE of {increment} for the connection")
+        if increment == 0:
+            raise Broken("a WINDOW_UPDATE of 0 for the connection")
+        if self._send_window + increment > MAX_WINDOW:
+            raise Broken("the connection's window past 2^31-1", FLOW_CONTROL_ERROR)
         blocked = self._send_window <= 0
         self._send_window += increment
         if blocked:
@@ -327,10 +357,16 @@ class Link:
             if pipe is not None:
                 pipe.on_reset("the far end cancelled the stream")
         elif isinstance(event, h2.events.RemoteSettingsChanged):
+            self._settled = True
+            self._max_frame = self.conn.max_outbound_frame_size
             initial = self.conn.remote_settings.initial_window_size
             change, self.peer_initial_window = initial - self.peer_initial_window, initial
             for pipe in list(self.pipes.values()):
                 pipe.send_window += change  # (RFC 9113, 6.9.2)
+                if pipe.send_window > MAX_WINDOW:
+                    raise Broken(
+                        f"stream {pipe.stream_id}'s window past 2^31-1", FLOW_CONTROL_ERROR
+                    )
                 if change > 0 and pipe._pending:
                     self.pump(pipe)
         elif isinstance(event, h2.events.PingAckReceived):
@@ -368,7 +404,7 @@ class Link:
             return
         sent = False
         while pipe._pending:
-            room = min(pipe.send_window, self._send_window, MAX_FRAME)
+            room = min(pipe.send_window, self._send_window, self._max_frame)
             if room <= 0:
                 break
             chunk = pipe._pending[0]
@@ -478,13 +514,13 @@ class Link:
 
     # Ending.
 
-    def close(self, reason: str) -> None:
-        """End the tunnel: every stream fails with ``reason``."""
+    def close(self, reason: str, code: int = h2.errors.ErrorCodes.NO_ERROR) -> None:
+        """End the tunnel: every stream fails with ``reason``; the GOAWAY says ``code``."""
         if self.closed.done():
             return
         self.closed.set_result(reason)
         with contextlib.suppress(h2.exceptions.ProtocolError):
-            self.conn.close_connection()
+            self.conn.close_connection(error_code=code)
             self._flush()
         pipes, self.pipes = self.pipes, {}
         for pipe in pipes.values():
