@@ -48,7 +48,9 @@ class DerivedSecrets:
             sandbox_id = UUID(hex=parts[1])
         except ValueError:
             return None
-        return sandbox_id if hmac.compare_digest(token, self.proxy_token(sandbox_id)) else None
+        expected = self.proxy_token(sandbox_id).encode()
+        # (As bytes: compare_digest refuses str with characters beyond ASCII.)
+        return sandbox_id if hmac.compare_digest(token.encode(), expected) else None
 
 
 @dataclass(frozen=True)

@@ -176,6 +176,27 @@ def test_tokens_are_checked(
     assert call().status_code == 401
 
 
+def test_a_token_with_bytes_beyond_ascii_is_refused_in_anthropics_shape(
+    make_box: Callable[[], Box], api_server: ServerProcess
+) -> None:
+    """A token with a byte beyond ASCII: 401 in Anthropic's shape, on a connection the
+    proxy answers and on one that asked the REST API first (uvicorn's)."""
+    box = make_box()
+    for first in ("proxy", "api"):
+        conn = http.client.HTTPConnection("127.0.0.1", api_server.port, timeout=10)
+        if first == "api":
+            conn.request("GET", "/healthz")
+            assert conn.getresponse().read() == b'{"status":"ok"}'
+        conn.putrequest("POST", "/proxy/anthropic/v1/messages", skip_accept_encoding=True)
+        conn.putheader(b"x-api-key", box.token.encode() + b"\xe9")
+        conn.putheader("content-length", "2")
+        conn.endheaders(b"{}")
+        r = conn.getresponse()
+        body = json.loads(r.read())
+        assert (r.status, body["error"]["type"]) == (401, "authentication_error"), (first, body)
+        conn.close()
+
+
 def test_headers_bodies_and_errors_pass_through(
     make_box: Callable[[], Box], standin: tuple[AnthropicStandIn, int]
 ) -> None:

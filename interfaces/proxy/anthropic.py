@@ -187,16 +187,19 @@ class AnthropicApi:
     async def admit(self, headers: Headers) -> tuple[UUID, UUID]:
         """The request's workspace and sandbox, once it is counted; else Refused."""
         sandbox_id = self._sandbox(headers)
-        workspace_id = self._check(await self._directory.route(sandbox_id), headers)
+        try:
+            route = await self._directory.route(sandbox_id)
+        except Exception:  # the database is down, say: the client may try again
+            log.exception("could not look up a sandbox for an Anthropic API request")
+            raise _cannot_count() from None
+        workspace_id = self._check(route, headers)
         try:
             await self._sb.usage.admit(workspace_id)
         except RateLimited as e:
             raise Refused(429, "rate_limit_error", e.message, e.retry_after) from None
-        except Exception:  # the database is down, say: the client may try again
+        except Exception:
             log.exception("could not count an Anthropic API request")
-            raise Refused(
-                503, "api_error", "Sandbar cannot count requests right now; try again", 5
-            ) from None
+            raise _cannot_count() from None
         self._sb.activity.note(sandbox_id)
         return workspace_id, sandbox_id
 
@@ -332,6 +335,10 @@ async def _send_answer(send: Send, answer: Answer) -> None:
 
 def _unreachable(reason: str) -> Refused:
     return Refused(502, "api_error", f"the Anthropic API could not be reached ({reason})")
+
+
+def _cannot_count() -> Refused:
+    return Refused(503, "api_error", "Sandbar cannot count requests right now; try again", 5)
 
 
 def _timed_out(seconds: float) -> Refused:
