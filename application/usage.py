@@ -90,27 +90,34 @@ class Usage:
             "own_tokens": tokens,
         }
 
-    def admit_now(self, workspace_id: UUID) -> bool:
+    def admit_now(self, workspace_id: UUID) -> date | None:
         """Count a proxy request without waiting, if what this process has counted ahead
-        allows; False says: ``admit`` it."""
-        return self._store.take(workspace_id, today())
+        allows: the day it counts in; None says: ``admit`` it."""
+        day = today()
+        return day if self._store.take(workspace_id, day) else None
 
-    async def admit(self, workspace_id: UUID) -> None:
-        """Count a proxy request against today's limits, or refuse it (RateLimited).
-        (On the proxy's hot path: one statement, without a thread.)"""
-        reached = await self._store.reserve(workspace_id, today(), *self._defaults)
-        if reached is not None:
-            limits = await asyncio.to_thread(self.limits, workspace_id)
-            limit = limits[f"daily_{reached}"]
-            raise RateLimited(
-                f"this workspace has used its daily limit of {limit} {reached[:-1]}"
-                f"{'s' if limit != 1 else ''} for the Anthropic API; it resets at 00:00 UTC",
-                retry_after=_seconds_to_midnight(),
-            )
+    async def admit(self, workspace_id: UUID) -> date:
+        """Count a proxy request against today's limits: the day it counts in (its usage
+        is recorded for that day, even if the answer ends after midnight); or refuse it
+        (RateLimited). (On the proxy's hot path: one statement, without a thread.)"""
+        day = today()
+        reached = await self._store.reserve(workspace_id, day, *self._defaults)
+        if reached is None:
+            return day
+        limits = await asyncio.to_thread(self.limits, workspace_id)
+        limit = limits[f"daily_{reached}"]
+        raise RateLimited(
+            f"this workspace has used its daily limit of {limit} {reached[:-1]}"
+            f"{'s' if limit != 1 else ''} for the Anthropic API; it resets at 00:00 UTC",
+            retry_after=_seconds_to_midnight(),
+        )
 
-    def record(self, workspace_id: UUID, sandbox_id: UUID, counts: dict[str, int]) -> None:
-        """Record a finished request's tokens (soon, in a batch; on the proxy's loop)."""
-        self._store.record(workspace_id, sandbox_id, today(), counts)
+    def record(
+        self, workspace_id: UUID, sandbox_id: UUID, day: date, counts: dict[str, int]
+    ) -> None:
+        """Record a finished request's tokens for the day it was admitted in (soon, in a
+        batch; on the proxy's loop)."""
+        self._store.record(workspace_id, sandbox_id, day, counts)
 
     async def flush(self) -> None:
         """Wait until what was admitted and recorded so far is written."""

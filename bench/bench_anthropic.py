@@ -329,9 +329,9 @@ def db_alone(sandbar: Sandbar, workspace_id: UUID, n: int) -> dict[str, Any]:
                 t = time.perf_counter()
                 await asyncio.to_thread(usage.limits, workspace_id)
                 t1 = time.perf_counter()
-                await usage.admit(workspace_id)
+                day = await usage.admit(workspace_id)
                 t2 = time.perf_counter()
-                usage.record(workspace_id, sandbox_id, counts)
+                usage.record(workspace_id, sandbox_id, day, counts)
                 await usage.flush()
                 t3 = time.perf_counter()
                 if i >= 20:  # warmed up

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from datetime import date
 from typing import Any
 from urllib.parse import urlsplit
 from uuid import UUID
@@ -34,6 +35,8 @@ from interfaces.proxy.headers import HOP_BY_HOP, Headers, bearer, header, to_bro
 from interfaces.proxy.upstream import TLS, Stream
 
 log = logging.getLogger(__name__)
+
+Counted = tuple[UUID, UUID, date]  # an admitted request: its workspace, sandbox and day
 
 PREFIX = "/proxy/anthropic"
 DEFAULT_VERSION = b"2023-06-01"
@@ -172,20 +175,21 @@ class AnthropicApi:
         request.target = self._base_path + request.target[len(PREFIX) :]
         return AnthropicExchange(front, request, keep_alive, self)
 
-    def admit_now(self, headers: Headers) -> tuple[UUID, UUID] | None:
+    def admit_now(self, headers: Headers) -> Counted | None:
         """``admit``, if it can be decided without waiting; else None."""
         sandbox_id = self._sandbox(headers)
         route = self._directory.peek_route(sandbox_id)
         if route is MISS:
             return None
         workspace_id = self._check(route, headers)
-        if not self._sb.usage.admit_now(workspace_id):
+        day = self._sb.usage.admit_now(workspace_id)
+        if day is None:
             return None
         self._sb.activity.note(sandbox_id)
-        return workspace_id, sandbox_id
+        return workspace_id, sandbox_id, day
 
-    async def admit(self, headers: Headers) -> tuple[UUID, UUID]:
-        """The request's workspace and sandbox, once it is counted; else Refused."""
+    async def admit(self, headers: Headers) -> Counted:
+        """The request's workspace, sandbox and day, once it is counted; else Refused."""
         sandbox_id = self._sandbox(headers)
         try:
             route = await self._directory.route(sandbox_id)
@@ -194,14 +198,14 @@ class AnthropicApi:
             raise _cannot_count() from None
         workspace_id = self._check(route, headers)
         try:
-            await self._sb.usage.admit(workspace_id)
+            day = await self._sb.usage.admit(workspace_id)
         except RateLimited as e:
             raise Refused(429, "rate_limit_error", e.message, e.retry_after) from None
         except Exception:
             log.exception("could not count an Anthropic API request")
             raise _cannot_count() from None
         self._sb.activity.note(sandbox_id)
-        return workspace_id, sandbox_id
+        return workspace_id, sandbox_id, day
 
     def _check(self, route: dict[str, Any] | None, headers: Headers) -> UUID:
         """The sandbox's workspace, if its request may go on; else Refused."""
@@ -220,8 +224,9 @@ class AnthropicApi:
         if length is not None and (not length.isdigit() or int(length) > self.max_body):
             raise self.too_large()
 
-    def record(self, workspace_id: UUID, sandbox_id: UUID, tap: UsageTap | None) -> None:
-        self._sb.usage.record(workspace_id, sandbox_id, tap.finish() if tap else {})
+    def record(self, counted: Counted, tap: UsageTap | None) -> None:
+        workspace_id, sandbox_id, day = counted
+        self._sb.usage.record(workspace_id, sandbox_id, day, tap.finish() if tap else {})
 
     def headers_out(self, headers: Headers) -> Headers:
         """The request's headers as the API gets them: the real key for the token."""
@@ -267,7 +272,7 @@ class AnthropicApi:
         self._proxy.started()
         try:
             body = await self._read_body(scope["headers"], receive)
-            workspace_id, sandbox_id = await self.admit(scope["headers"])
+            counted = await self.admit(scope["headers"])
         except Refused as r:
             await _send_answer(send, r.answer())
             return
@@ -304,7 +309,7 @@ class AnthropicApi:
                     tap.feed(chunk)
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
             except ConnectionError:
-                log.warning("the Anthropic API broke off an answer for sandbox %s", sandbox_id)
+                log.warning("the Anthropic API broke off an answer for sandbox %s", counted[1])
                 conn.close()
                 return  # unfinished: the server drops the connection, the client sees it cut
             await send({"type": "http.response.body", "body": b""})
@@ -312,7 +317,7 @@ class AnthropicApi:
         except ConnectionError as e:
             await _send_answer(send, _unreachable(str(e)).answer())
         finally:
-            self.record(workspace_id, sandbox_id, tap)
+            self.record(counted, tap)
 
     async def _read_body(self, headers: Headers, receive: Receive) -> bytes:
         self._check_length(headers)  # (before reading it, and before it is counted)
@@ -355,7 +360,7 @@ class AnthropicExchange(Exchange):
         super().__init__(front, request, keep_alive)
         self._api = api
         self._tap: UsageTap | None = None
-        self._counted: tuple[UUID, UUID] | None = None  # admitted, not yet recorded
+        self._counted: Counted | None = None  # admitted, not yet recorded
         self._body_size = 0
 
     @property
@@ -381,7 +386,7 @@ class AnthropicExchange(Exchange):
             self._record()
         return decision
 
-    def _admitted(self, counted: tuple[UUID, UUID]) -> Admit:
+    def _admitted(self, counted: Counted) -> Admit:
         """Counted (so recorded when it ends): on to the API. (The real key goes in with
         ``_headers_out``, so the Admit's own credential is empty.)"""
         self._counted = counted
@@ -434,4 +439,4 @@ class AnthropicExchange(Exchange):
     def _record(self) -> None:
         counted, self._counted = self._counted, None
         if counted is not None:
-            self._api.record(*counted, self._tap)
+            self._api.record(counted, self._tap)
