@@ -12,17 +12,21 @@ statement is under way are counted together by the next one, which grants as man
 limit leaves (the first ones in; the rest are refused), and finished requests are recorded
 together, so the proxy issues a statement per batch rather than two per request.
 
-A workspace that keeps asking is counted ahead: each reservation asks for some requests
-more than are waiting (twice as many as the last time, up to ``MAX_AHEAD``), and this
-process hands them out without a statement (``take``) while nothing has changed (the
-change feed's generation: a new limit, say), the tokens it knows of are under the limit,
-and the day is the same; once half of them are handed out, it asks for more without
-waiting (so that under steady load no request waits for a statement), unless the last
-reservation got less than it asked for (the limit is near). What a lease still holds is
-given back when it lapses, when it has been idle for ``IDLE_SECONDS`` and on shutdown, so
-a request limit is never overshot and, near it, other processes wait at most that long for
-what this one holds; a crash loses the lease (its requests stay counted, refusing that
-many too early, that day)."""
+A workspace that keeps asking is counted ahead: each reservation asks for as many
+requests as wait and enough more that this process holds some ahead of need (twice as
+many as the last time, up to ``MAX_AHEAD``), and hands them out without a statement
+(``take``) while nothing has changed (the change feed's generation: a new limit, say),
+the tokens it knows of are under the limit, and the day is the same. The tokens it knows
+of are the day's total as every statement of its own returns it (reservations, and each
+batch of records: other processes' tokens show within a batch) plus its own since. Once
+half of a lease is handed out, it asks for more without waiting (so that under steady
+load no request waits for a statement), unless the last reservation got less than it
+asked for (the limit is near); a reservation the table refuses (a limit is reached, by
+whichever process) ends the lease. What a lease still holds is given back when it lapses,
+when it has been idle for ``IDLE_SECONDS`` and on shutdown, so a request limit is never
+overshot; near it, another process may be refused what this one holds unused, for at
+most that long. A crash loses the lease (its requests stay counted, refusing that many
+too early, that day)."""
 
 from __future__ import annotations
 
@@ -104,6 +108,7 @@ _RECORD = (
     f" (SELECT workspace_id, day, sum({' + '.join(COUNTS)}) AS total FROM v"
     " GROUP BY workspace_id, day) x"
     " WHERE t.workspace_id = x.workspace_id AND t.day = x.day AND x.total > 0"
+    " RETURNING t.workspace_id, t.day, t.tokens"  # (every process's, for the leases)
 )
 # Workspace, day, default limits, and whether a request waits for it (else a top-up).
 Reservation = tuple[UUID, date, int | None, int | None, bool]
@@ -233,10 +238,15 @@ class UsageTable:
                 if lease is None:
                     lease = self._leases[workspace_id, day] = Lease()
                 ahead = lease.ahead if generation is not None else 0
+                # As many as wait, and enough more that the lease holds ``ahead``.
+                asking = n + max(0, ahead - lease.left)
+                if asking == 0:
+                    lease.topping_up = False  # (it holds enough)
+                    continue
                 params = {
                     "w": workspace_id,
                     "d": day,
-                    "n": n + ahead,
+                    "n": asking,
                     "default_requests": default_requests,
                     "default_tokens": default_tokens,
                     "unlimited": UNLIMITED,
@@ -252,7 +262,11 @@ class UsageTable:
                     lease.tokens, lease.token_limit = max(lease.tokens, int(row[1])), int(row[2])
                     lease.generation = generation
                     lease.ahead = min(MAX_AHEAD, max(1, ahead * 2))
-                if granted < n + ahead:
+                else:
+                    # A limit is reached, perhaps by other processes' requests: nothing
+                    # more is handed out from the lease, and what it holds goes back.
+                    lease.generation = None
+                if granted < asking:
                     lease.ahead = 0  # the limit is near: no more asked ahead, nor topped up
                 if granted < n:
                     which = await (await conn.execute(_WHICH, params)).fetchone()
@@ -336,7 +350,11 @@ class UsageTable:
                         for name, col in zip(("r", "i", "o", "cc", "cr"), columns, strict=True)
                     },
                 }
-                await conn.execute(_RECORD, params, prepare=True)
+                totals = await (await conn.execute(_RECORD, params, prepare=True)).fetchall()
+                for workspace_id, day, tokens in totals:  # (other processes' too)
+                    lease = self._leases.get((workspace_id, day))
+                    if lease is not None:
+                        lease.tokens = max(lease.tokens, int(tokens))
             await self._give_back(conn, self._generation())
         self._sweep_later()
         return [None] * len(batch)

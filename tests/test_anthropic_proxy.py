@@ -502,6 +502,39 @@ def test_a_limit_is_shared_by_several_servers(
     assert usage_of(box, 8)["requests"] == 8
 
 
+def test_a_token_limit_reached_through_another_server_stops_a_lease(
+    make_box: Callable[[], Box], api_server: ServerProcess, tmp_path: Path
+) -> None:
+    """One server counts a busy sandbox's requests ahead; another takes the workspace
+    past its token limit. The first learns of it with its next write of usage and hands
+    out nothing more from what it counted ahead: one more answer at most passes there."""
+    box = make_box()
+    r = box.owner.client.put(
+        f"/api/workspaces/{box.workspace_id}/limits",
+        json={"daily_requests": None, "daily_tokens": 400},
+    )
+    assert r.status_code == 200
+    other = ServerProcess(api_server.env, tmp_path / "server.log").start()
+    try:
+        first = [ask(api_server.url, box) for _ in range(12)]  # some counted ahead there
+        assert first == [200] * 12
+        second: list[int] = []
+        while len(second) < 100 and 429 not in second:
+            second.append(ask(other.url, box))
+        assert second[-1] == 429 and second.count(200) > 0, second
+        after: list[int] = []
+        for _ in range(10):  # a sandbox's pace (each answer is written meanwhile)
+            after.append(ask(api_server.url, box))
+            time.sleep(0.15)
+        assert after.count(200) <= 1 and after[-1] == 429, after
+    finally:
+        other.stop()
+    passed = len(first) + second.count(200) + after.count(200)
+    day = usage_of(box, passed)
+    used = sum(int(day[name]) for name in COUNTS)  # type: ignore[call-overload]
+    assert used < 400 + 2 * used / passed, (used, passed)
+
+
 def test_proxy_calls_count_as_activity(make_box: Callable[[], Box], sandbar: Sandbar) -> None:
     box = make_box()
     assert sandbar.activity.last_seen(box.id) is None
