@@ -31,6 +31,7 @@ too early, that day)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from datetime import date
@@ -63,6 +64,9 @@ UNLIMITED = 2**62
 MAX_AHEAD = 256  # requests counted ahead of need, at most, per workspace and process
 IDLE_SECONDS = 2.0  # a lease unused this long gives back what it holds
 RECORD_EVERY = 0.05  # seconds a batch of finished requests gathers before it is written
+RETRY_AFTER = 1.0  # seconds before records the database refused are written again
+
+log = logging.getLogger(__name__)
 
 
 _LIMITS = (
@@ -156,6 +160,10 @@ class UsageTable:
         self._pool_size = pool_size
         self._pool: AsyncConnectionPool | None = None
         self._leases: dict[tuple[UUID, date], Lease] = {}
+        # Records a write failed for (the database was away, say), merged per sandbox and
+        # day (so bounded by the sandboxes in use): written with the next batch.
+        self._unwritten: dict[tuple[date, UUID, UUID], list[int]] = {}
+        self._retry: asyncio.TimerHandle | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._reserving = GroupCommit(self._reserve_batch)
         self._recording: GroupCommit[Finished | None, None] = GroupCommit(
@@ -327,37 +335,66 @@ class UsageTable:
         self._recording.post((workspace_id, sandbox_id, day, counts))
 
     async def _record_batch(self, batch: list[Finished | None]) -> list[None]:
-        merged: dict[tuple[date, UUID, UUID], list[int]] = {}
+        merged, self._unwritten = self._unwritten, {}
         for finished in batch:
             if finished is None:
-                continue  # (a sweep)
+                continue  # (a sweep, or a retry)
             workspace_id, sandbox_id, day, counts = finished
             row = merged.setdefault((day, workspace_id, sandbox_id), [0] * (1 + len(COUNTS)))
             row[0] += 1
             for i, name in enumerate(COUNTS, start=1):
                 row[i] += max(0, int(counts.get(name, 0)))
-        pool = await self._connections()
-        async with pool.connection() as conn:
+        try:
+            pool = await self._connections()
+            async with pool.connection() as conn:
+                if merged:
+                    await self._write_records(conn, merged)
+                await self._give_back(conn, self._generation())
+        except Exception as e:  # records are kept and written again soon: none is lost
+            for key, row in merged.items():
+                kept = self._unwritten.setdefault(key, [0] * len(row))
+                for i, value in enumerate(row):
+                    kept[i] += value
             if merged:
-                keys, rows = list(merged), list(merged.values())
-                columns = list(zip(*rows, strict=True))
-                params = {
-                    "d": [k[0] for k in keys],
-                    "w": [k[1] for k in keys],
-                    "s": [k[2] for k in keys],
-                    **{
-                        name: list(col)
-                        for name, col in zip(("r", "i", "o", "cc", "cr"), columns, strict=True)
-                    },
-                }
-                totals = await (await conn.execute(_RECORD, params, prepare=True)).fetchall()
-                for workspace_id, day, tokens in totals:  # (other processes' too)
-                    lease = self._leases.get((workspace_id, day))
-                    if lease is not None:
-                        lease.tokens = max(lease.tokens, int(tokens))
-            await self._give_back(conn, self._generation())
+                self._retry_later()
+            log.warning(
+                "could not write usage (%d sandbox-day(s) kept to try again in %g s): %s",
+                len(merged),
+                RETRY_AFTER,
+                e,
+            )
         self._sweep_later()
         return [None] * len(batch)
+
+    async def _write_records(
+        self, conn: Any, merged: dict[tuple[date, UUID, UUID], list[int]]
+    ) -> None:
+        keys, rows = list(merged), list(merged.values())
+        columns = list(zip(*rows, strict=True))
+        params = {
+            "d": [k[0] for k in keys],
+            "w": [k[1] for k in keys],
+            "s": [k[2] for k in keys],
+            **{
+                name: list(col)
+                for name, col in zip(("r", "i", "o", "cc", "cr"), columns, strict=True)
+            },
+        }
+        totals = await (await conn.execute(_RECORD, params, prepare=True)).fetchall()
+        for workspace_id, day, tokens in totals:  # (other processes' too)
+            lease = self._leases.get((workspace_id, day))
+            if lease is not None:
+                lease.tokens = max(lease.tokens, int(tokens))
+
+    def _retry_later(self) -> None:
+        if self._retry is None:
+            loop = asyncio.get_running_loop()
+            self._retry = loop.call_later(RETRY_AFTER, self._retry_now)
+
+    def _retry_now(self) -> None:
+        self._retry = None
+        if self._unwritten:
+            self._recording.post(None)
 
     async def flush(self) -> None:
         """Wait until every request admitted and recorded so far is written."""
@@ -365,10 +402,20 @@ class UsageTable:
         await self._recording.flush()
 
     async def close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
+        for timer in (self._sweeper, self._retry):
+            if timer is not None:
+                timer.cancel()
+        self._sweeper = self._retry = None
         await self.flush()
+        if self._unwritten:  # one last try
+            self._recording.post(None)
+            await self._recording.flush()
+        if self._unwritten:
+            log.error(
+                "the usage of %d sandbox(es) could not be written before shutdown: %s",
+                len(self._unwritten),
+                self._unwritten,
+            )
         if self._leases:
             pool = await self._connections()
             async with pool.connection() as conn:

@@ -644,6 +644,44 @@ def test_a_request_that_cannot_be_counted_is_refused_cleanly(
         server.stop()
 
 
+def test_usage_the_database_refuses_is_written_once_it_takes_it(
+    api_server: ServerProcess, make_database: Callable[[], str], tmp_path: Path
+) -> None:
+    """The usage records cannot be written for a while (here: a constraint refuses
+    them): the answers still go out, the records are kept and written once the database
+    takes them again; no count is lost."""
+    url = make_database()
+    env = {**api_server.env, "SANDBAR_DATABASE_URL": url}
+    server = ServerProcess(env, tmp_path / "server.log").start()
+    try:
+        owner = register(server.url, "owner")
+        wid = owner.client.post("/api/workspaces", json={"name": "llm"}).json()["id"]
+        r = owner.client.post(
+            f"/api/workspaces/{wid}/sandboxes", json={"name": "agent", "type": "opencode"}
+        )
+        sid = UUID(r.json()["id"])
+        token = DerivedSecrets(env["SANDBAR_SECRET_KEY"].encode()).proxy_token(sid)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(
+                "ALTER TABLE sandbar_usage ADD CONSTRAINT refuse CHECK (requests < 0) NOT VALID"
+            )
+        box = Box(sid, wid, owner, token, f"{server.url}/proxy/anthropic")
+        assert [ask(server.url, box) for _ in range(5)] == [200] * 5
+        log_file = tmp_path / "server.log"
+        deadline = time.monotonic() + 10
+        while 'constraint "refuse"' not in log_file.read_text():  # (the write was tried)
+            assert time.monotonic() < deadline, "the refused write was not logged"
+            time.sleep(0.1)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("ALTER TABLE sandbar_usage DROP CONSTRAINT refuse")
+        assert ask(server.url, box) == 200
+        day = usage_of(box, 6)
+        assert (day["requests"], day["input_tokens"], day["output_tokens"]) == (6, 12, 18)
+    finally:
+        server.stop()
+    assert "Traceback" not in (tmp_path / "server.log").read_text()
+
+
 STREAM = b"".join(
     b"event: %s\r\ndata: %s\r\n\r\n" % (name.encode(), json.dumps(data).encode())
     for name, data in [
