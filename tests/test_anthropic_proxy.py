@@ -286,6 +286,72 @@ def test_a_slow_api_times_out_cleanly(make_box: Callable[[], Box]) -> None:
     assert time.monotonic() - started < 6
 
 
+def test_an_answer_that_stops_coming_is_cut_cleanly(make_box: Callable[[], Box]) -> None:
+    """The API goes silent mid-answer (5 s between events; the proxy's timeout here is
+    3 s): the client's transfer breaks off soon after the timeout, on a connection the
+    proxy answers and on one uvicorn holds, never taken for a whole answer; the request
+    is recorded."""
+    box = make_box()
+    port = int(box.url.split(":")[2].split("/")[0])
+    body = json.dumps({"model": "m", "max_tokens": 8, "stream": True, "messages": HELLO})
+    headers = {"x-api-key": box.token, "content-type": "application/json"}
+    for first in ("proxy", "api"):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        if first == "api":
+            conn.request("GET", "/healthz")
+            assert conn.getresponse().read() == b'{"status":"ok"}'
+        started = time.monotonic()
+        conn.request(
+            "POST", "/proxy/anthropic/v1/messages", body, {**headers, "x-standin-gap-ms": "5000"}
+        )
+        r = conn.getresponse()
+        assert r.status == 200
+        with pytest.raises(http.client.IncompleteRead) as cut:
+            r.read()
+        assert b"message_start" in cut.value.partial  # what came before the silence
+        assert b"message_stop" not in cut.value.partial
+        assert time.monotonic() - started < 5.0, first  # (before the next event)
+        conn.close()
+    assert usage_of(box, 2)["requests"] == 2
+
+
+def test_an_oversized_pipelined_request_waits_for_the_answer_before_it(
+    make_box: Callable[[], Box],
+) -> None:
+    """A second request, pipelined behind a streamed answer, goes over the body limit
+    while that answer is still coming: the answer arrives whole, then the 413."""
+    box = make_box()
+    port = int(box.url.split(":")[2].split("/")[0])
+    body = json.dumps({"model": "m", "max_tokens": 8, "stream": True, "messages": HELLO})
+    streamed = (
+        f"POST /proxy/anthropic/v1/messages HTTP/1.1\r\nHost: a\r\nx-api-key: {box.token}\r\n"
+        f"x-standin-gap-ms: 200\r\ncontent-length: {len(body)}\r\n\r\n{body}"
+    ).encode()
+    oversized = (
+        f"POST /proxy/anthropic/v1/messages HTTP/1.1\r\nHost: a\r\nx-api-key: {box.token}\r\n"
+        "transfer-encoding: chunked\r\n\r\n"
+    ).encode() + b"".join(b"2000\r\n" + b"x" * 0x2000 + b"\r\n" for _ in range(10))
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(streamed + oversized + b"0\r\n\r\n")
+        received = bytearray()
+        while data := sock.recv(65536):
+            received += data
+    head, _, rest = bytes(received).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"transfer-encoding: chunked" in head.lower()
+    events = bytearray()
+    while True:  # the first answer's chunks, each whole
+        size, _, rest = rest.partition(b"\r\n")
+        n = int(size, 16)
+        assert rest[n : n + 2] == b"\r\n", bytes(rest[:200])
+        events += rest[:n]
+        rest = rest[n + 2 :]
+        if n == 0:
+            break
+    assert events.startswith(b"event: message_start\n")
+    assert events.endswith(b'event: message_stop\ndata: {"type": "message_stop"}\n\n')
+    assert rest.startswith(b"HTTP/1.1 413"), rest[:200]
+
+
 def test_usage_is_recorded_and_reported(
     make_box: Callable[[], Box], api_server: ServerProcess
 ) -> None:

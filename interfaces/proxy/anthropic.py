@@ -15,8 +15,10 @@ an ASGI handler costs some three times the CPU per request (bench/bench_anthropi
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import time
 from datetime import date
 from typing import Any
 from urllib.parse import urlsplit
@@ -304,11 +306,16 @@ class AnthropicApi:
             await send(
                 {"type": "http.response.start", "status": status, "headers": to_browser(answer)}
             )
+            body = stream.body()
             try:
-                async for chunk in stream.body():
+                while True:
+                    async with asyncio.timeout(self.timeout):  # between pieces, too
+                        chunk = await anext(body, None)
+                    if chunk is None:
+                        break
                     tap.feed(chunk)
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            except ConnectionError:
+            except (ConnectionError, TimeoutError):
                 log.warning("the Anthropic API broke off an answer for sandbox %s", counted[1])
                 conn.close()
                 return  # unfinished: the server drops the connection, the client sees it cut
@@ -413,17 +420,37 @@ class AnthropicExchange(Exchange):
             if self._responded:
                 self.keep_alive = False
                 self._finish()
+            elif not self.front.answering(self):  # behind another answer: 413 in its turn
+                self.keep_alive = False
+                self.preset = self._api.too_large().answer()
             else:
                 self._answer(self._api.too_large().answer())
 
     def response_head(self, status: int, headers: Headers, upgraded: bool) -> None:
         self._tap = UsageTap(header(headers, b"content-type") or b"")
         super().response_head(status, headers, upgraded)
+        if not self._done:
+            self._await_answer()  # the body, too, must keep coming (streams send pings)
 
     def response_body(self, data: bytes) -> None:
         if self._tap is not None:
             self._tap.feed(data)
+        self.front.proxy.waiting[self] = time.monotonic() + self.timeout
         super().response_body(data)
+
+    def timed_out(self) -> None:
+        if not self._responded:
+            super().timed_out()  # 504
+            return
+        # Silent mid-answer: cut it (the client sees a broken transfer, never a short
+        # answer taken for a whole one), as when the API breaks off.
+        log.warning("the Anthropic API sent nothing for %g s mid-answer; cut", self.timeout)
+        self._cancel_timer()
+        if self._upstream is not None:
+            self._upstream.close()
+            self._upstream = None
+        self.keep_alive = False
+        self._finish()
 
     def _finish(self) -> None:
         self._record()

@@ -392,6 +392,10 @@ class FrontProtocol(asyncio.Protocol):
         if corked:
             self.write(b"".join(corked))
 
+    def answering(self, exchange: Exchange) -> bool:
+        """Whether ``exchange`` has its turn (pipelined ones wait for those before)."""
+        return bool(self._queue) and self._queue[0] is exchange
+
     def finished(self, exchange: Exchange) -> None:
         if self._queue and self._queue[0] is exchange:
             self._queue.popleft()
