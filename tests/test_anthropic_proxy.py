@@ -11,6 +11,7 @@ import json
 import socket
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from uuid import UUID
@@ -672,6 +673,28 @@ def test_usage_of_parallel_requests_adds_up(
         assert (day["input_tokens"], day["output_tokens"]) == (80, 120)
 
 
+@contextmanager
+def own_server(
+    api_server: ServerProcess, make_database: Callable[[], str], tmp_path: Path
+) -> Iterator[tuple[ServerProcess, str, Box]]:
+    """A server of its own on a fresh database (for a test that breaks the database),
+    its database's URL, and a sandbox there."""
+    url = make_database()
+    env = {**api_server.env, "SANDBAR_DATABASE_URL": url}
+    server = ServerProcess(env, tmp_path / "server.log").start()
+    try:
+        owner = register(server.url, "owner")
+        wid = owner.client.post("/api/workspaces", json={"name": "llm"}).json()["id"]
+        r = owner.client.post(
+            f"/api/workspaces/{wid}/sandboxes", json={"name": "agent", "type": "opencode"}
+        )
+        sid = UUID(r.json()["id"])
+        token = DerivedSecrets(env["SANDBAR_SECRET_KEY"].encode()).proxy_token(sid)
+        yield server, url, Box(sid, wid, owner, token, f"{server.url}/proxy/anthropic")
+    finally:
+        server.stop()
+
+
 def test_a_request_that_cannot_be_counted_is_refused_cleanly(
     api_server: ServerProcess,
     make_database: Callable[[], str],
@@ -680,24 +703,14 @@ def test_a_request_that_cannot_be_counted_is_refused_cleanly(
 ) -> None:
     """The usage counters cannot be written (here: their table is gone): 503 in
     Anthropic's shape, nothing sent on, and the server goes on answering."""
-    url = make_database()
-    env = {**api_server.env, "SANDBAR_DATABASE_URL": url}
-    server = ServerProcess(env, tmp_path / "server.log").start()
-    try:
-        owner = register(server.url, "owner")
-        wid = owner.client.post("/api/workspaces", json={"name": "llm"}).json()["id"]
-        r = owner.client.post(
-            f"/api/workspaces/{wid}/sandboxes", json={"name": "agent", "type": "opencode"}
-        )
-        sid = UUID(r.json()["id"])
+    with own_server(api_server, make_database, tmp_path) as (server, url, box):
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("DROP TABLE sandbar_usage_totals")
-        token = DerivedSecrets(env["SANDBAR_SECRET_KEY"].encode()).proxy_token(sid)
         asked = len(standin[0].requests)
         r = httpx.post(
             f"{server.url}/proxy/anthropic/v1/messages",
             json={"model": "m", "max_tokens": 8, "messages": HELLO},
-            headers={"x-api-key": token},
+            headers={"x-api-key": box.token},
             timeout=30,
         )
         assert r.status_code == 503, r.text
@@ -705,9 +718,7 @@ def test_a_request_that_cannot_be_counted_is_refused_cleanly(
         assert "count" in r.json()["error"]["message"]
         assert int(r.headers["retry-after"]) > 0
         assert len(standin[0].requests) == asked  # nothing went to the API
-        assert owner.client.get("/healthz").status_code == 200
-    finally:
-        server.stop()
+        assert box.owner.client.get("/healthz").status_code == 200
 
 
 def test_usage_the_database_refuses_is_written_once_it_takes_it(
@@ -716,22 +727,11 @@ def test_usage_the_database_refuses_is_written_once_it_takes_it(
     """The usage records cannot be written for a while (here: a constraint refuses
     them): the answers still go out, the records are kept and written once the database
     takes them again; no count is lost."""
-    url = make_database()
-    env = {**api_server.env, "SANDBAR_DATABASE_URL": url}
-    server = ServerProcess(env, tmp_path / "server.log").start()
-    try:
-        owner = register(server.url, "owner")
-        wid = owner.client.post("/api/workspaces", json={"name": "llm"}).json()["id"]
-        r = owner.client.post(
-            f"/api/workspaces/{wid}/sandboxes", json={"name": "agent", "type": "opencode"}
-        )
-        sid = UUID(r.json()["id"])
-        token = DerivedSecrets(env["SANDBAR_SECRET_KEY"].encode()).proxy_token(sid)
+    with own_server(api_server, make_database, tmp_path) as (server, url, box):
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(
                 "ALTER TABLE sandbar_usage ADD CONSTRAINT refuse CHECK (requests < 0) NOT VALID"
             )
-        box = Box(sid, wid, owner, token, f"{server.url}/proxy/anthropic")
         assert [ask(server.url, box) for _ in range(5)] == [200] * 5
         log_file = tmp_path / "server.log"
         deadline = time.monotonic() + 10
@@ -743,8 +743,6 @@ def test_usage_the_database_refuses_is_written_once_it_takes_it(
         assert ask(server.url, box) == 200
         day = usage_of(box, 6)
         assert (day["requests"], day["input_tokens"], day["output_tokens"]) == (6, 12, 18)
-    finally:
-        server.stop()
     assert "Traceback" not in (tmp_path / "server.log").read_text()
 
 
