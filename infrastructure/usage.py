@@ -207,11 +207,15 @@ class UsageTable:
         default_tokens: int | None,
     ) -> str | None:
         """Count one request if the workspace is under both limits today; else the
-        name of the limit reached ("requests" or "tokens")."""
+        name of the limit reached ("requests" or "tokens"). Raises what the database
+        raised when this workspace's request could not be counted."""
         reservation = (workspace_id, day, default_requests, default_tokens, True)
-        return await self._reserving.submit(reservation)
+        reached = await self._reserving.submit(reservation)
+        if isinstance(reached, Exception):
+            raise reached
+        return reached
 
-    async def _reserve_batch(self, batch: list[Reservation]) -> list[str | None]:
+    async def _reserve_batch(self, batch: list[Reservation]) -> list[str | Exception | None]:
         asked: dict[Key, int] = {}
         topping_up: set[Key] = set()  # (asked for more with requests left: a statement even so)
         for reservation in batch:
@@ -220,7 +224,9 @@ class UsageTable:
             if not waits:
                 topping_up.add(key)
         left: dict[Key, int] = {}  # granted, not yet handed out
-        reached: dict[Key, str] = {}
+        # The limit a workspace reached, or why its statement failed (that workspace's
+        # requests alone are refused: the others' in the batch stand).
+        reached: dict[Key, str | Exception] = {}
         generation = self._generation()  # before reading: a change while reading shows
         if any(reservation[4] for reservation in batch):  # (a request waits)
             # The tokens of answers already ended count. (A top-up does not wait for
@@ -259,7 +265,12 @@ class UsageTable:
                     "default_tokens": default_tokens,
                     "unlimited": UNLIMITED,
                 }
-                row = await (await conn.execute(_RESERVE, params, prepare=True)).fetchone()
+                try:
+                    row = await (await conn.execute(_RESERVE, params, prepare=True)).fetchone()
+                except Exception as e:
+                    reached[key] = e
+                    lease.topping_up = False
+                    continue
                 granted = int(row[0]) if row else 0
                 left[key] += min(n, granted)
                 lease.left += granted - min(n, granted)  # (more, if topped up)
@@ -277,10 +288,13 @@ class UsageTable:
                 if granted < asking:
                     lease.ahead = 0  # the limit is near: no more asked ahead, nor topped up
                 if granted < n:
-                    which = await (await conn.execute(_WHICH, params)).fetchone()
-                    reached[key] = which[0] if which else "requests"
+                    try:
+                        which = await (await conn.execute(_WHICH, params)).fetchone()
+                        reached[key] = which[0] if which else "requests"
+                    except Exception as e:
+                        reached[key] = e
         self._sweep_later()
-        results: list[str | None] = []
+        results: list[str | Exception | None] = []
         for reservation in batch:  # the first ones in get what was granted
             key = reservation[:4]
             if not reservation[4]:

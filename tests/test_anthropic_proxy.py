@@ -746,6 +746,32 @@ def test_usage_the_database_refuses_is_written_once_it_takes_it(
     assert "Traceback" not in (tmp_path / "server.log").read_text()
 
 
+def test_a_workspace_that_cannot_be_counted_does_not_refuse_the_others(
+    api_server: ServerProcess, make_database: Callable[[], str], tmp_path: Path
+) -> None:
+    """Requests of two workspaces at once, counted together in batches; one workspace's
+    counter cannot be written (a constraint refuses its row): its requests answer 503,
+    every request of the other goes through and is recorded."""
+    with own_server(api_server, make_database, tmp_path) as (server, url, good):
+        wid = good.owner.client.post("/api/workspaces", json={"name": "b"}).json()["id"]
+        r = good.owner.client.post(
+            f"/api/workspaces/{wid}/sandboxes", json={"name": "agent", "type": "opencode"}
+        )
+        sid = UUID(r.json()["id"])
+        token = DerivedSecrets(server.env["SANDBAR_SECRET_KEY"].encode()).proxy_token(sid)
+        bad = Box(sid, wid, good.owner, token, good.url)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(
+                "ALTER TABLE sandbar_usage_totals ADD CONSTRAINT refuse"
+                f" CHECK (workspace_id <> '{wid}') NOT VALID"
+            )
+        boxes = [good, bad]
+        with concurrent.futures.ThreadPoolExecutor(32) as pool:
+            statuses = list(pool.map(lambda i: (i % 2, ask(server.url, boxes[i % 2])), range(96)))
+        assert sorted(set(statuses)) == [(0, 200), (1, 503)], statuses
+        assert usage_of(good, 48)["requests"] == 48
+
+
 STREAM = b"".join(
     b"event: %s\r\ndata: %s\r\n\r\n" % (name.encode(), json.dumps(data).encode())
     for name, data in [
