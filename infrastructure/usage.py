@@ -163,6 +163,8 @@ class UsageTable:
         # Records a write failed for (the database was away, say), merged per sandbox and
         # day (so bounded by the sandboxes in use): written with the next batch.
         self._unwritten: dict[tuple[date, UUID, UUID], list[int]] = {}
+        # Requests that lapsed leases give back, not yet written back (per workspace, day).
+        self._owed: dict[tuple[UUID, date], int] = {}
         self._retry: asyncio.TimerHandle | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._reserving = GroupCommit(self._reserve_batch)
@@ -324,9 +326,12 @@ class UsageTable:
             else:
                 lease.ahead //= 2  # it was more than was needed
             if lease.left > 0:
-                held, lease.left = lease.left, 0
-                params = {"w": key[0], "d": key[1], "n": held}
-                await conn.execute(_GIVE_BACK, params, prepare=True)
+                self._owed[key] = self._owed.get(key, 0) + lease.left
+                lease.left = 0
+        for key, held in list(self._owed.items()):  # (kept until written: none is lost)
+            params = {"w": key[0], "d": key[1], "n": held}
+            await conn.execute(_GIVE_BACK, params, prepare=True)
+            del self._owed[key]
 
     def _sweep_later(self) -> None:
         """While leases hold requests, a sweep in IDLE_SECONDS gives back those gone idle."""
@@ -369,11 +374,13 @@ class UsageTable:
                 kept = self._unwritten.setdefault(key, [0] * len(row))
                 for i, value in enumerate(row):
                     kept[i] += value
-            if merged:
+            if merged or self._owed:
                 self._retry_later()
             log.warning(
-                "could not write usage (%d sandbox-day(s) kept to try again in %g s): %s",
+                "could not write usage (%d sandbox-day(s) and %d give-back(s) kept to try"
+                " again in %g s): %s",
                 len(merged),
+                len(self._owed),
                 RETRY_AFTER,
                 e,
             )
@@ -407,7 +414,7 @@ class UsageTable:
 
     def _retry_now(self) -> None:
         self._retry = None
-        if self._unwritten:
+        if self._unwritten or self._owed:
             self._recording.post(None)
 
     async def flush(self) -> None:
@@ -430,7 +437,7 @@ class UsageTable:
                 len(self._unwritten),
                 self._unwritten,
             )
-        if self._leases:
+        if self._leases or self._owed:
             pool = await self._connections()
             async with pool.connection() as conn:
                 await self._give_back(conn, None, everything=True)

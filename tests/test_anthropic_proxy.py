@@ -772,6 +772,46 @@ def test_a_workspace_that_cannot_be_counted_does_not_refuse_the_others(
         assert usage_of(good, 48)["requests"] == 48
 
 
+def test_requests_a_server_gives_back_while_the_database_refuses_are_not_lost(
+    api_server: ServerProcess, make_database: Callable[[], str], tmp_path: Path
+) -> None:
+    """What one server counted ahead and gives back when idle cannot be written back
+    for a while (a trigger refuses it): it is kept and written once the database takes
+    it, so another server still gets the rest of the limit."""
+    with own_server(api_server, make_database, tmp_path) as (server, url, box):
+        r = box.owner.client.put(
+            f"/api/workspaces/{box.workspace_id}/limits",
+            json={"daily_requests": 8, "daily_tokens": None},
+        )
+        assert r.status_code == 200
+        assert [ask(server.url, box) for _ in range(4)] == [200] * 4  # some counted ahead
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(
+                "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS"
+                " $$BEGIN RAISE EXCEPTION 'no giving back now'; END$$;"
+                " CREATE TRIGGER refuse BEFORE UPDATE ON sandbar_usage_totals FOR EACH ROW"
+                " WHEN (NEW.requests < OLD.requests) EXECUTE FUNCTION refuse()"
+            )
+        log_file = tmp_path / "server.log"
+        deadline = time.monotonic() + 15
+        while "no giving back now" not in log_file.read_text():  # (idle: it tried)
+            assert time.monotonic() < deadline, "no give-back was tried"
+            time.sleep(0.1)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("DROP TRIGGER refuse ON sandbar_usage_totals")
+        other = ServerProcess(server.env, tmp_path / "other.log").start()
+        try:
+            deadline = time.monotonic() + 15
+            second: list[int] = []
+            while second.count(200) < 4 and time.monotonic() < deadline:
+                second.append(ask(other.url, box))
+                if second[-1] == 429:
+                    time.sleep(0.2)
+            assert second.count(200) == 4, second
+        finally:
+            other.stop()
+
+
 STREAM = b"".join(
     b"event: %s\r\ndata: %s\r\n\r\n" % (name.encode(), json.dumps(data).encode())
     for name, data in [
