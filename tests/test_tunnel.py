@@ -5,6 +5,7 @@ opencode binary, reached from the browser's side through the subdomain proxy."""
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import hashlib
 import json
 import os
@@ -475,6 +476,40 @@ def test_heartbeats_find_a_frozen_sandbar(
         wait_output(agent, "no heartbeat", 40)
     finally:
         server.proc.send_signal(signal.SIGCONT)
+        if agent is not None:
+            agent.stop()
+        server.stop()
+
+
+def test_an_agent_keeps_dialing_a_server_that_answers_nothing_valid(
+    server_env: dict[str, str], agent_app: tuple[TestAgent, int], tmp_path: Path
+) -> None:
+    """A front that takes the connection and drops it without an HTTP answer (a server
+    restarting behind a load balancer, say): the agent says so and dials again, it does
+    not exit."""
+    server = ServerProcess(server_env, tmp_path / "server.log").start()
+    agent: AgentProcess | None = None
+    try:
+        local, agent = own_agent(server, agent_app[1], tmp_path)
+        local.wait_status("running")
+        agent.stop()
+        with socket.socket() as front:
+            front.bind(("127.0.0.1", 0))
+            front.listen(16)
+            front.settimeout(0.2)
+            registrations = json.loads(local.config.read_text())
+            registrations[local.id]["server"] = f"http://127.0.0.1:{front.getsockname()[1]}"
+            local.config.write_text(json.dumps(registrations))
+            agent = local.connect()
+            dropped, deadline = 0, time.monotonic() + 20
+            while agent.output().count("no valid answer from Sandbar") < 2:
+                assert time.monotonic() < deadline, agent.output()
+                assert agent.proc.poll() is None, agent.output()  # still dialing
+                with contextlib.suppress(TimeoutError):
+                    front.accept()[0].close()  # taken, and dropped unanswered
+                    dropped += 1
+            assert dropped >= 2 and "Traceback" not in agent.output()
+    finally:
         if agent is not None:
             agent.stop()
         server.stop()

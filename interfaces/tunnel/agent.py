@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import InvalidStatus, InvalidURI
+from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.frames import DATA_OPCODES, Frame, Opcode
 from websockets.protocol import Event, State
 
@@ -245,8 +245,9 @@ def _target(url: str) -> tuple[str, int]:
     return (host or rest).strip("[]"), int(port) if port.isdigit() else 80
 
 
-async def serve_once(registration: Registration, say: Callable[[str], None]) -> str:
-    """One connection, until it ends; why it ended. Raises Stop when retrying is futile."""
+async def serve_once(registration: Registration, say: Callable[[str], None]) -> tuple[str, float]:
+    """One connection, until it ends: why it ended, and how long it was connected (0:
+    never). Raises Stop when retrying is futile."""
     host, port = _target(registration.target)
     try:
         websocket = await connect(
@@ -264,11 +265,14 @@ async def serve_once(registration: Registration, say: Callable[[str], None]) -> 
                 "Sandbar refused this agent (the sandbox was deleted, or its token is not"
                 " valid): register it again"
             ) from None
-        return f"Sandbar answered {e.response.status_code}"
+        return f"Sandbar answered {e.response.status_code}", 0.0
     except InvalidURI as e:
         raise Stop(f"the server address is not valid ({e})") from None
     except (OSError, TimeoutError) as e:
-        return f"cannot reach Sandbar ({e.strerror or type(e).__name__})"
+        return f"cannot reach Sandbar ({e.strerror or type(e).__name__})", 0.0
+    except (InvalidHandshake, EOFError) as e:  # no answer, or not HTTP (a restarting front)
+        return f"no valid answer from Sandbar ({e})", 0.0
+    connected = time.monotonic()
     async with websocket:
         assert isinstance(websocket, TunnelClient)
         link = Link(
@@ -291,16 +295,16 @@ async def serve_once(registration: Registration, say: Callable[[str], None]) -> 
             raise Stop("another connection of this agent took over")
         if rcvd is not None and rcvd.code == GONE:
             raise Stop("the sandbox was deleted")
-        return (rcvd.reason if rcvd is not None else "") or reason
+        lasted = time.monotonic() - connected
+        return (rcvd.reason if rcvd is not None else "") or reason, lasted
 
 
 async def run(registration: Registration, say: Callable[[str], None]) -> None:
     """Stay connected: reconnect with capped exponential backoff and full jitter."""
     delay = BACKOFF_START
     while True:
-        started = time.monotonic()
-        reason = await serve_once(registration, say)
-        if time.monotonic() - started > STABLE_AFTER:
+        reason, lasted = await serve_once(registration, say)
+        if lasted > STABLE_AFTER:  # (a dial that only timed out is no stable connection)
             delay = BACKOFF_START
         wait = random.uniform(0, delay)  # noqa: S311 - jitter, not a secret
         say(f"disconnected ({reason}); reconnecting in {wait:.1f} s")
