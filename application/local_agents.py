@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+from datetime import datetime
 from typing import Protocol
 from uuid import UUID
 
@@ -25,7 +26,7 @@ TOKEN_PREFIX = "sbt_"  # noqa: S105 - a prefix, not a secret
 
 
 class AgentCredentialStore(Protocol):
-    def issue_code(self, workspace_id: UUID, user_id: UUID, ttl: int) -> str: ...
+    def issue_code(self, workspace_id: UUID, user_id: UUID, ttl: int) -> tuple[str, datetime]: ...
     def take_code(self, code: str) -> dict | None: ...
     def token_write(self, sandbox_id: UUID, token: str) -> object: ...
     def token_matches(self, sandbox_id: UUID, token: str) -> bool: ...
@@ -51,7 +52,8 @@ class LocalAgents:
         self._attempts = attempts
         self.code_ttl = code_ttl
 
-    def agent_code(self, actor: UUID, workspace_id: UUID) -> str:
+    def agent_code(self, actor: UUID, workspace_id: UUID) -> tuple[str, datetime]:
+        """A one-time code for a new agent, and when it expires."""
         self._access.require(workspace_id, actor, roles.OPERATE_SANDBOX)
         return self._store.issue_code(workspace_id, actor, self.code_ttl)
 

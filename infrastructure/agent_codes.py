@@ -40,9 +40,11 @@ class AgentCredentials:
     def _digest(self, purpose: bytes, value: str) -> bytes:
         return keyed_digest(self._key, value, purpose)
 
-    def issue_code(self, workspace_id: UUID, user_id: UUID, ttl: int) -> str:
-        """``XXXX-XXXX-XXXX``: 60 random bits, good once, for ``ttl`` seconds."""
+    def issue_code(self, workspace_id: UUID, user_id: UUID, ttl: int) -> tuple[str, datetime]:
+        """``XXXX-XXXX-XXXX``: 60 random bits, good once, for ``ttl`` seconds; and when it
+        expires."""
         raw = "".join(secrets.choice(_ALPHABET) for _ in range(12))
+        expires_at = datetime.now(UTC) + timedelta(seconds=ttl)
         with self._db.get_connection() as conn:
             conn.execute("DELETE FROM sandbar_agent_codes WHERE expires_at < now()")
             conn.execute(
@@ -51,10 +53,10 @@ class AgentCredentials:
                     self._digest(b"code:", raw),
                     workspace_id,
                     user_id,
-                    datetime.now(UTC) + timedelta(seconds=ttl),
+                    expires_at,
                 ),
             )
-        return f"{raw[:4]}-{raw[4:8]}-{raw[8:]}"
+        return f"{raw[:4]}-{raw[4:8]}-{raw[8:]}", expires_at
 
     def take_code(self, code: str) -> dict[str, Any] | None:
         """The workspace and user a fresh, unused code was made for; used up."""

@@ -14,9 +14,13 @@ router = APIRouter(prefix="/api", tags=["local agents"])
 @router.post("/workspaces/{workspace_id}/agent-code", status_code=201)
 def agent_code(workspace_id: str, sb: App, user_id: Caller) -> Response:
     """A one-time code to register an agent on a member's machine (developer and up)."""
-    code = sb.local_agents.agent_code(user_id, parse_id(workspace_id, "workspace_id"))
+    code, expires_at = sb.local_agents.agent_code(user_id, parse_id(workspace_id, "workspace_id"))
     return present.JSON(
-        {"code": code, "expires_in": sb.local_agents.code_ttl},
+        {
+            "code": code,
+            "expires_at": present.rfc3339(expires_at),
+            "expires_in": sb.local_agents.code_ttl,
+        },
         201,
         headers={"cache-control": "no-store"},
     )
