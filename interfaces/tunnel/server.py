@@ -126,6 +126,8 @@ class Tunnels:
         self._sb = sandbar
         self._links: dict[UUID, Link] = {}
         self._watching = False
+        self._check_task: asyncio.Task[None] | None = None
+        self._check_again = False
 
     def open_stream(self, sandbox_id: UUID, protocol: asyncio.Protocol) -> StreamTransport | None:
         """A new stream to the sandbox's agent, connected to ``protocol``; None when its
@@ -157,16 +159,20 @@ class Tunnels:
             return
         previous = self._links.get(sandbox_id)
         self._links[sandbox_id] = link
-        if previous is not None:
-            previous.close("replaced by a newer connection of the same agent")
-        else:
-            await asyncio.to_thread(agents.connected, sandbox_id)
-        log.info("agent of sandbox %s connected", sandbox_id)
-        reason = await link.closed
-        if self._links.get(sandbox_id) is link:
-            del self._links[sandbox_id]
-            await asyncio.to_thread(agents.disconnected, sandbox_id)
-            log.info("agent of sandbox %s disconnected: %s", sandbox_id, reason)
+        self._check_soon()  # (a deletion that came after may_connect read the sandbox)
+        try:
+            if previous is not None:
+                previous.close("replaced by a newer connection of the same agent")
+            else:
+                await asyncio.to_thread(agents.connected, sandbox_id)
+            log.info("agent of sandbox %s connected", sandbox_id)
+            reason = await link.closed
+        finally:  # (also when recording it failed: the agent dials again, anew)
+            if self._links.get(sandbox_id) is link:
+                del self._links[sandbox_id]
+                await asyncio.to_thread(agents.disconnected, sandbox_id)
+                log.info("agent of sandbox %s disconnected", sandbox_id)
+        log.info("tunnel of sandbox %s ended: %s", sandbox_id, reason)
         code = REPLACED if "replaced" in reason else GONE if "deleted" in reason else 1000
         if "protocol" in reason:
             code = BROKEN
@@ -182,17 +188,24 @@ class Tunnels:
         loop = asyncio.get_running_loop()
         self._sb.changes.subscribe(lambda: loop.call_soon_threadsafe(self._check_soon))
         self._sb.changes.start()
-        self._check_task: asyncio.Task[None] | None = None
 
     def _check_soon(self) -> None:
-        if self._links and (self._check_task is None or self._check_task.done()):
-            self._check_task = asyncio.get_running_loop().create_task(self._check())
+        if not self._links:
+            return
+        if self._check_task is not None and not self._check_task.done():
+            self._check_again = True  # (a change after the running check read a route)
+            return
+        self._check_task = asyncio.get_running_loop().create_task(self._check())
 
     async def _check(self) -> None:
-        for sandbox_id, link in list(self._links.items()):
-            route = await asyncio.to_thread(self._sb.reads.route, sandbox_id)
-            if route is None or route["status"] in GONE_STATUSES:
-                link.close("the sandbox was deleted")
+        while True:
+            self._check_again = False
+            for sandbox_id, link in list(self._links.items()):
+                route = await asyncio.to_thread(self._sb.reads.route, sandbox_id)
+                if route is None or route["status"] in GONE_STATUSES:
+                    link.close("the sandbox was deleted")
+            if not self._check_again:
+                return
 
 
 class TunnelConnection(asyncio.Protocol):
