@@ -518,6 +518,45 @@ def test_an_agent_keeps_dialing_a_server_that_answers_nothing_valid(
         server.stop()
 
 
+def test_a_body_ended_by_its_connection_is_cut_when_the_tunnel_dies(
+    server_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The local server answers without a length (its body ends when its connection
+    does); the agent dies mid-body: the browser's transfer breaks off, never ending as
+    if the body were whole."""
+    server = ServerProcess(server_env, tmp_path / "server.log").start()
+    agent: AgentProcess | None = None
+    with socket.socket() as target:
+        target.bind(("127.0.0.1", 0))
+        target.listen(4)
+        target.settimeout(20)
+        try:
+            local, agent = own_agent(server, target.getsockname()[1], tmp_path)
+            local.wait_status("running")
+            browser = socket.create_connection(("127.0.0.1", server.port), timeout=20)
+            browser.sendall(
+                f"GET /page HTTP/1.1\r\nHost: {local.host}\r\n"
+                f"Authorization: Bearer {local.token}\r\n\r\n".encode()
+            )
+            upstream, _ = target.accept()
+            upstream.recv(65536)  # the request
+            upstream.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nthe first half")
+            seen = b""
+            while b"the first half" not in seen:
+                seen += browser.recv(65536)
+            agent.kill()  # mid-body
+            while data := browser.recv(65536):
+                seen += data
+            browser.close()
+            upstream.close()
+            assert b"transfer-encoding: chunked" in seen.lower()
+            assert not seen.endswith(b"0\r\n\r\n"), seen  # no end that says "whole"
+        finally:
+            if agent is not None:
+                agent.stop()
+            server.stop()
+
+
 def test_agents_come_back_after_sandbar_restarts(
     server_env: dict[str, str], agent_app: tuple[TestAgent, int], tmp_path: Path
 ) -> None:

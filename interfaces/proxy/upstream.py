@@ -147,9 +147,9 @@ class Upstream(asyncio.Protocol):
         if self.spliced:
             sink.upstream_closed()
         elif not self.done:
-            if self._head_seen and not self._framed:
+            if self._head_seen and not self._framed and exc is None:
                 self.done = True
-                sink.response_end()  # a body delimited by the connection's end
+                sink.response_end()  # a body delimited by the connection's (clean) end
             else:
                 sink.upstream_failed("the agent closed the connection")
 
