@@ -444,6 +444,12 @@ def own_agent(
     server: ServerProcess, target_port: int, tmp_path: Path
 ) -> tuple[Local, AgentProcess]:
     """A local sandbox on a server of the test's own, and its agent connected."""
+    local = own_local(server, target_port, tmp_path)
+    return local, AgentProcess(local.config, local.id)
+
+
+def own_local(server: ServerProcess, target_port: int, tmp_path: Path) -> Local:
+    """A local sandbox on a server of the test's own, registered here."""
     owner = register(server.url, "owner")
     wid = owner.client.post("/api/workspaces", json={"name": "home"}).json()["id"]
     config = tmp_path / "agents.json"
@@ -455,7 +461,7 @@ def own_agent(
     sid = next(iter(json.loads(config.read_text())))
     local = Local(sid, owner, wid, config, server)
     local.token = owner.client.post(f"/api/sandboxes/{sid}/access-tokens").json()["token"]
-    return local, AgentProcess(config, sid)
+    return local
 
 
 def wait_output(agent: AgentProcess, text: str, timeout: float) -> None:
@@ -555,6 +561,44 @@ def test_a_body_ended_by_its_connection_is_cut_when_the_tunnel_dies(
             if agent is not None:
                 agent.stop()
             server.stop()
+
+
+def test_an_agent_stopped_while_its_opencode_starts_stops_it_too(
+    server_env: dict[str, str], tmp_path: Path
+) -> None:
+    """SIGTERM while ``--start-opencode`` waits for the opencode it started to answer:
+    the agent exits, and that opencode with it (none is left holding the port)."""
+    server = ServerProcess(server_env, tmp_path / "server.log").start()
+    pid_file = tmp_path / "opencode.pid"
+    fake = tmp_path / "opencode"  # starts, never answers
+    fake.write_text(f"#!/bin/sh\necho $$ > {pid_file}\nexec sleep 300\n")
+    fake.chmod(0o755)
+    try:
+        local = own_local(server, free_port(), tmp_path)
+        agent = local.connect("--start-opencode", "--opencode", str(fake))
+        deadline = time.monotonic() + 20
+        while not pid_file.exists() or not pid_file.read_text().strip():
+            assert time.monotonic() < deadline, agent.output()
+            time.sleep(0.1)
+        opencode = int(pid_file.read_text())
+        agent.proc.send_signal(signal.SIGTERM)
+        agent.proc.wait(timeout=20)
+        deadline = time.monotonic() + 15
+        while os.path.exists(f"/proc/{opencode}") and "zombie" not in _state(opencode):
+            assert time.monotonic() < deadline, "the opencode it started is still running"
+            time.sleep(0.1)
+    finally:
+        if pid_file.exists() and pid_file.read_text().strip():
+            with contextlib.suppress(OSError):  # (left behind only if the test failed)
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+        server.stop()
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().lower()
+    except OSError:
+        return "zombie"  # (gone meanwhile)
 
 
 def test_agents_come_back_after_sandbar_restarts(

@@ -18,11 +18,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from interfaces.cli.output import table
+
+if TYPE_CHECKING:
+    from interfaces.tunnel.agent import Registration
 
 
 def config_path() -> Path:
@@ -134,16 +137,41 @@ def _pick(sandbox: str | None) -> tuple[str, dict[str, Any]]:
 
 
 def _connect(args: argparse.Namespace) -> int:
-    from interfaces.tunnel.agent import Registration, Stop, run
+    from interfaces.tunnel.agent import Registration
 
     sandbox_id, saved = _pick(args.sandbox)
     registration = Registration(saved["server"], sandbox_id, saved["tunnel_token"], saved["target"])
     server = None
-    if args.start_opencode:
-        server = _start_opencode(saved, args.opencode)
-        if not _wait_ready(saved, server):
-            server.terminate()
-            return 1
+    # SIGTERM ends the command as Ctrl-C does, from the start: whatever it started stops.
+    signal.signal(signal.SIGTERM, _terminated)
+    try:
+        if args.start_opencode:
+            server = _start_opencode(saved, args.opencode)
+            if not _wait_ready(saved, server):
+                return 1
+        return _stay_connected(registration)
+    finally:
+        if server is not None:
+            _stop(server)
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop(server: subprocess.Popen[bytes]) -> None:
+    """Stop the opencode this command started (killed if it does not stop in 10 s)."""
+    server.terminate()
+    try:
+        server.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait(timeout=10)
+
+
+def _stay_connected(registration: Registration) -> int:
+    from interfaces.tunnel.agent import Stop, run
+
     loop = asyncio.new_event_loop()
     main = loop.create_task(run(registration, _say))
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -162,9 +190,6 @@ def _connect(args: argparse.Namespace) -> int:
             task.cancel()
         loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         loop.close()
-        if server is not None:
-            server.terminate()
-            server.wait(timeout=10)
     return 0
 
 
