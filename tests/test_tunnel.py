@@ -225,6 +225,21 @@ def test_the_cli_keeps_registrations_private_and_side_by_side(
         "--name", "x",
     )  # fmt: skip
     assert refused.returncode == 1 and "refused (401)" in refused.stderr
+    # Several registering at once: every one is kept.
+    codes = [new_code(owner, wid) for _ in range(6)]
+
+    def register_box(i: int) -> subprocess.CompletedProcess[str]:
+        return agent_cli(
+            config, "register", "--server", tunnel_server.url, "--code", codes[i],
+            "--name", f"box{i}",
+        )  # fmt: skip
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        runs = list(pool.map(register_box, range(6)))
+    assert all(run.returncode == 0 for run in runs), [run.stderr for run in runs]
+    names = {r["name"] for r in json.loads(config.read_text()).values()}
+    assert {f"box{i}" for i in range(6)} <= names
+    assert config.stat().st_mode & 0o777 == 0o600
 
 
 def test_http_sse_and_websockets_through_the_tunnel(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
 import json
 import os
 import shutil
@@ -17,6 +18,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +60,22 @@ def save(registrations: dict[str, dict[str, Any]]) -> None:
         raise
 
 
+@contextmanager
+def updating() -> Iterator[dict[str, dict[str, Any]]]:
+    """The registrations, to change: saved after, while other ``sandbar agent`` commands
+    wait (a lock file beside them), so that two registering at once both stay."""
+    path = config_path()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    lock = os.open(path.with_name(path.name + ".lock"), os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        registrations = load()
+        yield registrations
+        save(registrations)
+    finally:
+        os.close(lock)  # (and with it the lock)
+
+
 def _say(message: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
 
@@ -79,8 +98,7 @@ def _register(args: argparse.Namespace) -> int:
         print(f"registration refused ({r.status_code}): {message}", file=sys.stderr)
         return 1
     answer = r.json()
-    registrations = load()
-    registrations[answer["sandbox_id"]] = {
+    saved = {
         "server": args.server.rstrip("/"),
         "workspace_id": answer["workspace_id"],
         "name": args.name,
@@ -90,11 +108,9 @@ def _register(args: argparse.Namespace) -> int:
         "agent_password": answer["agent_password"],
         "url": answer["sandbox"]["url"],
     }
-    save(registrations)
-    table(
-        ["sandbox", "name", "type", "target", "opens at"],
-        [_row(answer["sandbox_id"], registrations[answer["sandbox_id"]])],
-    )
+    with updating() as registrations:
+        registrations[answer["sandbox_id"]] = saved
+    table(["sandbox", "name", "type", "target", "opens at"], [_row(answer["sandbox_id"], saved)])
     print(f"\nsaved in {config_path()}; now run: sandbar agent connect {answer['sandbox_id']}")
     return 0
 
@@ -116,11 +132,11 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _remove(args: argparse.Namespace) -> int:
-    registrations = load()
-    if registrations.pop(args.sandbox, None) is None:
+    with updating() as registrations:
+        removed = registrations.pop(args.sandbox, None)
+    if removed is None:
         print(f"no registration for sandbox {args.sandbox}", file=sys.stderr)
         return 1
-    save(registrations)
     print(f"removed {args.sandbox} (delete the sandbox in Sandbar to revoke its token)")
     return 0
 
