@@ -522,7 +522,12 @@ class Exchange:
         else:
             self._upstream = conn
             self._await_answer()
-            conn.send(self, replay, head_only=self.request.method == b"HEAD")
+            conn.send(
+                self,
+                replay,
+                head_only=self.request.method == b"HEAD",
+                upgrade=self.request.websocket,
+            )
 
     async def _open(self, admit: Admit) -> Upstream:
         if admit.route["kind"] != "local":
@@ -563,7 +568,7 @@ class Exchange:
         if reused and self._request_done and request.method in (b"GET", b"HEAD", b"OPTIONS"):
             self._replay = data  # a pooled connection may have just been closed by the agent
         self.front.cork_upstream(conn)
-        conn.send(self, data, head_only=request.method == b"HEAD")
+        conn.send(self, data, head_only=request.method == b"HEAD", upgrade=request.websocket)
 
     def _headers_out(self, admit: Admit) -> Headers:
         """The request's headers as the agent gets them."""

@@ -51,6 +51,7 @@ class Upstream(asyncio.Protocol):
         self._headers: Headers = []
         self._status = 0
         self._head_only = False
+        self._upgrade = False
         self._keep_alive = False
         self._head_seen = False
         self._framed = False
@@ -62,14 +63,16 @@ class Upstream(asyncio.Protocol):
 
     # Used by the proxy.
 
-    def send(self, sink: Sink, data: bytes, *, head_only: bool) -> None:
-        """Start an exchange: the request's head (and what is at hand of its body)."""
+    def send(self, sink: Sink, data: bytes, *, head_only: bool, upgrade: bool = False) -> None:
+        """Start an exchange: the request's head (and what is at hand of its body).
+        ``upgrade``: the request asked for a WebSocket (only then may a 101 answer it)."""
         assert self.transport is not None
         self._sink = sink
         self._headers = []
         self._status = 0
         self._head_seen = False
         self._head_only = head_only
+        self._upgrade = upgrade
         self.done = False
         self.write(data)
 
