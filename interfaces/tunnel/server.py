@@ -128,6 +128,7 @@ class Tunnels:
         self._watching = False
         self._check_task: asyncio.Task[None] | None = None
         self._check_again = False
+        self._status_lock = asyncio.Lock()
 
     def open_stream(self, sandbox_id: UUID, protocol: asyncio.Protocol) -> StreamTransport | None:
         """A new stream to the sandbox's agent, connected to ``protocol``; None when its
@@ -163,14 +164,13 @@ class Tunnels:
         try:
             if previous is not None:
                 previous.close("replaced by a newer connection of the same agent")
-            else:
-                await asyncio.to_thread(agents.connected, sandbox_id)
+            await self._settle(sandbox_id)
             log.info("agent of sandbox %s connected", sandbox_id)
             reason = await link.closed
         finally:  # (also when recording it failed: the agent dials again, anew)
             if self._links.get(sandbox_id) is link:
                 del self._links[sandbox_id]
-                await asyncio.to_thread(agents.disconnected, sandbox_id)
+                await self._settle(sandbox_id)
                 log.info("agent of sandbox %s disconnected", sandbox_id)
         log.info("tunnel of sandbox %s ended: %s", sandbox_id, reason)
         code = REPLACED if "replaced" in reason else GONE if "deleted" in reason else 1000
@@ -179,6 +179,16 @@ class Tunnels:
         elif "shutting down" in reason:
             code = RESTARTING
         connection.close(code, reason)
+
+    async def _settle(self, sandbox_id: UUID) -> None:
+        """Record the sandbox ``running`` or ``offline`` as its tunnel is when this runs:
+        one such write at a time, so the last one written says the last state (a quick
+        redial, or a replacement, while an earlier write was on its way, left it wrong)."""
+        async with self._status_lock:
+            link = self._links.get(sandbox_id)
+            agents = self._sb.local_agents
+            live = link is not None and not link.closed.done()
+            await asyncio.to_thread(agents.connected if live else agents.disconnected, sandbox_id)
 
     def _watch(self) -> None:
         """Close the tunnel of a sandbox that is deleted (checked when anything changes)."""
