@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
 from uuid import UUID
 
 from application import validation
 from application.access import Access
 from application.errors import Forbidden, NotFound, rule_conflicts
 from application.eventlog import EventLog
-from application.ports import ReadModel, Row
+from application.ports import GrantStore, ReadModel, Row
 from domain import roles
 from domain.base import acting_as
 from domain.roles import Role
@@ -17,10 +19,11 @@ from domain.workspaces import Membership, Workspace
 
 
 class Workspaces:
-    def __init__(self, log: EventLog, reads: ReadModel, access: Access) -> None:
+    def __init__(self, log: EventLog, reads: ReadModel, access: Access, grants: GrantStore) -> None:
         self._log = log
         self._reads = reads
         self._access = access
+        self._grants = grants
 
     # Reads.
     def list(self, actor: UUID) -> list[Row]:
@@ -130,11 +133,21 @@ class Workspaces:
             with acting_as(actor), rule_conflicts():
                 workspace.revoke_ownership(user_id)
                 membership.remove()
-            self._log.save(membership, workspace, checks=[guard])
+            self._log.save(
+                membership,
+                workspace,
+                checks=[guard],
+                side_writes=[self._revoke(workspace_id, user_id)],
+            )
 
         self._log.retrying(command)
 
     # Helpers.
+    def _revoke(self, workspace_id: UUID, user_id: UUID) -> Callable[[Any], None]:
+        """The member's sandbox grants and access tokens in this workspace, deleted with
+        the change (revoked, not suspended: being added again brings none back)."""
+        return self._grants.revoke_write(workspace_id, user_id)
+
     def _workspace(self, workspace_id: UUID) -> Workspace:
         workspace = self._log.find(workspace_id, Workspace)
         if workspace is None or workspace.deleted:

@@ -3,18 +3,21 @@
 A ticket (about a minute, single use) carries a signed-in user from the API host to a
 sandbox host; there it becomes a grant, the sandbox host's own cookie. A grant made for a
 non-browser client (an access token) has no session behind it. Only HMAC digests of
-tickets and grants are stored; a grant tied to a session dies with that session."""
+tickets and grants are stored; a grant tied to a session dies with that session, and a
+member's grants die with their membership."""
 
 from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from uuid import UUID
 
 from eventsourcing.postgres import PostgresDatastore
 
 from infrastructure.database import ensure_tables
+from infrastructure.eventstore import SideWrite
 from infrastructure.keyed import keyed_digest
 
 SCHEMA = (
@@ -110,6 +113,21 @@ class Grants:
         return Grant(
             row["sandbox_id"], row["user_id"], row["expires_at"].timestamp(), bool(row["alive"])
         )
+
+    def revoke_write(self, workspace_id: UUID, user_id: UUID) -> SideWrite:
+        """Deletes, in the transaction that removes a member (or takes their role to open
+        sandboxes), every grant, access token and ticket they hold for the workspace's
+        sandboxes: revoked for good, so being added again brings none of them back."""
+
+        def write(curs: Any) -> None:
+            for table in ("sandbar_grants", "sandbar_tickets"):
+                curs.execute(
+                    f"DELETE FROM {table} WHERE user_id = %s AND sandbox_id IN"
+                    " (SELECT id FROM sandbar_sandboxes WHERE workspace_id = %s)",
+                    (user_id, workspace_id),
+                )
+
+        return write
 
     def sweep(self) -> None:
         """Forget expired tickets and grants."""

@@ -121,7 +121,7 @@ def _build(settings: Settings, url: str) -> Sandbar:
         view=recorder.read_model,
         reads=reads,
         accounts=accounts,
-        workspaces=Workspaces(event_log, reads, access),
+        workspaces=Workspaces(event_log, reads, access, grants),
         sandboxes=sandboxes,
         secrets=DerivedSecrets(key),
         activity=ActivityTable(datastore),
