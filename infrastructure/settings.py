@@ -60,6 +60,8 @@ class Settings:
     idle_timeout: int = 1800
     sweep_interval: float = 30.0
     sandbox_api_url: str = "http://host.docker.internal:8080"
+    sandbox_firewall: bool = True  # host rules: a sandbox reaches only Sandbar's port there
+    sandbox_subnets: str = "10.213.0.0/16"  # a /29 of it for each sandbox's own network
     # Opening sandboxes in the browser (the subdomain proxy).
     public_url: str = ""  # the API host as browsers reach it; default: base domain, same port
     ticket_ttl: int = 60  # seconds a one-time ticket lives
@@ -68,6 +70,12 @@ class Settings:
     open_wait: int = 60  # seconds a request to a paused sandbox waits for it to resume
     upstream_timeout: float = 300.0  # seconds to wait for an agent's response headers
     trusted_proxies: str = ""  # comma-separated addresses whose X-Forwarded-* are kept
+    # What one client may hold of the server (every connection to Sandbar's port).
+    header_timeout: float = 15.0  # seconds a request head may take to arrive
+    body_timeout: float = 30.0  # seconds a request body may stall (no byte) before close
+    max_connections: int = 10000  # open at once; past it the oldest idle one is closed
+    max_connections_per_client: int = 1000  # per client address (trusted proxies: no cap)
+    max_pipelined: int = 32  # requests queued on one connection before reading pauses
     # The Anthropic API proxy.
     anthropic_api_key: str | None = None
     anthropic_base_url: str = "https://api.anthropic.com"
@@ -75,6 +83,7 @@ class Settings:
     anthropic_timeout: float = 600.0  # seconds to wait for the API's response headers
     anthropic_daily_requests: int | None = None  # default per-workspace limits (None: none)
     anthropic_daily_tokens: int | None = None
+    anthropic_extra_paths: str = ""  # more "METHOD /path" calls to forward (comma-separated)
     # Sign-in with any OpenID Connect provider, and with GitHub.
     oidc_issuer: str | None = None
     oidc_client_id: str | None = None

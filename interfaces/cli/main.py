@@ -26,6 +26,7 @@ def _serve(args: argparse.Namespace) -> int:
     from interfaces.proxy.front import SandboxProxy
 
     sandbar = build(Settings.from_env())
+    _raise_file_limit(sandbar.settings.max_connections)
     sandbar.local_agents.all_offline()  # no tunnel outlives the process that held it
     proxy = SandboxProxy(sandbar)
     stop = threading.Event()
@@ -56,6 +57,22 @@ def _serve(args: argparse.Namespace) -> int:
             worker.join(timeout=30)
         sandbar.close()
     return 0
+
+
+def _raise_file_limit(connections: int) -> None:
+    """Room for the connections Sandbar is set to hold, plus its own files and the
+    agents' connections: the soft limit (often 1024) raised toward the hard one."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 2 * connections + 1024
+    if hard != resource.RLIM_INFINITY:
+        want = min(want, hard)
+    if want > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError) as e:
+            log.warning("could not raise the open-file limit from %d: %s", soft, e)
 
 
 def _listen(sandbar: Any, host: str, port: int) -> list[socket.socket]:

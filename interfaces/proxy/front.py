@@ -1,17 +1,26 @@
-"""The server side of the subdomain proxy: an HTTP/1.1 protocol that uvicorn runs for every
-connection to Sandbar's port.
+"""The server side of every connection to Sandbar's port: an HTTP/1.1 protocol that
+uvicorn runs for each one (its ``http`` setting).
 
-A connection whose first request names a sandbox host stays here: each request is
-decided by the Gate and relayed to the agent over a pooled keep-alive connection, bodies
-streamed in both directions with backpressure (a slow reader pauses the writer's socket;
-nothing is buffered beyond a few chunks), WebSocket upgrades spliced into a byte pipe once
-the agent answers 101 (frames and close codes pass as they are). Requests for the API
-host's hot path (the Anthropic proxy, interfaces/proxy/anthropic.py) are relayed here the
-same way; any other request of the API host hands the connection, with the bytes of that
-request, to uvicorn's own protocol and so to the REST API.
+Each request is routed by its own ``Host``, whatever came before it on the connection (a
+reverse proxy in front pools its connections and sends any host down any of them). A
+sandbox host's request is decided by the Gate and relayed to the agent over a pooled
+keep-alive connection, bodies streamed in both directions with backpressure (a slow
+reader pauses the writer's socket; nothing is buffered beyond a few chunks), WebSocket
+upgrades spliced into a byte pipe once the agent answers 101. The Anthropic proxy's path
+is relayed the same way (interfaces/proxy/anthropic.py); an agent's tunnel dial hands the
+connection to the tunnel's protocol; anything else is answered by the REST API through
+``ApiExchange`` (interfaces/proxy/api_exchange.py).
 
-Working at this level rather than through ASGI is what makes the proxy fast enough: no
-task, scope or message per request on the common path (see bench/bench_proxy.py)."""
+What a client can make this spend is bounded: a request head at ``MAX_HEAD`` bytes,
+counted as they arrive; a head or a body that stalls is closed after
+``SANDBAR_HEADER_TIMEOUT`` / ``SANDBAR_BODY_TIMEOUT``; at most ``SANDBAR_MAX_PIPELINED``
+requests wait on one connection (reading pauses past it, and what was read is parsed in
+slices so one read cannot queue thousands); connections are capped in total and per
+client (interfaces/proxy/connections.py).
+
+Working at this level rather than through a generic server is what makes the proxy fast
+enough: no task, scope or message per request on the common path (see
+bench/bench_proxy.py)."""
 
 from __future__ import annotations
 
@@ -22,13 +31,15 @@ import logging
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias
 from uuid import UUID
 
 import httptools
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+import orjson
 
 from interfaces.bootstrap import Sandbar
+from interfaces.proxy.api_exchange import ApiExchange, Application
+from interfaces.proxy.connections import ConnectionTable
 from interfaces.proxy.gate import AGENT_OFFLINE, Admit, Answer, Gate, Refused, Request
 from interfaces.proxy.headers import Headers, header, to_agent, to_browser
 from interfaces.proxy.upstream import Pool, Upstream
@@ -39,9 +50,19 @@ log = logging.getLogger(__name__)
 
 HIGH_WATER = 256 * 1024  # request body bytes held while the agent connection opens
 MAX_HEAD = 64 * 1024  # request line and headers
+SLICE = 16 * 1024  # bytes parsed at a time, so a full queue stops the parse soon
+MAX_BACKLOG = 1024 * 1024  # read after the queue filled, before the pause took effect
 KEEPER_EVERY = 5.0  # seconds between activity flushes
 TUNNEL_PATH = PATH_PREFIX.encode()
 _REASONS = {s.value: s.phrase.encode() for s in http.HTTPStatus}
+
+
+NO_WEBSOCKET = "WebSockets are served on sandbox hosts and the tunnel's path only"
+
+
+def _json_error(code: str, message: str) -> tuple[Headers, bytes]:
+    body = orjson.dumps({"error": {"code": code, "message": message}})
+    return [(b"content-type", b"application/json")], body
 
 
 def status_line(status: int) -> bytes:
@@ -67,7 +88,8 @@ class HotPath(Protocol):
 
 class SandboxProxy:
     """What all proxy connections of a process share: the gate, the agent connection
-    pool, and the open streams (which keep their sandboxes from going idle)."""
+    pool, the open streams (which keep their sandboxes from going idle), and the table of
+    client connections with its limits."""
 
     def __init__(self, sandbar: Sandbar) -> None:
         self.sandbar = sandbar
@@ -76,15 +98,22 @@ class SandboxProxy:
         self.tunnels = Tunnels(sandbar)
         self.hot_path: HotPath | None = None  # set by whoever serves it
         self.streams: Counter[UUID] = Counter()
-        self.proto = sandbar.settings.public_scheme.encode()
-        self.timeout = sandbar.settings.upstream_timeout
+        settings = sandbar.settings
+        self.proto = settings.public_scheme.encode()
+        self.timeout = settings.upstream_timeout
         self.trusted = frozenset(
-            a.strip().encode() for a in sandbar.settings.trusted_proxies.split(",") if a.strip()
+            a.strip().encode() for a in settings.trusted_proxies.split(",") if a.strip()
         )
+        self.connections = ConnectionTable(
+            settings.max_connections, settings.max_connections_per_client, self.trusted
+        )
+        self.header_timeout = settings.header_timeout
+        self.body_timeout = settings.body_timeout
+        self.max_pipelined = max(1, settings.max_pipelined)
+        self.application: Application | None = None  # the REST API, once a server runs
         self._keeper: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
         # Deadlines checked once a second, rather than a timer per request.
-        self.connections: set[FrontProtocol] = set()
         self.waiting: dict[Exchange, float] = {}  # exchange -> when its answer is late
 
     def protocol(self) -> Callable[..., asyncio.Protocol]:
@@ -99,15 +128,16 @@ class SandboxProxy:
             self._ticker = loop.create_task(self._tick())
 
     async def _tick(self) -> None:
-        """Once a second: answer requests whose agent is late, close idle connections."""
+        """Once a second: answer requests whose agent is late, close connections that
+        idle or stall past their limits."""
         while True:
             await asyncio.sleep(1.0)
             now = time.monotonic()
             for exchange, deadline in list(self.waiting.items()):
                 if now > deadline:
                     exchange.timed_out()
-            for connection in list(self.connections):
-                connection.close_if_idle(now)
+            for connection in self.connections.all():
+                connection.tick(now)
 
     async def _keep(self) -> None:
         """Open streams count as activity; notes reach the table every few seconds."""
@@ -130,20 +160,70 @@ class SandboxProxy:
             del self.streams[sandbox_id]
 
 
-class _HandOff(Exception):
-    """Not a sandbox host: uvicorn's protocol takes the connection."""
-
-
-class _TunnelHandOff(Exception):
-    """An agent dialing its tunnel: the tunnel's protocol takes the connection."""
-
-
 class _Malformed(Exception):
+    """Raised in a parser callback (a fresh one each time: an exception kept between
+    requests would keep the first one's frames alive through its traceback)."""
+
     def __init__(self, status: int) -> None:
         self.status = status
 
 
+class TunnelHandOff:
+    """An agent dialing its tunnel: when this request has its turn, the tunnel's protocol
+    takes the connection, with the upgrade request and whatever followed it."""
+
+    def __init__(self, front: FrontProtocol, request: Request) -> None:
+        self.front = front
+        self.request = request
+        self.keep_alive = False
+        self._early: list[bytes] = []
+        self._early_size = 0
+        self._inner: TunnelConnection | None = None
+
+    def start(self) -> None:
+        request = self.request
+        parts = [request.method, b" ", request.target, b" HTTP/1.1\r\n"]
+        for name, value in request.headers:
+            parts += [name, b": ", value, b"\r\n"]
+        parts.append(b"\r\n")
+        self._inner = self.front.hand_off_tunnel(b"".join(parts))
+        early, self._early = self._early, []
+        for data in early:
+            self._inner.data_received(data)
+
+    def client_raw(self, data: bytes) -> None:
+        if self._inner is not None:
+            self._inner.data_received(data)
+            return
+        self._early.append(data)
+        self._early_size += len(data)
+        if self._early_size > HIGH_WATER:
+            self.front.pause_reading("upgrade")
+
+    def request_body(self, chunk: bytes) -> None:
+        pass
+
+    def request_complete(self) -> None:
+        pass
+
+    def client_writable(self, writable: bool) -> None:
+        pass
+
+    def abort(self) -> None:
+        self._early = []
+
+
+QueuedExchange: TypeAlias = "Exchange | ApiExchange | TunnelHandOff"
+
+
 class FrontProtocol(asyncio.Protocol):
+    """One client connection. Each request is routed by its own ``Host`` (an
+    absolute-form target's authority wins): a sandbox host to its agent (``Exchange``),
+    the Anthropic proxy's path to ``HotPath``, a tunnel's dial to the tunnel's protocol,
+    anything else to the REST API (``ApiExchange``). Requests are answered in order, one
+    at a time; those pipelined behind wait in a queue of at most ``max_pipelined``
+    (reading pauses past it)."""
+
     def __init__(
         self,
         config: Any,
@@ -153,46 +233,69 @@ class FrontProtocol(asyncio.Protocol):
         *,
         proxy: SandboxProxy,
     ) -> None:
-        self._uvicorn = (config, server_state, app_state, _loop)
-        self._connections = server_state.connections
+        self._server_connections = server_state.connections
         self._keep_alive_timeout = config.timeout_keep_alive
         self.proxy = proxy
+        if proxy.application is None:
+            proxy.application = Application(config, server_state, app_state)
+        self._application = proxy.application
         self.transport: asyncio.Transport | None = None
         self._parser = httptools.HttpRequestParser(self)
-        # A connection serves sandbox hosts, or the hot path of the API host; any other
-        # request of the API host hands it to uvicorn, with the bytes of that request.
-        self._kind: str | None = None  # "sandbox" or "api", once the first request says
-        self._raw: bytearray | None = bytearray()  # while a hand-off is possible
-        self._between = True  # the parser is between requests
-        self._client = b""
-        self._queue: deque[Exchange] = deque()
+        self.client: tuple[str, int] | None = None
+        self.server: tuple[str, int] | None = None
+        self.client_address = b""
+        self.client_text = ""
+        self._queue: deque[QueuedExchange] = deque()
         self._paused: set[str] = set()
         self._closing = False
-        self._spliced: Exchange | None = None
+        self._spliced: QueuedExchange | None = None
+        self._backlog: bytes | None = None  # read while the queue was full
         self._corked: list[bytes] | None = None
         self._holding = False  # a response head kept corked until its body comes
         self._corked_upstreams: list[Upstream] | None = None  # while a read is parsed
         # The request being parsed.
         self._url = b""
         self._headers: Headers = []
-        self._head_size = 0
+        self._head_size = 0  # exact, from the parser's callbacks
+        self._in_head = False
+        self._partial_head = 0  # bytes read of a head the parser has not finished
+        self._began = False  # a message began during this feed
+        self._completed = False  # a message completed during this feed
+        self._head_since: float | None = None
+        self._body_expected = False
+        self._body_moved = False
+        self._body_since = 0.0
+        self._idle_since: float | None = None
 
     # Connection
 
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self._connections.add(self)
+        self._server_connections.add(self)
         peer = transport.get_extra_info("peername")
-        self._client = (peer[0] if isinstance(peer, tuple) else "").encode()
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self.client = (str(peer[0]), int(peer[1]))
+            self.client_address = self.client[0].encode()
+            self.client_text = f"{self.client[0]}:{self.client[1]}"
+        sock = transport.get_extra_info("sockname")
+        if isinstance(sock, tuple) and len(sock) >= 2:
+            self.server = (str(sock[0]), int(sock[1]))
         self.proxy.started()
-        self.proxy.connections.add(self)
         # A connection that never asks anything is closed like an idle one.
-        self._idle_since: float | None = time.monotonic()
+        self._idle_since = time.monotonic()
+        if not self.proxy.connections.add(self):
+            self._closing = True
+            transport.close()  # (every slot is busy answering someone)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._connections.discard(self)
+        self._server_connections.discard(self)
         self.proxy.connections.discard(self)
         self._closing = True
+        self._backlog = None
         while self._queue:
             self._queue.popleft().abort()
 
@@ -200,6 +303,17 @@ class FrontProtocol(asyncio.Protocol):
         """uvicorn's graceful shutdown: close now if idle, else after this response."""
         self._closing = True
         if not self._queue and self.transport is not None:
+            self.transport.close()
+
+    @property
+    def idle(self) -> bool:
+        """Answering nothing (a head half-sent counts as nothing): may be shed."""
+        return not self._queue
+
+    def shed(self) -> None:
+        """Closed to make room for a newer connection."""
+        self._closing = True
+        if self.transport is not None:
             self.transport.close()
 
     def pause_writing(self) -> None:
@@ -213,36 +327,70 @@ class FrontProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._spliced is not None:
             self._spliced.client_raw(data)
-            return
-        if self._kind == "api" and self._between and not self._queue:
-            self._raw = bytearray()  # what follows may be the API's other paths
-        if self._raw is not None:
-            self._raw += data
+        elif self._backlog is not None:  # (read before the pause took effect)
+            self._backlog += data
+            if len(self._backlog) > MAX_BACKLOG:
+                self._fail(429)
+        else:
+            self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        """Parse ``data`` in slices; once the queue is full, keep the rest for later."""
+        start, end = 0, len(data)
+        while start < end:
+            if len(self._queue) >= self.proxy.max_pipelined:
+                self._backlog = data[start:]
+                self.pause_reading("pipeline")
+                return
+            stop = min(end, start + SLICE)
+            if not self._parse(data if stop - start == end else data[start:stop]):
+                return
+            if self._spliced is not None:
+                if stop < end:
+                    self._spliced.client_raw(data[stop:])
+                return
+            start = stop
+
+    def _parse(self, data: bytes) -> bool:
+        """Feed one slice to the parser; False once the connection is no longer ours to
+        parse (failed, closed, or what follows is an upgraded connection's)."""
+        self._began = self._completed = False
+        counted = self._in_head  # a head in progress before this slice: count it all
         self._corked_upstreams = []
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
             exchange = self._queue[-1] if self._queue else None
-            if exchange is None or not exchange.request.websocket:
-                self._fail(400)
-                return
-            self._spliced = exchange  # what follows is the WebSocket's, once spliced
             rest = data[e.args[0] :]
+            if exchange is None or not exchange.request.websocket:
+                if isinstance(exchange, ApiExchange):  # (an Upgrade the API ignores)
+                    return self._parse(rest) if rest else True
+                self._fail(400)
+                return False
+            self._spliced = exchange  # what follows is the upgraded connection's
             if rest:
                 exchange.client_raw(rest)
+            return True
         except httptools.HttpParserError as e:
             # An exception raised in a callback arrives wrapped, as its context.
             reason = e.__context__
-            if isinstance(reason, _HandOff):
-                self._hand_off()
-            elif isinstance(reason, _TunnelHandOff):
-                self._hand_off_tunnel()
-            else:
-                self._fail(reason.status if isinstance(reason, _Malformed) else 400)
+            self._fail(reason.status if isinstance(reason, _Malformed) else 400)
+            return False
         finally:
             corked, self._corked_upstreams = self._corked_upstreams, None
             for conn in corked:
                 conn.uncork()
+        if self._in_head:
+            # The parser keeps a partial head to itself: count what it read as it
+            # comes, so an endless header is refused at the cap, not at its end. (A
+            # head that began after another request in the same slice is counted from
+            # the next slice: at most one slice more.)
+            if counted or (self._began and not self._completed):
+                self._partial_head += len(data)
+            if self._partial_head > MAX_HEAD:
+                self._fail(431)
+                return False
+        return self.transport is not None and not self.transport.is_closing()
 
     def cork_upstream(self, conn: Upstream) -> None:
         """What a read of the browser's makes for the agent goes in one write (a
@@ -250,29 +398,25 @@ class FrontProtocol(asyncio.Protocol):
         if self._corked_upstreams is not None and conn.cork():
             self._corked_upstreams.append(conn)
 
-    def _hand_off(self) -> None:
-        config, server_state, app_state, loop = self._uvicorn
-        inner = HttpToolsProtocol(config, server_state, app_state, loop)
-        self._connections.discard(self)
+    def hand_off_tunnel(self, handshake: bytes) -> TunnelConnection:
+        """The connection becomes an agent's tunnel."""
+        inner = TunnelConnection(self.proxy.tunnels, self._server_connections)
+        self._server_connections.discard(self)
         self.proxy.connections.discard(self)
-        assert self.transport is not None and self._raw is not None
-        self.transport.set_protocol(inner)
-        inner.connection_made(self.transport)  # type: ignore[arg-type]
-        inner.data_received(bytes(self._raw))
-        self._raw = None
-
-    def _hand_off_tunnel(self) -> None:
-        inner = TunnelConnection(self.proxy.tunnels, self._connections)
-        self._connections.discard(self)
-        self.proxy.connections.discard(self)
-        assert self.transport is not None and self._raw is not None
+        assert self.transport is not None
         self.transport.set_protocol(inner)
         inner.connection_made(self.transport)
-        inner.data_received(bytes(self._raw))
-        self._raw = None
+        inner.data_received(handshake)
+        if self._paused:
+            self._paused.clear()
+            self.transport.resume_reading()
+        return inner
 
     def _fail(self, status: int) -> None:
-        """A request we cannot parse: answer if nothing else is being answered, close."""
+        """A request we cannot parse or accept: answer if nothing else is being
+        answered, close."""
+        self._closing = True
+        self._backlog = None
         if self.transport is None or self.transport.is_closing():
             return
         if not self._queue:
@@ -286,13 +430,35 @@ class FrontProtocol(asyncio.Protocol):
             )
         self.transport.close()
 
+    def tick(self, now: float) -> None:
+        """Close the connection if it idles past keep-alive, or a head or a body stalls
+        past its limit (a stall while we paused reading is ours, not the client's)."""
+        if self.transport is None:
+            return
+        if self._head_since is not None:
+            if now - self._head_since > self.proxy.header_timeout:
+                self._fail(408)
+            return
+        if self._body_expected and not self._paused:
+            if self._body_moved:
+                self._body_moved = False
+                self._body_since = now
+            elif now - self._body_since > self.proxy.body_timeout:
+                self._fail(408)
+            return
+        idle = self._idle_since
+        if idle is not None and not self._queue and now - idle > self._keep_alive_timeout:
+            self.transport.close()
+
     # httptools callbacks
 
     def on_message_begin(self) -> None:
-        self._between = False
         self._url = b""
         self._headers = []
         self._head_size = 0
+        self._partial_head = 0
+        self._in_head = self._began = True
+        self._head_since = time.monotonic()
         self._idle_since = None
 
     def on_url(self, url: bytes) -> None:
@@ -308,45 +474,76 @@ class FrontProtocol(asyncio.Protocol):
             raise _Malformed(431)
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._head_since = None
         parser = self._parser
-        host = (header(self._headers, b"host") or b"").decode("latin-1")
+        host, target = self._route_of(self._url, self._headers, parser.get_http_version())
         sandbox = self.proxy.gate.sandbox_of(host)
-        is_sandbox_host = sandbox is not None or self.proxy.sandbar.addresses.is_sandbox_host(host)
-        hot = self.proxy.hot_path
-        kind = "sandbox" if is_sandbox_host else "api"
-        is_hot = kind == "api" and hot is not None and self._url.startswith(hot.prefix)
-        if kind == "api" and not is_hot and self._raw is not None:
-            if self._kind is None and self._url.startswith(TUNNEL_PATH) and parser.should_upgrade():
-                raise _TunnelHandOff
-            raise _HandOff
-        if self._kind is None:  # the connection's first request decides whose it is
-            self._kind = kind
-            self.proxy.started()
-        self._raw = None
         upgrade = parser.should_upgrade()
         websocket = upgrade and (header(self._headers, b"upgrade") or b"").lower() == b"websocket"
-        if upgrade and (not websocket or is_hot):
-            raise _Malformed(400)
         keep_alive = parser.should_keep_alive()
-        request = Request(host, parser.get_method(), self._url, self._headers, websocket, sandbox)
-        if is_hot and self._kind == "api":
-            assert hot is not None
-            exchange = hot.exchange(self, request, keep_alive)
-        else:
+        method = parser.get_method()
+        request = Request(host, method, target, self._headers, websocket, sandbox)
+        exchange: QueuedExchange
+        if sandbox is not None or self.proxy.sandbar.addresses.is_sandbox_host(host):
+            if upgrade and not websocket:
+                raise _Malformed(400)
             exchange = Exchange(self, request, keep_alive)
-            if kind != self._kind or not is_sandbox_host:  # another host than the first's
-                exchange.keep_alive = False
-                exchange.preset = Answer(421, [], b"Misdirected Request")
+        elif (hot := self.proxy.hot_path) is not None and target.startswith(hot.prefix):
+            if upgrade:
+                raise _Malformed(400)
+            exchange = hot.exchange(self, request, keep_alive)
+        elif websocket and target.startswith(TUNNEL_PATH):
+            exchange = TunnelHandOff(self, request)
+        elif websocket:
+            exchange = Exchange(self, request, keep_alive)
+            exchange.preset = Answer(404, *_json_error("not_found", NO_WEBSOCKET))
+        else:
+            request.websocket = False
+            version = parser.get_http_version()
+            exchange = ApiExchange(self, self._application, request, keep_alive, version)
+        self.proxy.started()
+        if header(self._headers, b"content-length") not in (None, b"0") or (
+            header(self._headers, b"transfer-encoding") is not None
+        ):
+            self._body_expected = True
+            self._body_moved = False
+            self._body_since = time.monotonic()
         self._queue.append(exchange)
         if len(self._queue) == 1:
             exchange.start()
 
+    @staticmethod
+    def _route_of(url: bytes, headers: Headers, version: str) -> tuple[str, bytes]:
+        """The request's host and its target in origin-form (RFC 9112, 3.2: an
+        absolute-form target's authority wins over ``Host``; HTTP/1.1 needs exactly one
+        ``Host``)."""
+        hosts = [value for name, value in headers if name == b"host"]
+        if len(hosts) > 1 or (not hosts and version != "1.0"):
+            raise _Malformed(400)
+        host = hosts[0] if hosts else b""
+        target = url
+        if not url.startswith(b"/"):
+            scheme, sep, rest = url.partition(b"://")
+            if not sep or scheme.lower() not in (b"http", b"https"):
+                raise _Malformed(400)
+            cut = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=-1)
+            authority, path = (rest, b"") if cut < 0 else (rest[:cut], rest[cut:])
+            if not authority or b"@" in authority:
+                raise _Malformed(400)
+            host = authority
+            target = path if path.startswith(b"/") else b"/" + path
+            headers[:] = [(n, v) for n, v in headers if n != b"host"] + [(b"host", host)]
+        return host.decode("latin-1"), target
+
     def on_body(self, body: bytes) -> None:
+        self._body_moved = True
         if self._queue:  # (else: the body of a request already refused)
             self._queue[-1].request_body(body)
 
     def on_message_complete(self) -> None:
-        self._between = True
+        self._completed = True
+        self._body_expected = False
         if self._queue:
             self._queue[-1].request_complete()
 
@@ -362,6 +559,8 @@ class FrontProtocol(asyncio.Protocol):
             self._paused.discard(reason)
             if not self._paused and self.transport is not None and not self._closing:
                 self.transport.resume_reading()
+                if self._body_expected:
+                    self._body_since = time.monotonic()
 
     def write(self, data: bytes) -> None:
         if self._corked is not None:
@@ -392,15 +591,16 @@ class FrontProtocol(asyncio.Protocol):
         if corked:
             self.write(b"".join(corked))
 
-    def answering(self, exchange: Exchange) -> bool:
+    def answering(self, exchange: object) -> bool:
         """Whether ``exchange`` has its turn (pipelined ones wait for those before)."""
         return bool(self._queue) and self._queue[0] is exchange
 
-    def finished(self, exchange: Exchange) -> None:
+    def finished(self, exchange: QueuedExchange) -> None:
         if self._queue and self._queue[0] is exchange:
             self._queue.popleft()
         if not exchange.keep_alive or self._closing:
             self._closing = True
+            self._backlog = None
             self.uncork()
             if self.transport is not None:
                 self.transport.close()
@@ -409,12 +609,17 @@ class FrontProtocol(asyncio.Protocol):
             self._queue[0].start()
         else:
             self._idle_since = time.monotonic()
+        if self._backlog is not None and len(self._queue) < self.proxy.max_pipelined:
+            # (not from here: this may run inside a parser callback)
+            asyncio.get_running_loop().call_soon(self._read_backlog)
 
-    def close_if_idle(self, now: float) -> None:
-        idle = self._idle_since
-        late = idle is not None and now - idle > self._keep_alive_timeout
-        if late and not self._queue and self.transport is not None:
-            self.transport.close()
+    def _read_backlog(self) -> None:
+        backlog, self._backlog = self._backlog, None
+        if backlog is None or self.transport is None or self._closing:
+            return
+        self._feed(backlog)
+        if self._backlog is None:
+            self.resume_reading("pipeline")
 
 
 class Exchange:
@@ -433,6 +638,7 @@ class Exchange:
         self._held: list[bytes] = []  # request body that came before the agent connection
         self._held_size = 0
         self._early: list[bytes] = []  # WebSocket bytes that came before the agent's 101
+        self._early_size = 0
         self._request_done = False
         self._chunked_upload = header(request.headers, b"transfer-encoding") is not None
         self._responded = False
@@ -575,11 +781,11 @@ class Exchange:
         return to_agent(
             self.request.headers,
             credential=admit.credential,
-            client=self.front._client,
+            client=self.front.client_address,
             proto=self.front.proxy.proto,
             host=self.request.host.encode("latin-1"),
             upgrade=self.request.websocket,
-            trusted=self.front._client in self.front.proxy.trusted,
+            trusted=self.front.client_address in self.front.proxy.trusted,
         )
 
     def _frame(self, chunk: bytes) -> bytes:
@@ -607,6 +813,9 @@ class Exchange:
             self._upstream.write(data)
         else:
             self._early.append(data)  # sent once the agent has accepted the upgrade
+            self._early_size += len(data)
+            if self._early_size > HIGH_WATER:
+                self.front.pause_reading("upgrade")
 
     def cork(self) -> None:
         self.front.cork()
@@ -633,6 +842,8 @@ class Exchange:
             for data in self._early:
                 self._upstream.write(data)
             self._early = []
+            self._early_size = 0
+            self.front.resume_reading("upgrade")
             self._count_stream()
             return
         out = to_browser(headers)
@@ -641,7 +852,7 @@ class Exchange:
             out.append((b"transfer-encoding", b"chunked"))
             self._chunked_response = True
             self._count_stream()
-        if not self.keep_alive or self.front._closing:
+        if not self.keep_alive or self.front.closing:
             self.keep_alive = False
             out.append((b"connection", b"close"))
         self.front.write(render_head(status, out))
@@ -705,7 +916,7 @@ class Exchange:
         headers = list(answer.headers)
         if header(headers, b"content-length") is None:
             headers.append((b"content-length", b"%d" % len(answer.body)))
-        if not self.keep_alive or self.front._closing:
+        if not self.keep_alive or self.front.closing:
             self.keep_alive = False
             headers.append((b"connection", b"close"))
         body = b"" if self.request.method == b"HEAD" else answer.body
