@@ -10,16 +10,27 @@ from fastapi import Depends, Request
 from application.errors import Invalid
 from interfaces.bootstrap import Sandbar
 
-SESSION_COOKIE = "sandbar_session"
+SESSION_COOKIE = "sandbar_session"  # "__Host-" in front of it over https
 
 
 def sandbar(request: Request) -> Sandbar:
     return request.app.state.sandbar
 
 
+def session_cookie_name(request: Request) -> str:
+    """The session cookie's name: ``__Host-`` over https, so no sibling host (a
+    sandbox's page) can set or shadow it for the API host."""
+    https = sandbar(request).settings.public_scheme == "https"
+    return f"__Host-{SESSION_COOKIE}" if https else SESSION_COOKIE
+
+
+def session_token(request: Request) -> str | None:
+    return request.cookies.get(session_cookie_name(request))
+
+
 def caller(request: Request) -> UUID:
     """The signed-in user's id, or 401."""
-    return sandbar(request).accounts.authenticate(request.cookies.get(SESSION_COOKIE))
+    return sandbar(request).accounts.authenticate(session_token(request))
 
 
 def parse_id(value: str, field: str) -> UUID:

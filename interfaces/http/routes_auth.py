@@ -9,22 +9,30 @@ from application.errors import Invalid
 from interfaces.addresses import safe_next
 from interfaces.bootstrap import Sandbar
 from interfaces.http import present
-from interfaces.http.deps import SESSION_COOKIE, App, Caller
+from interfaces.http.deps import App, Caller, session_cookie_name, session_token
 from interfaces.http.schemas import Login, Register
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
 
 
-def _with_session(request: Request, response: Response, token: str) -> None:
+def _secure(request: Request) -> bool:
     settings = request.app.state.sandbar.settings
+    return (
+        settings.cookie_secure
+        or settings.public_scheme == "https"  # (a __Host- cookie must be Secure)
+        or request.url.scheme == "https"
+    )
+
+
+def _with_session(request: Request, response: Response, token: str) -> None:
     response.set_cookie(
-        SESSION_COOKIE,
+        session_cookie_name(request),
         token,
-        max_age=settings.session_ttl,
+        max_age=request.app.state.sandbar.settings.session_ttl,
         path="/",
         httponly=True,
         samesite="lax",
-        secure=settings.cookie_secure or request.url.scheme == "https",
+        secure=_secure(request),
     )  # no Domain attribute: host-only, never sent to sandbox subdomains
 
 
@@ -48,9 +56,15 @@ def login(body: Login, request: Request, sb: App) -> Response:
 
 @router.post("/logout", status_code=204)
 def logout(request: Request, sb: App, _: Caller) -> Response:
-    sb.accounts.logout(request.cookies[SESSION_COOKIE])
+    sb.accounts.logout(session_token(request) or "")
     response = Response(status_code=204)
-    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="lax")
+    response.delete_cookie(
+        session_cookie_name(request),
+        path="/",
+        httponly=True,
+        samesite="lax",
+        secure=_secure(request),
+    )
     return response
 
 
@@ -86,7 +100,7 @@ def begin_sign_in(
         raise Invalid("next must be a path on this site, like /", field="next")
     link_user = None
     if link:
-        link_user = sb.accounts.authenticate(request.cookies.get(SESSION_COOKIE))
+        link_user = sb.accounts.authenticate(session_token(request))
     url = sb.sign_in.begin(provider, _callback_url(request, sb, provider), target, link_user)
     return Response(status_code=302, headers={"location": url, "cache-control": "no-store"})
 

@@ -10,7 +10,7 @@ from application.errors import Invalid
 from domain.sandboxes import HOST_PREFIXES, SandboxType
 from interfaces.addresses import safe_next
 from interfaces.http import present
-from interfaces.http.deps import SESSION_COOKIE, App, Caller, parse_id, sandbox_origin
+from interfaces.http.deps import App, Caller, parse_id, sandbox_origin, session_token
 from interfaces.http.schemas import NewSandbox
 
 router = APIRouter(prefix="/api", tags=["sandboxes"])
@@ -69,7 +69,7 @@ def open_sandbox(
     target = safe_next(next)
     if target is None:
         raise Invalid("next must be a path on the sandbox's host, like /doc", field="next")
-    session = request.cookies.get(SESSION_COOKIE, "")
+    session = session_token(request) or ""
     row, ticket = sb.opening.ticket(user_id, session, parse_id(sandbox_id, "sandbox_id"))
     label = f"{HOST_PREFIXES[SandboxType(row['type'])]}-{row['id']}"
     origin = sb.addresses.sandbox_origin(label, request.headers.get("host", ""))

@@ -7,14 +7,22 @@ projections through the Directory's cache, never from the aggregates. A browser 
 grant is sent to the API host for a one-time ticket, which ``TICKET_PATH`` swaps for the
 grant cookie.
 
+Sandbox hosts are sibling subdomains, one site to a browser, so a page of one sandbox
+could send a visitor's cookie to another: a write or a WebSocket whose ``Origin`` is not
+the sandbox's own is refused, and one with no ``Origin`` (which browsers always send on
+those) must bring an access token.
+
 ``decide_cached`` answers from the cache alone, without awaiting (the common case);
-``decide`` may read the database, redeem a ticket or resume a paused sandbox."""
+``decide`` may read the database, redeem a ticket or resume a paused sandbox. A refusal is
+a value returned, never an exception raised: an exception object kept between requests
+would carry each request's frames along with it."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, quote
@@ -23,16 +31,18 @@ from uuid import UUID
 from application.errors import AppError
 from application.opening import GONE, may_open
 from infrastructure.agents import upstream_headers
-from infrastructure.grants import Grant
 from interfaces.addresses import safe_next
 from interfaces.bootstrap import Sandbar
 from interfaces.proxy import pages
 from interfaces.proxy.directory import MISS, Directory
 from interfaces.proxy.headers import Headers, bearer, cookie, header
 
-GRANT_COOKIE = b"sandbar_sandbox"
+GRANT_COOKIE = b"sandbar_sandbox"  # "__Host-" in front of it over https
 TICKET_PATH = b"/_sandbar/ticket"
 STARTING = {"creating", "resuming", "pausing"}
+SAFE_METHODS = frozenset((b"GET", b"HEAD", b"OPTIONS"))
+# What ``quote`` leaves of a ``next`` target: its own escapes and the URL's delimiters.
+_NEXT_SAFE = "/?&=%:@!$'()*+,;~[]#"
 Route = dict[str, Any]
 
 
@@ -70,13 +80,16 @@ class Answer:
     body: bytes = b""
 
 
-class Refused(Exception):
-    def __init__(
-        self, status: int, code: str, title: str, message: str, retry_after: int | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status, self.code, self.title, self.message = status, code, title, message
-        self.retry_after = retry_after
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """Why the proxy answers a request itself: a value, shared freely (it holds nothing
+    of any request)."""
+
+    status: int
+    code: str
+    title: str
+    message: str
+    retry_after: int | None = None
 
     def answer(self, request: Request) -> Answer:
         body, headers = pages.render(
@@ -98,11 +111,30 @@ UNAUTHENTICATED = Refused(
     "Open this sandbox from Sandbar, or send an access token as Authorization: Bearer.",
 )
 FORBIDDEN = Refused(403, "forbidden", "Not allowed", "Opening a sandbox needs the developer role.")
+CROSS_ORIGIN = Refused(
+    403,
+    "cross_origin",
+    "Not allowed from another site",
+    "A page of another site may not change anything in this sandbox.",
+)
+NO_ORIGIN = Refused(
+    403,
+    "origin_required",
+    "Not allowed without an origin",
+    "A change sent with the browser's cookie must say its Origin; programs use an access "
+    "token (Authorization: Bearer).",
+)
 AGENT_OFFLINE = Refused(
     502,
     "agent_offline",
     "The agent is offline",
     "This sandbox runs on a member's machine, and its agent is not connected.",
+)
+FAILED = Refused(
+    502,
+    "sandbox_failed",
+    "The sandbox is not running",
+    "The sandbox failed to start; its status in Sandbar says why.",
 )
 BAD_TICKET = Refused(
     403,
@@ -123,8 +155,15 @@ def _starting(status: str, retry_after: int = 2) -> Refused:
     )
 
 
-class _NeedsWork(Exception):
-    """The cache cannot answer alone (a miss, a ticket, a paused sandbox)."""
+def grant_cookie_name(public_scheme: str) -> bytes:
+    """The sandbox host's cookie: ``__Host-`` over https, so no sibling host (another
+    sandbox's page) can set or shadow it."""
+    return (b"__Host-" if public_scheme == "https" else b"") + GRANT_COOKIE
+
+
+# What ``_decide`` returns: a decision, a refusal, or None (the cache cannot answer
+# alone: a miss, a ticket, a paused sandbox).
+Decision = Admit | Answer | Refused | None
 
 
 class Gate:
@@ -134,11 +173,13 @@ class Gate:
         self.directory = Directory(sandbar.reads, sandbar.grants, sandbar.changes)
         self._where = sandbar.addresses
         self._credentials: dict[UUID, tuple[bytes, bytes]] = {}
+        self.cookie_name = grant_cookie_name(settings.public_scheme)
         self._cookie_attrs = f"; Path=/; HttpOnly; SameSite=Lax; Max-Age={settings.grant_ttl}"
-        if settings.cookie_secure:
+        if settings.cookie_secure or settings.public_scheme == "https":
             self._cookie_attrs += "; Secure"
         self._open_wait = settings.open_wait
         self._hosts: dict[str, tuple[str, UUID] | None] = {}
+        self._origins: dict[str, bytes] = {}  # host -> the sandbox's own origin
 
     def sandbox_of(self, host: str) -> tuple[str, UUID] | None:
         found = self._hosts.get(host, MISS)
@@ -153,83 +194,78 @@ class Gate:
 
     def decide_cached(self, request: Request) -> Admit | Answer | None:
         """The decision if the cache holds all it needs, else None (use ``decide``)."""
-        try:
-            return self._decide(request, self._peek_route, self._peek_grant, self._peek_role)
-        except Refused as r:
-            return r.answer(request)
-        except _NeedsWork:
-            return None
-
-    def _peek_route(self, sandbox_id: UUID) -> Route | None:
-        route = self.directory.peek_route(sandbox_id)
-        if route is MISS:
-            raise _NeedsWork
-        return route  # type: ignore[return-value]
-
-    def _peek_grant(self, token: str) -> Grant | None:
-        grant = self.directory.peek_grant(token)
-        if grant is MISS:
-            raise _NeedsWork
-        return grant  # type: ignore[return-value]
-
-    def _peek_role(self, workspace_id: UUID, user_id: UUID) -> str | None:
-        role = self.directory.peek_role(workspace_id, user_id)
-        if role is MISS:
-            raise _NeedsWork
-        return role  # type: ignore[return-value]
+        directory = self.directory
+        decision = self._decide(
+            request, directory.peek_route, directory.peek_grant, directory.peek_role
+        )
+        if decision.__class__ is Refused:
+            return decision.answer(request)  # type: ignore[union-attr]
+        return decision  # type: ignore[return-value]
 
     def _decide(
-        self, request: Request, route_of: Any, grant_of: Any, role_of: Any
-    ) -> Admit | Answer:
+        self,
+        request: Request,
+        route_of: Callable[[UUID], Any],
+        grant_of: Callable[[str], Any],
+        role_of: Callable[[UUID, UUID], Any],
+    ) -> Decision:
+        """The judgement, on values the three lookups give (MISS: not known yet)."""
         if request.sandbox is None:
-            raise NOT_FOUND
+            return NOT_FOUND
         label, sandbox_id = request.sandbox
         route = route_of(sandbox_id)
+        if route is MISS:
+            return None
         if route is None or route["host"] != label or route["status"] in GONE:
-            raise NOT_FOUND
+            return NOT_FOUND
+        writes = request.websocket or request.method not in SAFE_METHODS
+        origin = header(request.headers, b"origin") if writes else None
+        if origin is not None and origin.lower() != self._own_origin(request.host, label):
+            return CROSS_ORIGIN
         if request.target.startswith(TICKET_PATH) and not request.websocket:
-            raise _NeedsWork
-        user_id = self._user(request, sandbox_id, grant_of)
-        if user_id is None:
-            return self._to_ticket(request, sandbox_id)
-        role = role_of(route["workspace_id"], user_id)
+            return None
+        token, by_bearer = self._token(request)
+        grant = grant_of(token) if token else None
+        if grant is MISS:
+            return None
+        if grant is None or not grant.valid_for(sandbox_id, time.time()):
+            if not by_bearer and not request.websocket and request.method in (b"GET", b"HEAD"):
+                return self._to_ticket(request, sandbox_id)  # a browser: fetch a grant
+            return UNAUTHENTICATED
+        if writes and origin is None and not by_bearer:
+            return NO_ORIGIN  # the cookie alone, and no Origin: not what browsers send
+        role = role_of(route["workspace_id"], grant.user_id)
+        if role is MISS:
+            return None
         if role is None:
-            raise NOT_FOUND
+            return NOT_FOUND
         if not may_open(role):
-            raise FORBIDDEN
+            return FORBIDDEN
         status = route["status"]
         if status == "paused":
-            raise _NeedsWork
+            return None
         if status == "running" and (route["target"] or route["kind"] == "local"):
             self._sb.activity.note(sandbox_id)
             return Admit(route, sandbox_id, self._credential(route))
         if status in STARTING:
-            raise _starting(status)
-        if route["kind"] == "local":
-            raise AGENT_OFFLINE
-        raise Refused(
-            502,
-            "sandbox_failed",
-            "The sandbox is not running",
-            "The sandbox failed to start; its status in Sandbar says why.",
-        )
+            return _starting(status)
+        return AGENT_OFFLINE if route["kind"] == "local" else FAILED
 
-    def _user(self, request: Request, sandbox_id: UUID, grant_of: Any) -> UUID | None:
-        """The user whose grant this request carries; None when a browser should fetch
-        one (a GET without a usable cookie); Refused when it cannot."""
-        token, by_bearer = self._token(request)
-        grant = grant_of(token) if token else None
-        if grant is not None and grant.valid_for(sandbox_id, time.time()):
-            return grant.user_id
-        if not by_bearer and not request.websocket and request.method in (b"GET", b"HEAD"):
-            return None
-        raise UNAUTHENTICATED
+    def _own_origin(self, host: str, label: str) -> bytes:
+        """The sandbox's own origin, as browsers write it in ``Origin``."""
+        origin = self._origins.get(host)
+        if origin is None:
+            origin = self._where.sandbox_origin(label, host).lower().encode("latin-1")
+            if len(self._origins) > 10_000:
+                self._origins.clear()
+            self._origins[host] = origin
+        return origin
 
     def _to_ticket(self, request: Request, sandbox_id: UUID) -> Answer:
         target = safe_next(request.target.decode("latin-1")) or "/"
         location = (
             f"{self._where.api_origin(request.host)}/api/sandboxes/{sandbox_id}/open"
-            f"?next={quote(target, safe='')}"
+            f"?next={quote(target.encode('latin-1'), safe='')}"
         )
         return Answer(302, [(b"location", location.encode()), (b"cache-control", b"no-store")])
 
@@ -245,14 +281,14 @@ class Gate:
     # The full way: may read the database, redeem a ticket, resume a sandbox.
 
     async def decide(self, request: Request) -> Admit | Answer:
-        try:
-            return await self._decide_fully(request)
-        except Refused as r:
-            return r.answer(request)
+        decision = await self._decide_fully(request)
+        if isinstance(decision, Refused):
+            return decision.answer(request)
+        return decision
 
-    async def _decide_fully(self, request: Request) -> Admit | Answer:
+    async def _decide_fully(self, request: Request) -> Admit | Answer | Refused:
         if request.sandbox is None:
-            raise NOT_FOUND
+            return NOT_FOUND
         sandbox_id = request.sandbox[1]
         route = await self.directory.route(sandbox_id)
         grant = None
@@ -263,47 +299,51 @@ class Gate:
         role = (
             await self.directory.role(route["workspace_id"], user_id) if route and user_id else None
         )
+        decision = self._decide(request, lambda _: route, lambda _: grant, lambda *_: role)
+        if decision is not None:
+            return decision
         if request.target.startswith(TICKET_PATH) and not request.websocket:
-            if route is None or route["host"] != request.sandbox[0] or route["status"] in GONE:
-                raise NOT_FOUND
             return await self._redeem(request, sandbox_id)
-        try:
-            return self._decide(request, lambda _: route, lambda _: grant, lambda *_: role)
-        except _NeedsWork:  # only a paused sandbox is left to wait for
-            assert route is not None and user_id is not None
-            route = await self._resume(sandbox_id, user_id)
-        return self._decide(request, lambda _: route, lambda _: grant, lambda *_: role)
+        # Only a paused sandbox is left to wait for.
+        assert route is not None and user_id is not None
+        resumed = await self._resume(sandbox_id, user_id)
+        if isinstance(resumed, Refused):
+            return resumed
+        decision = self._decide(request, lambda _: resumed, lambda _: grant, lambda *_: role)
+        return _starting("still resuming", retry_after=5) if decision is None else decision
 
-    @staticmethod
-    def _token(request: Request) -> tuple[str | None, bool]:
+    def _token(self, request: Request) -> tuple[str | None, bool]:
         """The grant a request presents (a Bearer token, else the host's cookie), and
         whether it came as a Bearer token."""
         presented = bearer(request.headers)
-        if presented is not None:
-            return presented.decode("latin-1") or cookie(request.headers, GRANT_COOKIE), True
-        return cookie(request.headers, GRANT_COOKIE), False
+        if presented:
+            return presented.decode("latin-1"), True
+        return cookie(request.headers, self.cookie_name), False
 
-    async def _redeem(self, request: Request, sandbox_id: UUID) -> Answer:
+    async def _redeem(self, request: Request, sandbox_id: UUID) -> Answer | Refused:
+        """The ticket swapped for the host's cookie, and back to the page first asked for.
+        Whatever can fail is done before the ticket is spent."""
         query = parse_qs(request.target.partition(b"?")[2].decode("latin-1"))
         ticket = (query.get("ticket") or [""])[0]
         target = safe_next((query.get("next") or ["/"])[0]) or "/"
+        location = quote(target, safe=_NEXT_SAFE).encode("ascii")
         grant = None
         if ticket:
             grant = await asyncio.to_thread(self._sb.opening.redeem, ticket, sandbox_id)
         if grant is None:
-            raise BAD_TICKET
-        set_cookie = GRANT_COOKIE + b"=" + grant.encode() + self._cookie_attrs.encode()
+            return BAD_TICKET
+        set_cookie = self.cookie_name + b"=" + grant.encode() + self._cookie_attrs.encode()
         return Answer(
             302,
             [
-                (b"location", target.encode("latin-1")),
+                (b"location", location),
                 (b"set-cookie", set_cookie),
                 (b"cache-control", b"no-store"),
                 (b"referrer-policy", b"no-referrer"),
             ],
         )
 
-    async def _resume(self, sandbox_id: UUID, user_id: UUID) -> Route:
+    async def _resume(self, sandbox_id: UUID, user_id: UUID) -> Route | Refused:
         """Resume a paused sandbox for this request and wait (bounded) until it runs."""
         with contextlib.suppress(AppError):  # already resuming, say
             await asyncio.to_thread(self._sb.sandboxes.resume, user_id, sandbox_id)
@@ -312,8 +352,8 @@ class Gate:
         while loop.time() < deadline:
             route = await self.directory.route(sandbox_id)
             if route is None:
-                raise NOT_FOUND
+                return NOT_FOUND
             if route["status"] not in ("paused", *STARTING):
                 return route
             await asyncio.sleep(0.1)
-        raise _starting("still resuming", retry_after=5)
+        return _starting("still resuming", retry_after=5)
