@@ -1,7 +1,9 @@
 """Local agents: a member's own machine running opencode or openclaw, reached through a
 tunnel it dials. A one-time code (made by a developer or higher, short-lived, stored
 hashed) registers an agent: a local sandbox (``offline`` until its tunnel connects) and a
-tunnel token (stored hashed). The tunnel's coming and going is recorded as events."""
+tunnel token (stored hashed). The agent is served only while the member who registered it
+is a developer or higher in the workspace. The tunnel's coming and going is recorded as
+events."""
 
 from __future__ import annotations
 
@@ -79,18 +81,29 @@ class LocalAgents:
         return sandbox, token
 
     def may_connect(self, sandbox_id: UUID, token: str) -> bool:
-        route = self._reads.route(sandbox_id)
+        """Whether ``token`` is the sandbox's and its agent may be served now."""
+        return self.unserved(sandbox_id) is None and self._store.token_matches(sandbox_id, token)
+
+    def unserved(self, sandbox_id: UUID) -> str | None:
+        """Why the sandbox's agent may not be served now (None: it may). It must be a
+        local sandbox not being deleted, whose registrant is still a developer or higher
+        in its workspace: the agent runs on that member's machine, so losing the role
+        (removed, demoted) loses the tunnel."""
+        sandbox = self._reads.sandbox(sandbox_id)
         if (
-            route is None
-            or route["kind"] != Kind.local
-            or route["status"]
-            in (
-                Status.deleting,
-                Status.deleted,
-            )
+            sandbox is None
+            or sandbox["kind"] != Kind.local
+            or sandbox["status"] in (Status.deleting, Status.deleted)
         ):
-            return False
-        return self._store.token_matches(sandbox_id, token)
+            return "the sandbox was deleted"
+        try:
+            registrant = UUID(str(sandbox["created_by"]))
+        except ValueError:
+            registrant = None  # (not registered by a member)
+        role = registrant and self._reads.role(sandbox["workspace_id"], registrant)
+        if role is None or roles.Role[role] < roles.OPERATE_SANDBOX:
+            return "its registrant is no longer a developer in the workspace"
+        return None
 
     def all_offline(self) -> None:
         """On start: no tunnel survives a restart, so no local sandbox is connected."""

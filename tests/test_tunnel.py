@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 
@@ -194,10 +194,13 @@ def test_codes_register_local_sandboxes_once(tunnel_server: ServerProcess) -> No
     for action in ("pause", "resume"):
         r = owner.client.post(f"/api/sandboxes/{won['sandbox_id']}/{action}")
         assert r.status_code == 409, r.text
-    # A wrong token cannot dial in.
-    url = f"ws://127.0.0.1:{tunnel_server.port}/api/tunnel/{won['sandbox_id']}?token=sbt_forged"
-    with pytest.raises(Exception, match="403"):
-        ws_connect(url, open_timeout=10)
+    # A wrong token cannot dial in; nor can the right one in the URL (logs keep URLs).
+    url = f"ws://127.0.0.1:{tunnel_server.port}/api/tunnel/{won['sandbox_id']}"
+    forged = {"authorization": "Bearer sbt_forged"}
+    with pytest.raises(InvalidStatus, match="403"):
+        ws_connect(url, additional_headers=forged, open_timeout=10)
+    with pytest.raises(InvalidStatus, match="401"):
+        ws_connect(f"{url}?token={won['tunnel_token']}", open_timeout=10)
 
 
 def test_the_cli_keeps_registrations_private_and_side_by_side(

@@ -42,7 +42,13 @@ def load() -> dict[str, dict[str, Any]]:
     path = config_path()
     if not path.exists():
         return {}
-    return json.loads(path.read_text())
+    try:
+        registrations = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise SystemExit(f"cannot read the registrations in {path}: {e}") from None
+    if not isinstance(registrations, dict):
+        raise SystemExit(f"{path} holds no registrations (a JSON object was expected)")
+    return registrations
 
 
 def save(registrations: dict[str, dict[str, Any]]) -> None:
@@ -97,21 +103,28 @@ def _register(args: argparse.Namespace) -> int:
             message = r.text[:200]
         print(f"registration refused ({r.status_code}): {message}", file=sys.stderr)
         return 1
-    answer = r.json()
+    try:
+        answer = r.json()
+        sandbox_id, workspace_id = answer["sandbox_id"], answer["workspace_id"]
+        tunnel_token, password = answer["tunnel_token"], answer["agent_password"]
+        url = answer["sandbox"]["url"]
+    except (ValueError, KeyError, TypeError):
+        print(f"{args.server} answered 201 without a registration in it", file=sys.stderr)
+        return 1
     saved = {
         "server": args.server.rstrip("/"),
-        "workspace_id": answer["workspace_id"],
+        "workspace_id": workspace_id,
         "name": args.name,
         "type": args.type,
         "target": args.target,
-        "tunnel_token": answer["tunnel_token"],
-        "agent_password": answer["agent_password"],
-        "url": answer["sandbox"]["url"],
+        "tunnel_token": tunnel_token,
+        "agent_password": password,
+        "url": url,
     }
     with updating() as registrations:
-        registrations[answer["sandbox_id"]] = saved
-    table(["sandbox", "name", "type", "target", "opens at"], [_row(answer["sandbox_id"], saved)])
-    print(f"\nsaved in {config_path()}; now run: sandbar agent connect {answer['sandbox_id']}")
+        registrations[sandbox_id] = saved
+    table(["sandbox", "name", "type", "target", "opens at"], [_row(sandbox_id, saved)])
+    print(f"\nsaved in {config_path()}; now run: sandbar agent connect {sandbox_id}")
     return 0
 
 
@@ -156,7 +169,15 @@ def _connect(args: argparse.Namespace) -> int:
     from interfaces.tunnel.agent import Registration
 
     sandbox_id, saved = _pick(args.sandbox)
-    registration = Registration(saved["server"], sandbox_id, saved["tunnel_token"], saved["target"])
+    try:
+        registration = Registration(
+            saved["server"], sandbox_id, saved["tunnel_token"], saved["target"]
+        )
+    except (KeyError, TypeError):
+        raise SystemExit(
+            f"the registration of {sandbox_id} in {config_path()} is incomplete:"
+            " register the agent again"
+        ) from None
     server = None
     # SIGTERM ends the command as Ctrl-C does, from the start: whatever it started stops.
     signal.signal(signal.SIGTERM, _terminated)
@@ -200,11 +221,15 @@ def _stay_connected(registration: Registration) -> int:
     except asyncio.CancelledError:
         _say("stopped")
         return 0
+    except Exception as e:  # (a bug: said in one line, not a traceback)
+        _say(f"stopped: unexpected error ({type(e).__name__}: {e})")
+        return 1
     finally:
         pending = asyncio.all_tasks(loop)
         for task in pending:
             task.cancel()
-        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        if pending:  # (gather() of nothing would make a future of another loop)
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         loop.close()
     return 0
 

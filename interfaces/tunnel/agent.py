@@ -1,8 +1,9 @@
 """The agent's end of a tunnel: dial Sandbar, then for every stream Sandbar opens, connect
 to the local target (opencode on 127.0.0.1:4096, say) and pipe bytes both ways, at the
-pace each side reads. Reconnects with capped exponential backoff and full jitter; stops
-for good when Sandbar says the agent was replaced or its sandbox deleted, or refuses its
-token."""
+pace each side reads. Reconnects with capped exponential backoff and full jitter (and
+no sooner than Sandbar's Retry-After); stops for good when Sandbar says the agent was
+replaced, its sandbox deleted or its registrant no longer a developer, or refuses its
+token. The token goes in the Authorization header, never in the URL."""
 
 from __future__ import annotations
 
@@ -22,10 +23,11 @@ from websockets.frames import DATA_OPCODES, Frame, Opcode
 from websockets.protocol import Event, State
 
 from interfaces.tunnel.link import Link, Pipe
-from interfaces.tunnel.server import GONE, REPLACED
+from interfaces.tunnel.server import GONE, REPLACED, REVOKED
 
 BACKOFF_START = 0.5
 BACKOFF_CAP = 30.0
+RETRY_AFTER_CAP = 300.0  # seconds: the most a Retry-After is heeded
 STABLE_AFTER = 10.0  # a connection that lived this long resets the backoff
 CLOSE_WAIT = 2.0  # seconds to wait for Sandbar's close frame once the tunnel has ended
 
@@ -169,6 +171,13 @@ class TunnelClient(ClientConnection):
         # Done once Sandbar's close frame has come, or the connection is lost.
         self.ended: asyncio.Future[None] = self.loop.create_future()
 
+    def hold_reading(self, held: bool) -> None:
+        """The link has frames for a later turn: read no more until then."""
+        if held:
+            self.transport.pause_reading()
+        else:
+            self.transport.resume_reading()
+
     def attach(self, link: Link) -> None:
         self.link = link
         early, self._early = self._early, []
@@ -233,10 +242,25 @@ class Registration:
 def tunnel_url(registration: Registration) -> str:
     base = registration.server.rstrip("/")
     scheme = "wss" if base.startswith("https://") else "ws"
-    rest = base.split("://", 1)[1]
-    return (
-        f"{scheme}://{rest}/api/tunnel/{registration.sandbox_id}?token={registration.tunnel_token}"
-    )
+    rest = base.split("://", 1)[-1]
+    return f"{scheme}://{rest}/api/tunnel/{registration.sandbox_id}"
+
+
+@dataclass
+class Ended:
+    """How one connection ended: why, how long it was connected (0: never), and how
+    long Sandbar asked the agent to wait before the next dial."""
+
+    reason: str
+    lasted: float = 0.0
+    wait_at_least: float = 0.0
+
+
+def _retry_after(value: str | None) -> float:
+    try:
+        return min(max(float(value or 0), 0.0), RETRY_AFTER_CAP)
+    except ValueError:
+        return 0.0
 
 
 def _target(url: str) -> tuple[str, int]:
@@ -245,13 +269,13 @@ def _target(url: str) -> tuple[str, int]:
     return (host or rest).strip("[]"), int(port) if port.isdigit() else 80
 
 
-async def serve_once(registration: Registration, say: Callable[[str], None]) -> tuple[str, float]:
-    """One connection, until it ends: why it ended, and how long it was connected (0:
-    never). Raises Stop when retrying is futile."""
+async def serve_once(registration: Registration, say: Callable[[str], None]) -> Ended:
+    """One connection, until it ends. Raises Stop when retrying is futile."""
     host, port = _target(registration.target)
     try:
         websocket = await connect(
             tunnel_url(registration),
+            additional_headers={"Authorization": f"Bearer {registration.tunnel_token}"},
             max_size=None,
             compression=None,
             ping_interval=None,  # the tunnel has its own heartbeat
@@ -262,16 +286,18 @@ async def serve_once(registration: Registration, say: Callable[[str], None]) -> 
     except InvalidStatus as e:
         if e.response.status_code in (401, 403, 404):
             raise Stop(
-                "Sandbar refused this agent (the sandbox was deleted, or its token is not"
-                " valid): register it again"
+                "Sandbar refused this agent (the sandbox was deleted, its token is not"
+                " valid, or whoever registered it is no longer a developer in its"
+                " workspace): register it again"
             ) from None
-        return f"Sandbar answered {e.response.status_code}", 0.0
+        wait = _retry_after(e.response.headers.get("Retry-After"))
+        return Ended(f"Sandbar answered {e.response.status_code}", 0.0, wait)
     except InvalidURI as e:
         raise Stop(f"the server address is not valid ({e})") from None
     except (OSError, TimeoutError) as e:
-        return f"cannot reach Sandbar ({e.strerror or type(e).__name__})", 0.0
+        return Ended(f"cannot reach Sandbar ({e.strerror or type(e).__name__})")
     except (InvalidHandshake, EOFError) as e:  # no answer, or not HTTP (a restarting front)
-        return f"no valid answer from Sandbar ({e})", 0.0
+        return Ended(f"no valid answer from Sandbar ({e})")
     connected = time.monotonic()
     async with websocket:
         assert isinstance(websocket, TunnelClient)
@@ -279,6 +305,7 @@ async def serve_once(registration: Registration, say: Callable[[str], None]) -> 
             websocket.write,
             client_side=False,
             on_request=lambda stream_id, _headers: TargetPipe(link, stream_id, host, port),
+            on_backlog=websocket.hold_reading,
         )
         websocket.attach(link)
         say(f"connected: forwarding to {registration.target}")
@@ -295,18 +322,20 @@ async def serve_once(registration: Registration, say: Callable[[str], None]) -> 
             raise Stop("another connection of this agent took over")
         if rcvd is not None and rcvd.code == GONE:
             raise Stop("the sandbox was deleted")
+        if rcvd is not None and rcvd.code == REVOKED:
+            raise Stop("whoever registered this agent is no longer a developer in its workspace")
         lasted = time.monotonic() - connected
-        return (rcvd.reason if rcvd is not None else "") or reason, lasted
+        return Ended((rcvd.reason if rcvd is not None else "") or reason, lasted)
 
 
 async def run(registration: Registration, say: Callable[[str], None]) -> None:
     """Stay connected: reconnect with capped exponential backoff and full jitter."""
     delay = BACKOFF_START
     while True:
-        reason, lasted = await serve_once(registration, say)
-        if lasted > STABLE_AFTER:  # (a dial that only timed out is no stable connection)
+        ended = await serve_once(registration, say)
+        if ended.lasted > STABLE_AFTER:  # (a dial that only timed out is no stable connection)
             delay = BACKOFF_START
-        wait = random.uniform(0, delay)  # noqa: S311 - jitter, not a secret
-        say(f"disconnected ({reason}); reconnecting in {wait:.1f} s")
+        wait = max(random.uniform(0, delay), ended.wait_at_least)  # noqa: S311 - jitter
+        say(f"disconnected ({ended.reason}); reconnecting in {wait:.1f} s")
         await asyncio.sleep(wait)
         delay = min(delay * 2, BACKOFF_CAP)

@@ -20,7 +20,17 @@ are kept here, and the sizes of the frames sent follow the peer's SETTINGS. h2 s
 zero-length DATA frame where a stream's DATA ends it, or where DATA comes for a stream
 that is not (or no longer) one to read, so that its streams' states stay exact and it
 judges what that DATA means; and a WINDOW_UPDATE for a stream that is not open (closed
-or idle: h2 tells which). Nothing else of the data."""
+or idle: h2 tells which). Nothing else of the data.
+
+The agent at the far end may be hostile (it runs on a member's machine), and every
+tunnel shares one event loop with everyone else's: frames that carry nothing a stream
+needs (PING, SETTINGS, RST_STREAM, WINDOW_UPDATE that opens no sent data's room, empty
+DATA, DATA for a stream that is gone, PRIORITY, unknown types...) are counted, and past
+a budget per second the tunnel ends with GOAWAY ENHANCE_YOUR_CALM, as HTTP/2 servers do
+against rapid reset; pushes are disabled (a PUSH_PROMISE ends the tunnel); and a turn
+of the loop reads at most ``FRAMES_PER_TURN`` frames of a tunnel (the rest waits for the
+next turn, the socket's reading paused meanwhile), so that tiny frames cannot hold the
+loop for long."""
 
 from __future__ import annotations
 
@@ -54,12 +64,19 @@ MAX_MESSAGE = 1024 * 1024  # bytes per WebSocket message
 CONNECTION_ACK = 64 * 1024 * 1024
 PING_EVERY = 5.0  # seconds
 DEAD_AFTER = 15.0  # seconds without a ping answered: the link is dead
+# Frames that carry nothing a stream needs, per tunnel: this many at once, refilled at
+# CALM_RATE a second (a well-behaved peer sends a handful a minute).
+CALM_BURST = 1000
+CALM_RATE = 200.0
+FRAMES_PER_TURN = 512  # read per turn of the event loop; the rest on the next one
+MAX_DRAINING = 4 * MAX_STREAMS  # streams reset here whose in-flight frames are expected
 
 # A frame's header (RFC 9113, 4.1): 24-bit length and 8-bit type, flags, stream id.
 _HEAD = struct.Struct(">IBI")
 _INCREMENT = struct.Struct(">I")
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"  # the client's, before its first frame
-DATA, HEADERS, PUSH_PROMISE, WINDOW_UPDATE, CONTINUATION = 0x0, 0x1, 0x5, 0x8, 0x9
+DATA, HEADERS, RST_STREAM, PUSH_PROMISE, GOAWAY = 0x0, 0x1, 0x3, 0x5, 0x7
+WINDOW_UPDATE, CONTINUATION = 0x8, 0x9
 END_STREAM, END_HEADERS, PADDED = 0x1, 0x4, 0x8
 
 
@@ -81,6 +98,28 @@ class Broken(Exception):
 
 
 FLOW_CONTROL_ERROR = h2.errors.ErrorCodes.FLOW_CONTROL_ERROR
+ENHANCE_YOUR_CALM = h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+SMALLEST_UPDATE = 1024  # a WINDOW_UPDATE smaller than this is counted as control
+
+
+class Calm:
+    """A token bucket of control frames: ``burst`` at once, refilled at ``rate`` a
+    second. ``spend`` says whether one more is within the budget."""
+
+    def __init__(self, rate: float = CALM_RATE, burst: int = CALM_BURST) -> None:
+        self._rate = rate
+        self._burst = float(burst)
+        self._tokens = float(burst)
+        self._at = time.monotonic()
+
+    def spend(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
+        self._at = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
 
 
 class TunnelBusy(Exception):
@@ -161,7 +200,10 @@ class Pipe:
 class Link:
     """The HTTP/2 connection of one tunnel, fed with the WebSocket's messages by
     ``receive`` and sending through ``write``, which takes bytes at once and never blocks
-    (a transport's write, say: what it holds is bounded by the streams' windows)."""
+    (a transport's write, say: what it holds is bounded by the streams' windows, and
+    nothing is pumped while ``pause_output`` holds it). ``on_backlog(True)`` says that
+    frames wait for a later turn (stop reading the socket), ``on_backlog(False)`` that
+    they are read (read on)."""
 
     def __init__(
         self,
@@ -169,6 +211,7 @@ class Link:
         *,
         client_side: bool,
         on_request: Callable[[int, list[tuple[bytes, bytes]]], Pipe | None] | None = None,
+        on_backlog: Callable[[bool], None] | None = None,
     ) -> None:
         config = h2.config.H2Configuration(client_side=client_side, header_encoding=None)
         self.conn = h2.connection.H2Connection(config=config)
@@ -176,6 +219,7 @@ class Link:
         # Sent as a change, so each applies when the peer acknowledges it.
         self.conn.update_settings(
             {
+                h2.settings.SettingCodes.ENABLE_PUSH: 0,
                 h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: WINDOW,
                 h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
                 h2.settings.SettingCodes.MAX_FRAME_SIZE: MAX_FRAME,
@@ -184,6 +228,8 @@ class Link:
         self.conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
         self._write = write
         self._on_request = on_request
+        self._on_backlog = on_backlog
+        self._client_side = client_side
         self.pipes: dict[int, Pipe] = {}
         # The windows, kept here rather than in h2 (see the module's docstring).
         self.peer_initial_window = self.conn.remote_settings.initial_window_size
@@ -197,6 +243,16 @@ class Link:
         self._consumed = 0  # passed on (or dropped), not yet given back to the connection
         self._preface = 0 if client_side else len(PREFACE)
         self._partial = b""  # the start of a frame the next message completes
+        # Messages (and where to go on in each) not read yet: more than a turn's frames.
+        self._inbox: deque[tuple[bytes, int]] = deque()
+        self._turn_scheduled = False
+        self._backlogged = False  # as last told with on_backlog
+        self._calm = Calm()
+        # Streams reset here: the room the peer may still fill with DATA already on its
+        # way (no control frame), and those whose HEADERS had not come yet.
+        self._draining: dict[int, int] = {}
+        self._unanswered: set[int] = set()
+        self._output_paused = False
         self._out: list[bytes | memoryview] = []  # frames for the next message, in order
         self._flush_scheduled = False
         self._loop = asyncio.get_running_loop()
@@ -210,26 +266,66 @@ class Link:
     def receive(self, data: bytes) -> None:
         if self.closed.done():
             return
-        if self._partial:
-            data, self._partial = self._partial + data, b""
+        self._inbox.append((data, 0))
+        if not self._turn_scheduled:
+            self._read_turn()
+
+    def calm(self, what: str) -> bool:
+        """Count one control frame the transport saw (a WebSocket PING, say): False, and
+        the tunnel ended, once the budget is spent."""
+        if self.closed.done():
+            return False
+        if self._calm.spend():
+            return True
+        self.close(f"too many control frames ({what})", ENHANCE_YOUR_CALM)
+        return False
+
+    def _read_turn(self) -> None:
+        """Read up to FRAMES_PER_TURN frames of what waits; the rest on a later turn."""
+        self._turn_scheduled = False
+        left = FRAMES_PER_TURN
+        inbox = self._inbox
         try:
-            self._frames(data)
+            while inbox and left > 0 and not self.closed.done():
+                data, start = inbox.popleft()
+                if self._partial:
+                    data, start = self._partial + data[start:], 0
+                    self._partial = b""
+                stop, left = self._frames(data, start, left)
+                if stop < len(data):
+                    if left > 0:  # a frame the next message completes
+                        self._partial = data[stop:]
+                    else:
+                        inbox.appendleft((data, stop))
         except h2.exceptions.ProtocolError as e:
             self.close(f"the peer broke the tunnel's protocol ({type(e).__name__}: {e})")
-            return
         except Broken as e:
             self.close(f"the peer broke the tunnel's protocol ({e})", e.code)
-            return
+        if self.closed.done():
+            inbox.clear()
+        elif inbox:
+            self._turn_scheduled = True
+            self._loop.call_soon(self._read_turn)
+        if self._on_backlog is not None and self._backlogged != self._turn_scheduled:
+            self._backlogged = self._turn_scheduled
+            self._on_backlog(self._backlogged)
         self._flush_soon()
 
-    def _frames(self, data: bytes) -> None:
-        """Read the frames in ``data``: DATA and WINDOW_UPDATE here, the rest in h2 (in
-        runs, each given before the next frame read here, so that order holds)."""
-        given = 0  # data[:given] is read (here or by h2)
-        pos = min(self._preface, len(data))  # the client's preface, for h2
-        self._preface -= pos
+    def _spend(self, what: str) -> None:
+        if not self._calm.spend():
+            raise Broken(f"too many control frames ({what})", ENHANCE_YOUR_CALM)
+
+    def _frames(self, data: bytes, pos: int, left: int) -> tuple[int, int]:
+        """Read up to ``left`` frames of ``data`` from ``pos``: DATA and WINDOW_UPDATE
+        here, the rest in h2 (in runs, each given before the next frame read here, so
+        that order holds); where it stopped, and how many frames it may still read."""
+        given = pos  # data[:given] is read (here or by h2)
+        if self._preface:  # the client's preface, for h2
+            skip = min(self._preface, len(data) - pos)
+            self._preface -= skip
+            pos += skip
         end = len(data)
-        while end - pos >= 9 and not self.closed.done():
+        while end - pos >= 9 and left > 0 and not self.closed.done():
             kind_length, flags, stream_id = _HEAD.unpack_from(data, pos)
             length, kind = kind_length >> 8, kind_length & 0xFF
             if length > MAX_FRAME:
@@ -238,35 +334,66 @@ class Link:
             stop = pos + 9 + length
             if stop > end:
                 break
+            left -= 1
             stream_id &= 0x7FFFFFFF
-            if stream_id and (kind == DATA or (kind == WINDOW_UPDATE and length == 4)):
+            if (kind == DATA and stream_id) or (kind == WINDOW_UPDATE and length == 4):
                 if given < pos:
                     self._to_h2(data[given:pos])
                     if self.closed.done():
-                        return
+                        return stop, left
                 if self._in_block or not self._settled:
                     raise Broken("a frame before the peer's SETTINGS or inside a header block")
                 if kind == DATA:
                     self._data(data, pos + 9, stop, flags, stream_id)
-                else:
+                elif stream_id:
                     self._window_update(stream_id, _INCREMENT.unpack_from(data, pos + 9)[0])
+                else:
+                    self._connection_window_update(_INCREMENT.unpack_from(data, pos + 9)[0])
                 given = stop
-            elif kind == WINDOW_UPDATE and length == 4:  # the connection's window
+            elif kind in (HEADERS, RST_STREAM):
+                # Whether it is control depends on the stream's state: h2 reads what
+                # came before it first.
                 if given < pos:
                     self._to_h2(data[given:pos])
+                    given = pos
                     if self.closed.done():
-                        return
-                if self._in_block or not self._settled:
-                    raise Broken("a frame before the peer's SETTINGS or inside a header block")
-                self._connection_window_update(_INCREMENT.unpack_from(data, pos + 9)[0])
-                given = stop
-            elif kind in (HEADERS, PUSH_PROMISE, CONTINUATION):
-                self._in_block = not flags & END_HEADERS  # (h2 checks the rest)
+                        return stop, left
+                if kind == RST_STREAM:
+                    self._reset_frame(stream_id)
+                else:
+                    self._headers_frame(stream_id)
+                    self._in_block = not flags & END_HEADERS  # (h2 checks the rest)
+            elif kind == PUSH_PROMISE:
+                raise Broken("a PUSH_PROMISE: pushes are disabled")
+            elif kind == CONTINUATION:
+                self._spend("CONTINUATION")
+                self._in_block = not flags & END_HEADERS
+            elif kind != GOAWAY:  # PING, SETTINGS, PRIORITY, and types h2 ignores
+                self._spend(f"frames of type {kind}")
             pos = stop
         if given < pos:
             self._to_h2(data[given:pos])
-        if pos < end:
-            self._partial = data[pos:]
+        return pos, left
+
+    def _reset_frame(self, stream_id: int) -> None:
+        """An RST_STREAM is control unless it ends a stream that is open here (or one
+        reset here meanwhile: the two crossed)."""
+        if stream_id in self.pipes:
+            return
+        if self._draining.pop(stream_id, None) is None:
+            self._spend("RST_STREAM")
+        self._unanswered.discard(stream_id)
+
+    def _headers_frame(self, stream_id: int) -> None:
+        """HEADERS are control unless they answer (or open, for the agent) a stream."""
+        pipe = self.pipes.get(stream_id)
+        if pipe is not None:
+            if pipe.heard:
+                self._spend("HEADERS")
+        elif stream_id in self._unanswered:
+            self._unanswered.discard(stream_id)  # (crossed our reset)
+        elif self._client_side or stream_id <= self.conn.highest_inbound_stream_id:
+            self._spend("HEADERS")  # h2 judges it; a new request is the agent's to take
 
     def _to_h2(self, data: bytes) -> None:
         for event in self.conn.receive_data(data):
@@ -284,11 +411,24 @@ class Link:
             start += 1
         pipe = self.pipes.get(stream_id)
         if pipe is None or not pipe.heard or pipe.far_ended:
-            # Not (or no longer) a stream to read: h2 says what that means (a reset for
-            # a closed stream, an error for one never opened); the room goes back.
+            # Not (or no longer) a stream to read; the room goes back.
             self._give_back(length)
+            room = self._draining.get(stream_id)
+            if room is not None and (length or flags & END_STREAM) and length <= room:
+                # Already on its way when this end reset the stream: expected (h2 would
+                # drop it too).
+                if flags & END_STREAM or length == room:
+                    del self._draining[stream_id]
+                else:
+                    self._draining[stream_id] = room - length
+                return
+            # Control: h2 says what it means (a reset for a closed stream, an error for
+            # one never opened).
+            self._spend("DATA for a stream that is not open")
             self._to_h2(frame_head(0, DATA, flags & END_STREAM, stream_id))
             return
+        if start == stop and not flags & END_STREAM:
+            self._spend("empty DATA")
         pipe.receive_window -= length
         if pipe.receive_window < 0:
             raise Broken(f"DATA beyond stream {stream_id}'s window", FLOW_CONTROL_ERROR)
@@ -307,10 +447,14 @@ class Link:
         if pipe is None:
             # A stream gone meanwhile (the update crossed its end: ignored), or one never
             # opened (a protocol error): h2 knows which.
+            if stream_id not in self._draining:
+                self._spend("WINDOW_UPDATE for a stream that is not open")
             self._to_h2(window_update(stream_id, increment))
             return
         if increment == 0:
             raise Broken(f"a WINDOW_UPDATE of 0 for stream {stream_id}")
+        if increment < SMALLEST_UPDATE or pipe.send_window + increment > self.peer_initial_window:
+            self._spend("WINDOW_UPDATE")  # (not room given back for DATA sent)
         if pipe.send_window + increment > MAX_WINDOW:
             raise Broken(f"stream {stream_id}'s window past 2^31-1", FLOW_CONTROL_ERROR)
         pipe.send_window += increment
@@ -321,6 +465,8 @@ class Link:
         increment &= 0x7FFFFFFF
         if increment == 0:
             raise Broken("a WINDOW_UPDATE of 0 for the connection")
+        if increment < CONNECTION_ACK // 64:
+            self._spend("WINDOW_UPDATE")  # (far below the lumps the agent gives back)
         if self._send_window + increment > MAX_WINDOW:
             raise Broken("the connection's window past 2^31-1", FLOW_CONTROL_ERROR)
         blocked = self._send_window <= 0
@@ -402,6 +548,8 @@ class Link:
             pipe._pending.clear()
             pipe._pending_size = 0
             return
+        if self._output_paused:
+            return  # (the pipe says it is not writable once its pending passes WINDOW)
         sent = False
         while pipe._pending:
             room = min(pipe.send_window, self._send_window, self._max_frame)
@@ -432,6 +580,15 @@ class Link:
                 pipe._writable = True
                 pipe.on_writable(True)
 
+    def pause_output(self, paused: bool) -> None:
+        """Hold the streams' DATA while the socket does not take more (the agent is
+        not reading), and send it again once it does."""
+        self._output_paused = paused
+        if not paused:
+            for pipe in list(self.pipes.values()):
+                if pipe._pending or pipe._end_after_pending:
+                    self.pump(pipe)
+
     def ack(self, stream_id: int, flow_length: int) -> None:
         """``flow_length`` bytes of the stream were consumed: their room in the windows
         goes back to the peer (a stream's once half its window is consumed)."""
@@ -455,7 +612,16 @@ class Link:
             self._consumed = 0
 
     def reset(self, stream_id: int, code: int = h2.errors.ErrorCodes.CANCEL) -> None:
-        self._forget(stream_id)
+        pipe = self._forget(stream_id)
+        if pipe is not None and not pipe.far_ended:
+            # What the peer sent before it hears of the reset is no control frame.
+            self._draining[stream_id] = max(pipe.receive_window, 0)
+            if not pipe.heard:
+                self._unanswered.add(stream_id)
+            if len(self._draining) > MAX_DRAINING:
+                oldest = next(iter(self._draining))
+                del self._draining[oldest]
+                self._unanswered.discard(oldest)
         with contextlib.suppress(h2.exceptions.StreamClosedError, KeyError):
             self.conn.reset_stream(stream_id, error_code=code)
             self._flush_soon()

@@ -1,29 +1,38 @@
 """Sandbar's end of the tunnels: the WebSocket endpoint agents dial
-(``/api/tunnel/{sandboxId}?token=...``), the live tunnel of each local sandbox, and
-streams into it that look to the subdomain proxy like TCP connections to the agent.
+(``/api/tunnel/{sandboxId}``, the tunnel token in ``Authorization: Bearer``: never in the
+URL, which logs keep), the live tunnel of each local sandbox, and streams into it that look
+to the subdomain proxy like TCP connections to the agent.
 
 One tunnel per sandbox: a second connection replaces the first (closed with
 ``REPLACED``, so that agent stops instead of reconnecting). The sandbox goes ``running``
-when its tunnel connects and ``offline`` when it ends (events, by ``system``); deleting the
-sandbox closes its tunnel (``GONE``)."""
+when its tunnel connects and ``offline`` once it has stayed away for ``GRACE`` seconds (a
+quick redial records nothing); deleting the sandbox closes its tunnel (``GONE``), and so
+does its registrant losing the developer role (``REVOKED``).
+
+The agent is treated as hostile: dials are limited (interfaces/tunnel/dials.py), the
+link counts control frames (WebSocket PING and PONG too), the socket's reading pauses
+while the link has frames waiting, and writes toward an agent that does not read pause the
+streams; one that stays so for ``STALL_AFTER`` seconds, or lets ``MAX_BUFFERED`` bytes
+pile up, loses its tunnel."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections import deque
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 from uuid import UUID
 
+from websockets.datastructures import Headers
 from websockets.frames import Frame, Opcode
-from websockets.http11 import Request
+from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from application.opening import GONE as GONE_STATUSES
 from interfaces.bootstrap import Sandbar
-from interfaces.tunnel.link import MAX_MESSAGE, Link, Pipe
+from interfaces.tunnel.dials import Dials
+from interfaces.tunnel.link import DEAD_AFTER, MAX_MESSAGE, Link, Pipe
 
 log = logging.getLogger(__name__)
 # websockets says "connection open" and the like at INFO: the tunnel's own lines say more.
@@ -34,9 +43,15 @@ PATH_PREFIX = "/api/tunnel/"
 # WebSocket close codes an agent acts on (docs/tunnel.md).
 REPLACED = 4409  # another connection of the same agent took over: stop
 GONE = 4404  # the sandbox was deleted: stop
+REVOKED = 4403  # its registrant is no longer a developer in the workspace: stop
 BROKEN = 1002  # the peer broke the protocol
+POLICY = 1008  # the peer spent more than its budget (control frames, an unread buffer)
 RESTARTING = 1012  # Sandbar is shutting down: dial again
 CLOSE_WAIT = 2.0  # seconds the agent has to answer a close frame
+GRACE = 3.0  # seconds a tunnel may be away before its sandbox is recorded offline
+STALL_AFTER = DEAD_AFTER  # seconds the agent may leave what it is sent unread
+MAX_BUFFERED = 32 * 1024 * 1024  # bytes waiting for an agent that does not read
+READ_SLICE = 64 * 1024  # bytes of WebSocket given to the parser per turn of the loop
 
 
 class StreamTransport(Pipe):
@@ -128,7 +143,14 @@ class Tunnels:
         self._watching = False
         self._check_task: asyncio.Task[None] | None = None
         self._check_again = False
-        self._status_lock = asyncio.Lock()
+        self._dials = Dials()
+        # One running/offline write at a time per sandbox (see _settle).
+        self._status_locks: weakref.WeakValueDictionary[UUID, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
+        self._later: set[asyncio.Task[None]] = set()  # offline writes after their grace
+        trusted = sandbar.settings.trusted_proxies
+        self._trusted = frozenset(a.strip() for a in trusted.split(",") if a.strip())
 
     def open_stream(self, sandbox_id: UUID, protocol: asyncio.Protocol) -> StreamTransport | None:
         """A new stream to the sandbox's agent, connected to ``protocol``; None when its
@@ -141,26 +163,48 @@ class Tunnels:
         protocol.connection_made(pipe)  # type: ignore[arg-type]
         return pipe
 
-    async def serve(self, connection: TunnelConnection, path: str) -> None:
-        """One agent's WebSocket, from its handshake (``path`` is the request's, with
-        the query) to its end."""
+    async def serve(self, connection: TunnelConnection, request: Request, peer: str) -> None:
+        """One agent's WebSocket, from its handshake to its end."""
         self._watch()
+        path = request.path
         sandbox_id = _sandbox_id(path.split("?", 1)[0])
-        token = (parse_qs(urlsplit(path).query).get("token") or [""])[0]
-        agents = self._sb.local_agents
-        if sandbox_id is None or not token:
-            connection.refuse(403, "a tunnel needs a sandbox id and its token")
+        client = self._client(peer, request.headers)
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if sandbox_id is None:
+            connection.refuse(404, "a tunnel is /api/tunnel/{sandbox id}")
             return
-        if not await asyncio.to_thread(agents.may_connect, sandbox_id, token):
-            log.warning("refused a tunnel for sandbox %s: unknown sandbox or token", sandbox_id)
+        if "?" in path or scheme.lower() != "bearer" or not token.strip():
+            # (A query was the old place of the token: it is never read from there, as
+            # URLs end up in logs; such an agent is told to update, and stops.)
+            connection.refuse(401, "a tunnel's token goes in its Authorization header")
+            return
+        wait = self._dials.client_wait(client)
+        if wait:
+            self._dials.refused(client, sandbox_id)
+            connection.refuse(429, "too many unknown tokens from here", wait)
+            return
+        if self._dials.sandbox_wait(sandbox_id):
+            connection.refuse(
+                429, "this agent dialled too often", self._dials.sandbox_wait(sandbox_id)
+            )
+            return
+        agents = self._sb.local_agents
+        if not await asyncio.to_thread(agents.may_connect, sandbox_id, token.strip()):
+            self._dials.wrong_token(client, sandbox_id)
             connection.refuse(403, "unknown sandbox or token")
             return
+        wait = self._dials.sandbox_wait(sandbox_id)  # (a dial that came meanwhile)
+        if wait:
+            connection.refuse(429, "this agent dialled too often", wait)
+            return
+        self._dials.dialed(sandbox_id)
         link = connection.accept()
         if link is None:
             return
         previous = self._links.get(sandbox_id)
         self._links[sandbox_id] = link
         self._check_soon()  # (a deletion that came after may_connect read the sandbox)
+        reason = "Sandbar failed"
         try:
             if previous is not None:
                 previous.close("replaced by a newer connection of the same agent")
@@ -170,28 +214,57 @@ class Tunnels:
         finally:  # (also when recording it failed: the agent dials again, anew)
             if self._links.get(sandbox_id) is link:
                 del self._links[sandbox_id]
-                await self._settle(sandbox_id)
                 log.info("agent of sandbox %s disconnected", sandbox_id)
+                if "shutting down" in reason:
+                    await self._settle(sandbox_id)  # (no later turn comes)
+                else:
+                    self._settle_later(sandbox_id)
         log.info("tunnel of sandbox %s ended: %s", sandbox_id, reason)
-        code = REPLACED if "replaced" in reason else GONE if "deleted" in reason else 1000
-        if "protocol" in reason:
-            code = BROKEN
-        elif "shutting down" in reason:
-            code = RESTARTING
-        connection.close(code, reason)
+        connection.close(_close_code(reason), reason)
+
+    def _client(self, peer: str, headers: Headers) -> str:
+        """The agent's address: the peer's, or what a trusted proxy says it forwarded."""
+        if peer in self._trusted:
+            forwarded = headers.get("x-forwarded-for", "").rsplit(",", 1)[-1].strip()
+            if forwarded:
+                return forwarded
+        return peer
 
     async def _settle(self, sandbox_id: UUID) -> None:
         """Record the sandbox ``running`` or ``offline`` as its tunnel is when this runs:
-        one such write at a time, so the last one written says the last state (a quick
-        redial, or a replacement, while an earlier write was on its way, left it wrong)."""
-        async with self._status_lock:
+        one such write at a time per sandbox, so the last one written says the last state
+        (a quick redial, or a replacement, while an earlier write was on its way, left it
+        wrong)."""
+        lock = self._status_locks.get(sandbox_id)
+        if lock is None:
+            lock = self._status_locks[sandbox_id] = asyncio.Lock()
+        async with lock:
             link = self._links.get(sandbox_id)
             agents = self._sb.local_agents
             live = link is not None and not link.closed.done()
             await asyncio.to_thread(agents.connected if live else agents.disconnected, sandbox_id)
 
+    def _settle_later(self, sandbox_id: UUID) -> None:
+        """Record the sandbox offline if its agent is still away after GRACE seconds: an
+        agent that dials again at once costs no event."""
+
+        async def later() -> None:
+            await asyncio.sleep(GRACE)
+            if sandbox_id not in self._links:
+                await self._settle(sandbox_id)
+
+        task = asyncio.get_running_loop().create_task(later())
+        self._later.add(task)
+        task.add_done_callback(self._settled)
+
+    def _settled(self, task: asyncio.Task[None]) -> None:
+        self._later.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("recording a sandbox offline failed", exc_info=task.exception())
+
     def _watch(self) -> None:
-        """Close the tunnel of a sandbox that is deleted (checked when anything changes)."""
+        """Close the tunnel of a sandbox that is deleted, or whose registrant lost the
+        developer role (checked when anything changes)."""
         if self._watching:
             return
         self._watching = True
@@ -208,48 +281,108 @@ class Tunnels:
         self._check_task = asyncio.get_running_loop().create_task(self._check())
 
     async def _check(self) -> None:
+        unserved = self._sb.local_agents.unserved
         while True:
             self._check_again = False
             for sandbox_id, link in list(self._links.items()):
-                route = await asyncio.to_thread(self._sb.reads.route, sandbox_id)
-                if route is None or route["status"] in GONE_STATUSES:
-                    link.close("the sandbox was deleted")
+                reason = await asyncio.to_thread(unserved, sandbox_id)
+                if reason is not None:
+                    link.close(reason)
             if not self._check_again:
                 return
+
+
+def _close_code(reason: str) -> int:
+    """The WebSocket close code that tells the agent what to do about ``reason``."""
+    if "replaced" in reason:
+        return REPLACED
+    if "deleted" in reason:
+        return GONE
+    if "registrant" in reason:
+        return REVOKED
+    if "too many" in reason or "does not read" in reason:
+        return POLICY
+    if "protocol" in reason:
+        return BROKEN
+    if "shutting down" in reason:
+        return RESTARTING
+    return 1000
+
+
+class _AgentSide(ServerProtocol):
+    """websockets' server protocol, with the agent's PING and PONG frames counted in its
+    link's budget of control frames: past it none is answered (and the tunnel ends), so
+    PINGs sent by an agent that never reads cannot pile PONGs up."""
+
+    link: Link | None = None
+
+    def recv_frame(self, frame: Frame) -> None:
+        if frame.opcode in (Opcode.PING, Opcode.PONG) and (
+            self.link is None or not self.link.calm(f"WebSocket {frame.opcode.name}")
+        ):
+            return
+        super().recv_frame(frame)
 
 
 class TunnelConnection(asyncio.Protocol):
     """An agent's connection, answered at the protocol level (the subdomain proxy's
     front hands it over with the bytes of its upgrade request) with websockets' Sans-I/O
     server: each message goes straight into the link as it is parsed, and the link's bytes
-    straight to the socket, with no task or queue between."""
+    straight to the socket, with no task or queue between. Reading pauses while the link
+    has frames waiting for a later turn, while the token is checked, and between slices
+    of a large read."""
 
     def __init__(self, tunnels: Tunnels, connections: set[Any]) -> None:
         self._tunnels = tunnels
         self._connections = connections  # uvicorn's, for its graceful shutdown
         # Agents cut their messages at MAX_MESSAGE; a far larger one is refused (1009).
-        self._ws = ServerProtocol(max_size=4 * MAX_MESSAGE, logger=_WEBSOCKET_LOG)
+        self._ws = _AgentSide(max_size=4 * MAX_MESSAGE, logger=_WEBSOCKET_LOG)
         self._transport: asyncio.Transport | None = None
+        self._peer = ""
         self._request: Request | None = None
         self._link: Link | None = None
         self._serving: asyncio.Task[None] | None = None
         self._closer: asyncio.TimerHandle | None = None
+        self._stall: asyncio.TimerHandle | None = None
+        self._holds: set[str] = set()  # why reading is paused
+        self._unread = b""  # the rest of a read, for the next turn
+        self._slice_scheduled = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]  # (uvloop's is no subclass)
         self._connections.add(self)
+        peer = transport.get_extra_info("peername")
+        self._peer = str(peer[0]) if isinstance(peer, tuple) else ""
+        # Pause the streams once a message's worth waits for the agent to read.
+        self._transport.set_write_buffer_limits(high=MAX_MESSAGE, low=MAX_MESSAGE // 4)
 
     def data_received(self, data: bytes) -> None:
+        if self._unread:
+            self._unread += data  # (a read that came as reading paused)
+            return
+        self._read(data)
+
+    def _read(self, data: bytes) -> None:
+        if len(data) > READ_SLICE:
+            data, self._unread = data[:READ_SLICE], data[READ_SLICE:]
+            self._hold("slice", True)
+            if not self._slice_scheduled:
+                self._slice_scheduled = True
+                asyncio.get_running_loop().call_soon(self._next_slice)
         self._ws.receive_data(data)
         for event in self._ws.events_received():
             if isinstance(event, Request):
-                self._request = event
-                self._serving = asyncio.get_running_loop().create_task(
-                    self._tunnels.serve(self, event.path)
-                )
-                self._serving.add_done_callback(self._served)
+                if self._request is None:
+                    self._request = event
+                    self._hold("handshake", True)
+                    self._serving = asyncio.get_running_loop().create_task(
+                        self._tunnels.serve(self, event, self._peer)
+                    )
+                    self._serving.add_done_callback(self._served)
             elif isinstance(event, Frame) and self._link is not None:
                 if event.opcode in (Opcode.BINARY, Opcode.CONT):
+                    if event.opcode is Opcode.CONT and not self._link.calm("WebSocket fragments"):
+                        break
                     self._link.receive(event.data)
                 elif event.opcode is Opcode.TEXT:
                     self._link.close("the agent sent text where the tunnel carries bytes")
@@ -262,6 +395,16 @@ class TunnelConnection(asyncio.Protocol):
             self._link.close(f"the agent broke the tunnel's protocol (WebSocket {why})")
         self._flush()
 
+    def _next_slice(self) -> None:
+        self._slice_scheduled = False
+        data, self._unread = self._unread, b""
+        if not data:
+            self._hold("slice", False)
+            return
+        self._read(data)
+        if not self._unread:
+            self._hold("slice", False)
+
     def eof_received(self) -> None:
         self._ws.receive_eof()
         self._flush()
@@ -269,12 +412,29 @@ class TunnelConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._connections.discard(self)
         self._transport = None
+        self._unread = b""
         if self._link is not None:
             self._link.close("the agent hung up")
         elif self._serving is not None:
             self._serving.cancel()  # still checking its token: nobody to answer
-        if self._closer is not None:
-            self._closer.cancel()
+        for timer in (self._closer, self._stall):
+            if timer is not None:
+                timer.cancel()
+
+    def pause_writing(self) -> None:
+        """The agent is not reading what it is sent: hold the streams; if it stays so,
+        the tunnel ends."""
+        if self._link is not None:
+            self._link.pause_output(True)
+        if self._stall is None and self._transport is not None:
+            self._stall = asyncio.get_running_loop().call_later(STALL_AFTER, self._stalled)
+
+    def resume_writing(self) -> None:
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+        if self._link is not None:
+            self._link.pause_output(False)
 
     def shutdown(self) -> None:
         """uvicorn's graceful shutdown: the agent is told to dial again (1012)."""
@@ -295,11 +455,16 @@ class TunnelConnection(asyncio.Protocol):
         if response.status_code != 101 or self._transport is None:
             self._close_soon(0)
             return None
-        self._link = Link(self._write, client_side=True)
+        self._link = Link(self._write, client_side=True, on_backlog=self._backlog)
+        self._ws.link = self._link
+        self._hold("handshake", False)
         return self._link
 
-    def refuse(self, status: int, text: str) -> None:
-        self._ws.send_response(self._ws.reject(status, text))
+    def refuse(self, status: int, text: str, retry_after: float = 0) -> None:
+        response: Response = self._ws.reject(status, text)
+        if retry_after:
+            response.headers["Retry-After"] = str(int(retry_after) + 1)
+        self._ws.send_response(response)
         self._flush()
         self._close_soon(0)
 
@@ -312,6 +477,31 @@ class TunnelConnection(asyncio.Protocol):
         self._close_soon(CLOSE_WAIT)
 
     # Internals.
+
+    def _backlog(self, waiting: bool) -> None:
+        self._hold("link", waiting)
+
+    def _hold(self, why: str, held: bool) -> None:
+        """Pause reading while any reason holds it."""
+        before = bool(self._holds)
+        if held:
+            self._holds.add(why)
+        else:
+            self._holds.discard(why)
+        transport = self._transport
+        if transport is None or before == bool(self._holds) or transport.is_closing():
+            return
+        if self._holds:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
+
+    def _stalled(self) -> None:
+        self._stall = None
+        if self._link is not None:
+            self._link.close(f"the agent does not read what it is sent ({STALL_AFTER:g} s)")
+        if self._transport is not None:
+            self._transport.abort()
 
     def _served(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -338,6 +528,10 @@ class TunnelConnection(asyncio.Protocol):
                 transport.write(data)
             elif transport.can_write_eof():
                 transport.write_eof()
+        if transport is not None and transport.get_write_buffer_size() > MAX_BUFFERED:
+            if self._link is not None:
+                self._link.close("the agent does not read what it is sent")
+            transport.abort()
         if self._ws.close_expected():
             self._close_soon(CLOSE_WAIT)
 
