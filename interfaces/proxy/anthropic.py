@@ -29,7 +29,7 @@ from starlette.types import Receive, Scope, Send
 
 from application.errors import RateLimited
 from application.opening import GONE
-from interfaces.proxy import gate
+from interfaces.proxy import anthropic_paths, gate
 from interfaces.proxy.directory import MISS
 from interfaces.proxy.front import Exchange, FrontProtocol, SandboxProxy
 from interfaces.proxy.gate import Admit, Answer, Request
@@ -172,10 +172,18 @@ class AnthropicApi:
         self.max_body = settings.anthropic_max_body
         self.timeout = settings.anthropic_timeout
         self._tokens: dict[bytes, Any] = {}
+        try:
+            self.endpoints = anthropic_paths.Endpoints(settings.anthropic_extra_paths)
+        except ValueError as e:
+            raise SystemExit(str(e)) from None
 
     def exchange(self, front: FrontProtocol, request: Request, keep_alive: bool) -> Exchange:
-        request.target = self._base_path + request.target[len(PREFIX) :]
-        return AnthropicExchange(front, request, keep_alive, self)
+        path = request.target[len(PREFIX) :]
+        request.target = self._base_path + path
+        exchange = AnthropicExchange(front, request, keep_alive, self)
+        if not self.endpoints.allows(request.method, path):
+            exchange.preset = _not_allowed(request.method, path).answer()  # never sent on
+        return exchange
 
     def admit_now(self, headers: Headers) -> Counted | None:
         """``admit``, if it can be decided without waiting; else None."""
@@ -272,15 +280,20 @@ class AnthropicApi:
         if scope["type"] != "http":
             return
         self._proxy.started()
+        path = (scope.get("raw_path") or scope["path"].encode())[len(PREFIX) :]
+        if scope["query_string"]:
+            path += b"?" + scope["query_string"]
+        method = scope["method"].encode()
+        if not self.endpoints.allows(method, path):
+            await _send_answer(send, _not_allowed(method, path).answer())  # never sent on
+            return
         try:
             body = await self._read_body(scope["headers"], receive)
             counted = await self.admit(scope["headers"])
         except Refused as r:
             await _send_answer(send, r.answer())
             return
-        target = self._base_path + (scope.get("raw_path") or scope["path"].encode())[len(PREFIX) :]
-        if scope["query_string"]:
-            target += b"?" + scope["query_string"]
+        target = self._base_path + path
         out = [(n, v) for n, v in self.headers_out(scope["headers"]) if n != b"content-length"]
         out.append((b"content-length", b"%d" % len(body)))
         parts = [scope["method"].encode(), b" ", target, b" HTTP/1.1\r\n"]
@@ -347,6 +360,15 @@ async def _send_answer(send: Send, answer: Answer) -> None:
 
 def _unreachable(reason: str) -> Refused:
     return Refused(502, "api_error", f"the Anthropic API could not be reached ({reason})")
+
+
+def _not_allowed(method: bytes, path: bytes) -> Refused:
+    shown = path.partition(b"?")[0][:200].decode("latin-1")
+    return Refused(
+        404,
+        "not_found_error",
+        f"{method.decode('latin-1')} {shown} is not available through Sandbar's proxy",
+    )
 
 
 def _cannot_count() -> Refused:
