@@ -64,15 +64,15 @@ class Accounts:
 
     def login(self, username: str, password: str, client: str) -> tuple[Row, str]:
         key = username.strip().lower()
-        self._throttle.check(f"user:{key}", f"client:{client}")
+        self._throttle.check(key, client)
         user = self._reads.user_by_username(key) if len(key) <= 64 else None
         hashed = self._credentials.password_hash(user["id"]) if user else None
         # Verify even for an unknown user (against a decoy hash): both failures look and
         # take the same.
         if not self._passwords.verify(hashed, password) or user is None:
-            self._throttle.failed(f"user:{key}", f"client:{client}")
+            self._throttle.failed(key, client)
             raise Unauthorized("wrong username or password", code="bad_credentials")
-        self._throttle.succeeded(f"user:{key}")
+        self._throttle.succeeded(key, client)
         return user, self._credentials.open_session(user["id"])
 
     def logout(self, token: str) -> None:
