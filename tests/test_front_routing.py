@@ -282,4 +282,3 @@ def test_an_absolute_form_target_reaches_the_agent_in_origin_form(world: World) 
     seen = json.loads(answer.body)
     assert seen["path"] == "/echo"
     assert [h for h in seen["headers"] if h[0] == "host"] == [["host", host]]
-
