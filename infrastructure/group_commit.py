@@ -9,6 +9,7 @@ it sooner."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
@@ -17,6 +18,17 @@ log = logging.getLogger(__name__)
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
+
+
+def own_copy(error: Exception) -> Exception:
+    """A copy of ``error`` for one caller to raise, caused by the original: one exception
+    object raised by many callers would gather all their frames (and tracebacks) on it."""
+    try:
+        mine = copy.copy(error)
+    except Exception:  # (an exception that cannot be rebuilt from its arguments)
+        mine = RuntimeError(str(error))
+    mine.__cause__ = error
+    return mine
 
 
 class GroupCommit(Generic[Item, Result]):
@@ -68,7 +80,7 @@ class GroupCommit(Generic[Item, Result]):
                     if future is None:
                         unheard += 1
                     elif not future.done():
-                        future.set_exception(e)
+                        future.set_exception(own_copy(e))
                 if unheard:
                     log.warning("could not write %d item(s): %s", unheard, e)
                 self._wrote(len(batch))

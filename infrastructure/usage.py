@@ -43,7 +43,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from infrastructure.changes import ChangeFeed
 from infrastructure.database import ensure_tables
-from infrastructure.group_commit import GroupCommit
+from infrastructure.group_commit import GroupCommit, own_copy
 
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS sandbar_usage ("
@@ -213,8 +213,8 @@ class UsageTable:
         raised when this workspace's request could not be counted."""
         reservation = (workspace_id, day, default_requests, default_tokens, True)
         reached = await self._reserving.submit(reservation)
-        if isinstance(reached, Exception):
-            raise reached
+        if isinstance(reached, Exception):  # (the batch's requests share it: raise a copy)
+            raise own_copy(reached)
         return reached
 
     async def _reserve_batch(self, batch: list[Reservation]) -> list[str | Exception | None]:

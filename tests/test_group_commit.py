@@ -107,3 +107,23 @@ def test_posts_gather_for_the_linger_and_a_flush_or_a_caller_cuts_it_short() -> 
         assert recorder.batches[1:] == [[5, 6]]
 
     asyncio.run(run())
+
+
+def test_each_caller_of_a_failed_batch_raises_an_exception_of_its_own() -> None:
+    """One exception object raised in every caller's task would gather all their frames
+    on its traceback (issue 15): each caller gets its own copy, caused by the batch's."""
+
+    async def run() -> None:
+        recorder = Recorder(fail_on={1})
+        group = GroupCommit(recorder.write)
+        calls = [asyncio.ensure_future(group.submit(i)) for i in (1, 2, 3)]
+        errors = []
+        for call in calls:
+            with pytest.raises(RuntimeError, match="failed") as raised:
+                await call
+            errors.append(raised.value)
+        assert recorder.batches == [[1, 2, 3]]
+        assert len({id(e) for e in errors}) == 3
+        assert all(e.__cause__ is errors[0].__cause__ is not None for e in errors)
+
+    asyncio.run(run())
