@@ -198,7 +198,8 @@ def test_terminal_websocket_round_trip_with_an_access_token(box: OpenBox) -> Non
 
 def test_the_ticket_flow_cookie_opens_everything(box: OpenBox) -> None:
     grant = walk_ticket_flow(box, "/")
-    cookie = {"cookie": f"sandbar_sandbox={grant}"}
+    # As a browser sends it: writes and WebSockets from the sandbox's own page say so.
+    cookie = {"cookie": f"sandbar_sandbox={grant}", "origin": f"http://{box.host}"}
     with box.client(**cookie) as browser:
         assert_web_app(browser)
         assert_openapi(browser)
@@ -263,12 +264,13 @@ def test_sandbar_credentials_never_reach_opencode(box: OpenBox) -> None:
             jar = f"sandbar_session={session}; mine={probes[0]}"
             assert client.get("/global/health", headers={"cookie": jar}).status_code == 200
         jar = f"sandbar_sandbox={grant}; sandbar_session={session}; mine={probes[1]}"
-        with box.client(cookie=jar) as browser:
+        with box.client(cookie=jar, origin=f"http://{box.host}") as browser:
             assert browser.get("/global/health").status_code == 200
             assert first_event(browser, "/event")["type"] == "server.connected"
             pty_id = browser.post("/pty", json={"command": "/bin/sh"}).json()["id"]
         jar = f"sandbar_sandbox={grant}; sandbar_session={session}; mine={probes[2]}"
-        with box.websocket(f"/pty/{pty_id}/connect", {"cookie": jar}) as ws:
+        own = {"cookie": jar, "origin": f"http://{box.host}"}
+        with box.websocket(f"/pty/{pty_id}/connect", own) as ws:
             ws.recv(timeout=10)  # the terminal's opening message: the handshake went through
     finally:
         wire = tap.stop()
