@@ -35,6 +35,8 @@ _DROPPED = HOP_BY_HOP | {
 }
 _HOP_BY_HOP_AND_CLOSE = HOP_BY_HOP | {b"close"}
 OWN_COOKIE_PREFIX = b"sandbar_"
+# Over https Sandbar's cookies are named "__Host-sandbar_..." (see gate.grant_cookie_name).
+_OWN_COOKIES = (OWN_COOKIE_PREFIX, b"__host-" + OWN_COOKIE_PREFIX, b"__secure-" + OWN_COOKIE_PREFIX)
 _UPGRADE = [(b"connection", b"upgrade"), (b"upgrade", b"websocket")]
 
 Headers = list[tuple[bytes, bytes]]
@@ -56,7 +58,7 @@ def _named_by_connection(headers: Headers) -> frozenset[bytes]:
 
 def strip_own_cookies(value: bytes) -> bytes:
     """A ``Cookie`` header without Sandbar's cookies."""
-    kept = [c for c in value.split(b";") if not c.strip().startswith(OWN_COOKIE_PREFIX)]
+    kept = [c for c in value.split(b";") if not c.strip().lower().startswith(_OWN_COOKIES)]
     return b";".join(kept).strip()
 
 
@@ -127,7 +129,7 @@ def to_agent(
 def _host_only(set_cookie: bytes) -> bytes | None:
     """A ``Set-Cookie`` value pinned to the agent's own host, or None to drop it."""
     name = set_cookie.split(b"=", 1)[0].strip()
-    if name.lower().startswith(OWN_COOKIE_PREFIX):
+    if name.lower().startswith(_OWN_COOKIES):
         return None
     parts = [p for p in set_cookie.split(b";") if not p.strip().lower().startswith(b"domain=")]
     return b";".join(parts)
