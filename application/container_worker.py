@@ -28,8 +28,8 @@ from application.ports import (
     ContainerEngine,
     ContainerVanished,
     EngineUnavailable,
-    ImageMissing,
     ReadModel,
+    StartRefused,
     TrackingStore,
 )
 from domain.base import SYSTEM, acting_as
@@ -74,6 +74,7 @@ class ContainerWorker:
         self._sweep_every = sweep_every
         self._lanes = Lanes(self._converge_key, tracking.advance)
         self._engine_seen: bool | None = None  # unknown until the first sweep
+        self._seen_lock = threading.Lock()
 
     # The loop.
     def run(self, stop: threading.Event) -> None:
@@ -114,22 +115,36 @@ class ContainerWorker:
         # when listed was recorded before it, so a sandbox created meanwhile is never
         # taken for an orphan.
         try:
-            containers = self._engine.sandbox_ids()
-            if not self._engine_seen:
-                log.info("the container engine answers")
-            self._engine_seen = True
+            held = self._engine.sandbox_ids()
+            self._engine_answers()
         except EngineUnavailable as e:
-            if self._engine_seen is not False:  # say so once, not every sweep
-                log.warning("%s; cloud sandboxes cannot start until it answers", e)
-            self._engine_seen = False
-            containers = set()
+            self._engine_down(e)
+            held = set()
         rows = self._reads.cloud_sandboxes()
-        for sandbox_id in containers - {r["id"] for r in rows}:
-            log.info("removing container of sandbox %s, which is not live", sandbox_id)
-            self._engine.remove(sandbox_id, volume=True)
+        for sandbox_id in held - {r["id"] for r in rows}:
+            log.info("removing what sandbox %s held: it is not live", sandbox_id)
+            try:
+                self._engine.remove(sandbox_id, volume=True)
+            except EngineUnavailable as e:
+                self._engine_down(e)
+                break
         for row in rows:
             self._lanes.submit(row["id"])
         self._pause_idle(rows)
+
+    def _engine_answers(self) -> None:
+        with self._seen_lock:
+            if not self._engine_seen:
+                log.info("the container engine answers")
+            self._engine_seen = True
+
+    def _engine_down(self, e: EngineUnavailable) -> None:
+        """Say once, with the engine client's own words, that the engine is gone; not
+        again on every sweep or for every sandbox, until it has answered again."""
+        with self._seen_lock:
+            if self._engine_seen is not False:
+                log.warning("%s [%s]; cloud sandboxes wait until it answers", e, e.detail)
+            self._engine_seen = False
 
     def _pause_idle(self, rows: list[dict[str, Any]]) -> None:
         if self._idle_timeout <= 0:
@@ -150,9 +165,15 @@ class ContainerWorker:
 
     def converge(self, sandbox_id: UUID) -> None:
         sandbox = self._log.find(sandbox_id, Sandbox)
-        if sandbox is None or sandbox.kind is not Kind.cloud:
+        if sandbox is None:
             return
         status = sandbox.status
+        if sandbox.kind is not Kind.cloud:
+            # A local sandbox holds nothing in the engine: a deletion asked for it (say,
+            # with its workspace) is finished here.
+            if status is Status.deleting:
+                self._record(sandbox_id, lambda s: s.record_deleted())
+            return
         try:
             if status in (Status.creating, Status.resuming):
                 self._start(sandbox)
@@ -162,6 +183,8 @@ class ContainerWorker:
             elif status is Status.deleting:
                 self._engine.remove(sandbox_id, volume=True)
                 self._record(sandbox_id, lambda s: s.record_deleted())
+            elif status is Status.deleted:  # deleted at once: remove what a start left
+                self._engine.remove(sandbox_id, volume=True)
             elif status is Status.running:
                 if not self._engine.is_running(sandbox_id):
                     self._recover(sandbox)
@@ -176,17 +199,28 @@ class ContainerWorker:
                 sandbox_id,
             )
         except EngineUnavailable as e:
+            self._engine_down(e)
             reason = str(e)
             if status in (Status.creating, Status.resuming):
                 self._record(sandbox_id, lambda s: s.record_failed(reason))
+            elif status is Status.deleting and not sandbox.holds_engine_resources:
+                # Nothing of value waits in the engine (a start that never got as far as
+                # the agent): deleted now; the sweep removes any leftover once it answers.
+                self._record(sandbox_id, lambda s: s.record_deleted())
+            elif status is Status.deleting:
+                self._record(sandbox_id, lambda s: s.record_deletion_delayed(reason))
             else:
-                log.warning("sandbox %s stays %s: %s", sandbox_id, status, reason)
+                log.debug("sandbox %s stays %s: %s", sandbox_id, status, reason)
+        else:
+            self._engine_answers()
 
     def _start(self, sandbox: Sandbox) -> None:
         sandbox_id = sandbox.id
         try:
+            if sandbox.remake:  # a retry: what failed is made anew (the home stays)
+                self._engine.remove(sandbox_id, volume=False)
             address = self._engine.start(sandbox_id, sandbox.workspace_id, sandbox.type)
-        except ImageMissing as e:
+        except StartRefused as e:
             reason = str(e)
             self._record(sandbox_id, lambda s: s.record_failed(reason))
             return
@@ -201,7 +235,7 @@ class ContainerWorker:
         log.info("sandbox %s is running but its container is not; starting it again", sandbox.id)
         try:
             address = self._engine.start(sandbox.id, sandbox.workspace_id, sandbox.type)
-        except ImageMissing as e:
+        except StartRefused as e:
             log.warning("cannot recover sandbox %s: %s", sandbox.id, e)
             return
         if self._probe.wait_ready(sandbox.type, address, sandbox.id, self._ready_timeout):

@@ -68,10 +68,20 @@ class GrantStore(Protocol):
 
 
 class EngineUnavailable(Exception):
-    """The container engine cannot be reached."""
+    """The container engine cannot be reached. The message says what is wrong and what to
+    do, in the user's words; ``detail`` is the engine client's own text, for the log."""
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail
 
 
-class ImageMissing(Exception):
+class StartRefused(Exception):
+    """The sandbox cannot be started as things are (its image is missing, its network
+    cannot be confined); the message says what to do. Its start fails with it."""
+
+
+class ImageMissing(StartRefused):
     """The image a sandbox needs is not in the engine."""
 
 

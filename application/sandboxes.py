@@ -66,12 +66,16 @@ class Sandboxes:
         return self._answer(actor, self._log.retrying(command))
 
     def delete(self, actor: UUID, sandbox_id: UUID) -> Row:
-        return self._transition(actor, sandbox_id, Sandbox.request_deletion)
+        """Deleting: finished at once when the engine holds nothing of the sandbox (a local
+        one, a cloud one that never started), else by the container worker; asking again
+        while it is being deleted answers the same."""
+        return self._transition(actor, sandbox_id, Sandbox.delete)
 
     def pause(self, actor: UUID, sandbox_id: UUID) -> Row:
         return self._transition(actor, sandbox_id, Sandbox.request_pause)
 
     def resume(self, actor: UUID, sandbox_id: UUID) -> Row:
+        """Resume a paused sandbox, or retry a failed one."""
         return self._transition(actor, sandbox_id, Sandbox.request_resume)
 
     def _transition(self, actor: UUID, sandbox_id: UUID, change: Callable[[Sandbox], None]) -> Row:

@@ -3,26 +3,37 @@
 One container per sandbox, named ``sandbar-{id}``, with a named volume ``sandbar-home-{id}``
 for the agent's home, labels naming the sandbox and workspace, and the design brief's
 confinement: all capabilities dropped, no-new-privileges, memory / CPU / pids limits, an
-init process, no engine socket inside. Its port is published on 127.0.0.1 only."""
+init process, no engine socket inside. Its port is published on 127.0.0.1 only.
+
+Each sandbox also has a bridge network of its own, ``sandbar-net-{id}`` (bridge ``sbx...``,
+a /29 of ``SANDBAR_SANDBOX_SUBNETS``, so thousands fit where the engine's own pools give
+about thirty), which the engine isolates from every other network; the host's rules
+(``infrastructure/firewall.py``) let it reach only Sandbar's port on the host. Network,
+volume and rule carry the sandbox's labels, so the sweep finds and removes them with it."""
 
 from __future__ import annotations
 
 import fcntl
+import ipaddress
 import logging
+import os
 import socket
 import struct
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 from uuid import UUID
 
 import docker
 import requests
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from docker.types import IPAMConfig, IPAMPool
 
-from application.ports import ContainerVanished, EngineUnavailable, ImageMissing
+from application.ports import ContainerVanished, EngineUnavailable, ImageMissing, StartRefused
 from infrastructure import agents
+from infrastructure.firewall import FirewallUnavailable, HostFirewall, bridge_name
 from infrastructure.settings import Settings
 
 log = logging.getLogger("sandbar.containers")
@@ -31,6 +42,9 @@ LABEL = "sandbar.sandbox"
 INSTANCE_LABEL = "sandbar.instance"
 T = TypeVar("T")
 SIOCGIFADDR = 0x8915  # Linux: an interface's address
+SUBNET_PREFIX = 29  # each sandbox's network: a gateway, the container, room to spare
+SUBNET_TRIES = 64  # subnets tried (from one the id picks) before giving up
+DEFAULT_ENGINE = "unix:///var/run/docker.sock"
 
 
 def interface_address(name: str) -> str | None:
@@ -53,6 +67,22 @@ def volume_name(sandbox_id: UUID) -> str:
     return f"sandbar-home-{sandbox_id}"
 
 
+def network_name(sandbox_id: UUID) -> str:
+    return f"sandbar-net-{sandbox_id}"
+
+
+def engine_down(raw: str) -> EngineUnavailable:
+    """No engine answers: what is wrong and what to do, in a user's words (this is what a
+    failed sandbox's ``error`` says); the client's own text is kept for the log."""
+    where = os.environ.get("DOCKER_HOST") or f"{DEFAULT_ENGINE} (DOCKER_HOST is not set)"
+    return EngineUnavailable(
+        f"no container engine answers at {where}: start Docker there, or start a private"
+        " engine with `scripts/engine.sh start DIR` and run Sandbar with"
+        " DOCKER_HOST=unix://DIR/docker.sock; then retry the sandbox",
+        detail=raw,
+    )
+
+
 class DockerEngine:
     def __init__(
         self,
@@ -66,6 +96,8 @@ class DockerEngine:
         self._factory = client_factory
         self._client: Any = None
         self._lock = threading.Lock()
+        self._firewall = HostFirewall(self._instance) if settings.sandbox_firewall else None
+        self._gateway: str | None = None
 
     @contextmanager
     def _engine(self) -> Iterator[Any]:
@@ -82,25 +114,103 @@ class DockerEngine:
                 raise
             with self._lock:
                 self._client = None  # reconnect next time
-            raise EngineUnavailable(f"the container engine is unavailable: {_reason(e)}") from e
+            if isinstance(e, APIError):  # it answered, with an error of its own
+                raise EngineUnavailable(
+                    f"the container engine failed: {_reason(e)} (see the engine's log)",
+                    detail=_reason(e),
+                ) from e
+            raise engine_down(_reason(e)) from e
 
     def start(self, sandbox_id: UUID, workspace_id: UUID, sandbox_type: str) -> str:
         agent = agents.agent(self._settings, sandbox_type)
         name = container_name(sandbox_id)
         with self._engine() as client:
-            # Start first and create only if missing: one engine call on the common path.
+            network_made = self._network(client, sandbox_id, workspace_id)
+            self._confine(sandbox_id)  # before anything runs on that network
+            try:
+                mode = client.api.inspect_container(name)["HostConfig"]["NetworkMode"]
+            except NotFound:
+                mode = None
+            if mode is not None and (network_made or mode != network_name(sandbox_id)):
+                # Made on a network that is gone (or before each sandbox had its own):
+                # made anew, on its own network; the home volume stays.
+                client.api.remove_container(name, force=True)
+                mode = None
+            if mode is None:
+                self._create(client, sandbox_id, workspace_id, sandbox_type, agent)
             try:
                 client.api.start(name)
-            except NotFound:
-                self._create(client, sandbox_id, workspace_id, sandbox_type, agent)
-                try:
-                    client.api.start(name)
-                except NotFound as e:
-                    raise ContainerVanished(name) from e
-            try:
                 return _published(client.api.inspect_container(name), agent.port)
             except NotFound as e:
                 raise ContainerVanished(name) from e
+
+    def _network(self, client: Any, sandbox_id: UUID, workspace_id: UUID) -> bool:
+        """Make the sandbox's own network if it has none; whether it was made now."""
+        name = network_name(sandbox_id)
+        try:
+            client.api.inspect_network(name)
+            return False
+        except NotFound:
+            pass
+        pool = ipaddress.ip_network(self._settings.sandbox_subnets)
+        subnets = list(pool.subnets(new_prefix=SUBNET_PREFIX)) if pool.prefixlen <= 29 else []
+        if not subnets:
+            raise StartRefused(f"SANDBAR_SANDBOX_SUBNETS ({pool}) is smaller than a /29")
+        first = sandbox_id.int % len(subnets)
+        for i in range(min(SUBNET_TRIES, len(subnets))):
+            subnet = subnets[(first + i) % len(subnets)]
+            try:
+                client.api.create_network(
+                    name,
+                    driver="bridge",
+                    options={
+                        "com.docker.network.bridge.name": bridge_name(sandbox_id),
+                        "com.docker.network.bridge.enable_icc": "false",
+                    },
+                    ipam=IPAMConfig(
+                        pool_configs=[IPAMPool(subnet=str(subnet), gateway=str(subnet[1]))]
+                    ),
+                    labels=self._labels(sandbox_id, workspace_id),
+                    check_duplicate=True,
+                )
+                return True
+            except APIError as e:
+                text = str(e.explanation or e)
+                if e.status_code == 409 or "already exists" in text:
+                    return False  # made meanwhile by another call: as good
+                if "overlap" not in text:
+                    raise
+        raise StartRefused(
+            f"no free subnet for the sandbox's network in SANDBAR_SANDBOX_SUBNETS ({pool})"
+        )
+
+    def _confine(self, sandbox_id: UUID) -> None:
+        """The host's rule that lets the sandbox reach Sandbar's port there, and only it."""
+        if self._firewall is None:
+            return
+        target = urlsplit(self._settings.sandbox_api_url)
+        port = target.port or (443 if target.scheme == "https" else 80)
+        gateway: str | None = None
+        if target.hostname == "host.docker.internal":
+            if self._gateway is None:
+                self._gateway = self.host_gateway()
+            gateway = self._gateway
+        else:
+            try:
+                gateway = str(ipaddress.ip_address(target.hostname or ""))
+            except ValueError:
+                gateway = None  # a name: whichever host address it is, that port only
+        try:
+            self._firewall.allow(sandbox_id, gateway, port)
+        except FirewallUnavailable as e:
+            raise StartRefused(str(e)) from e
+
+    def _labels(self, sandbox_id: UUID, workspace_id: UUID) -> dict[str, str]:
+        return {
+            LABEL: str(sandbox_id),
+            INSTANCE_LABEL: self._instance,
+            "sandbar.workspace": str(workspace_id),
+        }
 
     def _create(
         self,
@@ -119,6 +229,8 @@ class DockerEngine:
         )
         host_config = client.api.create_host_config(
             binds={volume_name(sandbox_id): {"bind": "/root", "mode": "rw"}},
+            network_mode=network_name(sandbox_id),
+            sysctls={"net.ipv6.conf.all.disable_ipv6": "1"},  # its network is IPv4 only
             port_bindings={agent.port: ("127.0.0.1", None)},
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],
@@ -128,16 +240,17 @@ class DockerEngine:
             init=True,
             extra_hosts={"host.docker.internal": "host-gateway"},
         )
+        labels = self._labels(sandbox_id, workspace_id)
+        try:
+            client.api.create_volume(volume_name(sandbox_id), labels=labels)
+        except APIError as e:
+            if e.status_code != 409:  # 409: there already, which is as good
+                raise
         try:
             client.api.create_container(
                 agent.image,
                 name=container_name(sandbox_id),
-                labels={
-                    LABEL: str(sandbox_id),
-                    INSTANCE_LABEL: self._instance,
-                    "sandbar.workspace": str(workspace_id),
-                    "sandbar.type": sandbox_type,
-                },
+                labels={**labels, "sandbar.type": sandbox_type},
                 environment=env,
                 ports=[agent.port],
                 host_config=host_config,
@@ -156,12 +269,21 @@ class DockerEngine:
             client.api.stop(container_name(sandbox_id), timeout=self._settings.sandbox_stop_timeout)
 
     def remove(self, sandbox_id: UUID, *, volume: bool) -> None:
+        """Remove the container; with ``volume``, everything else of the sandbox too: its
+        home, its network and the host's rule for it."""
         with self._engine() as client:
             with suppress(NotFound):
                 client.api.remove_container(container_name(sandbox_id), force=True)
             if volume:
                 with suppress(NotFound):
                     client.api.remove_volume(volume_name(sandbox_id), force=True)
+                with suppress(NotFound):
+                    client.api.remove_network(network_name(sandbox_id))
+        if volume and self._firewall is not None:
+            try:
+                self._firewall.forget(sandbox_id)
+            except FirewallUnavailable as e:
+                log.warning("the host's rule for sandbox %s stays: %s", sandbox_id, e)
 
     def is_running(self, sandbox_id: UUID) -> bool:
         with self._engine() as client:
@@ -191,18 +313,25 @@ class DockerEngine:
         return gateway
 
     def sandbox_ids(self) -> set[UUID]:
-        """Sandboxes with a container of this installation's."""
+        """Sandboxes that hold something of this installation's: a container, a home
+        volume, a network or a rule on the host."""
+        ours = {"label": f"{INSTANCE_LABEL}={self._instance}"}
         with self._engine() as client:
-            found = client.containers.list(
-                all=True, filters={"label": f"{INSTANCE_LABEL}={self._instance}"}
-            )
-            ids = set()
-            for c in found:
-                try:
-                    ids.add(UUID(c.labels[LABEL]))
-                except (KeyError, ValueError):
-                    continue
-            return ids
+            labelled = [
+                *(c["Labels"] for c in client.api.containers(all=True, filters=ours)),
+                *(n["Labels"] for n in client.api.networks(filters=ours)),
+                *(v["Labels"] for v in client.api.volumes(filters=ours)["Volumes"] or []),
+            ]
+        ids = set()
+        for labels in labelled:
+            try:
+                ids.add(UUID((labels or {})[LABEL]))
+            except (KeyError, ValueError):
+                continue
+        if self._firewall is not None:
+            with suppress(FirewallUnavailable):  # then no rule could have been laid either
+                ids |= self._firewall.sandbox_ids()
+        return ids
 
 
 def _published(info: dict[str, Any], port: int) -> str:

@@ -183,6 +183,7 @@ def _sandbox_requested(curs: Cursor[Any], e: Any) -> None:
     Sandbox.Paused,
     Sandbox.ResumeRequested,
     Sandbox.DeletionRequested,
+    Sandbox.DeletionDelayed,
     Sandbox.Connected,
     Sandbox.Disconnected,
 )

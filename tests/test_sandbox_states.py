@@ -1,4 +1,6 @@
-"""Property tests of the aggregates alone (pure domain, no database).
+"""Property tests of the aggregates alone (pure domain, no database), then the sandbox
+lifecycle's dead ends, tried as a new user would: through the real server with no
+container worker, and a worker whose engine is absent.
 
 Sandbox: any sequence of commands on a cloud or local sandbox either raises
 IllegalTransition and changes nothing, or moves the status along exactly one edge of
@@ -15,10 +17,13 @@ from __future__ import annotations
 
 import copy
 import itertools
-from collections.abc import Callable
+import logging
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 from uuid import UUID, uuid4
 
+import pytest
 from eventsourcing.application import Application
 from hypothesis import given
 from hypothesis import strategies as st
@@ -28,6 +33,9 @@ from domain.errors import AlreadyMember, DomainError, IllegalTransition, LastOwn
 from domain.roles import Role
 from domain.sandboxes import EVENT_STATUS, LIVE, TRANSITIONS, Kind, Sandbox, Status
 from domain.workspaces import Membership, Workspace
+from infrastructure.settings import Settings
+from interfaces.bootstrap import Sandbar, build
+from tests.conftest import FAST_HASHING, ServerProcess, User, record, register, running, settled
 
 S = Status
 
@@ -39,6 +47,7 @@ COMMANDS: dict[str, Callable[[Sandbox], None]] = {
     "record_failed": lambda s: s.record_failed("the image is missing"),
     "record_paused": lambda s: s.record_paused(),
     "record_deleted": lambda s: s.record_deleted(),
+    "record_deletion_delayed": lambda s: s.record_deletion_delayed(f"engine down {uuid4()}"),
     "record_connected": lambda s: s.record_connected(),
     "record_disconnected": lambda s: s.record_disconnected(),
 }
@@ -47,7 +56,7 @@ COMMANDS: dict[str, Callable[[Sandbox], None]] = {
 # command, the status it may be given in and the status it leads to.
 EXPECTED: dict[tuple[Kind, str], dict[Status, Status]] = {
     (Kind.cloud, "request_pause"): {S.running: S.pausing},
-    (Kind.cloud, "request_resume"): {S.paused: S.resuming},
+    (Kind.cloud, "request_resume"): {S.paused: S.resuming, S.failed: S.resuming},
     (Kind.cloud, "record_started"): {S.creating: S.running, S.resuming: S.running},
     (Kind.cloud, "record_failed"): {S.creating: S.failed, S.resuming: S.failed},
     (Kind.cloud, "record_paused"): {S.pausing: S.paused},
@@ -61,8 +70,12 @@ for _kind in Kind:
     }[_kind]
     EXPECTED[(_kind, "request_deletion")] = dict.fromkeys(_live, S.deleting)
     EXPECTED[(_kind, "record_deleted")] = {S.deleting: S.deleted}
+    EXPECTED[(_kind, "record_deletion_delayed")] = {S.deleting: S.deleting}
 
 INITIAL = {Kind.cloud: S.creating, Kind.local: S.offline}
+# Every event moves along TRANSITIONS, but for the one that stays: a deletion waiting on the
+# engine says why (DeletionDelayed).
+STEPS = TRANSITIONS | {(S.deleting, S.deleting)}
 
 
 def initial_status(kind: Kind) -> Status:
@@ -115,7 +128,7 @@ def test_sandbox_commands_follow_the_lifecycle(
         assert before["status"] in legal, (kind, name, before["status"])
         after = sandbox.status
         assert after is legal[before["status"]]
-        assert (before["status"], after) in TRANSITIONS
+        assert (before["status"], after) in STEPS
         new = sandbox.pending_events[len(before["pending"]) :]
         assert len(new) == 1, new
         assert event_status(new[0], kind) is after
@@ -145,7 +158,7 @@ def test_sandbox_commands_follow_the_lifecycle(
     statuses = [event_status(e, kind) for e in events]
     assert statuses[0] is initial_status(kind)
     for a, b in itertools.pairwise(statuses):
-        assert (a, b) in TRANSITIONS, (a, b)
+        assert (a, b) in STEPS, (a, b)
     assert statuses[-1] is sandbox.status
 
     # Folding the events again gives the same aggregate.
@@ -186,7 +199,7 @@ def test_every_live_status_can_be_deleted(kind: Kind, status_path: st.DataObject
     sandbox.request_deletion()
     assert sandbox.status is S.deleting
     for name in COMMANDS:
-        if name == "record_deleted":
+        if name in ("record_deleted", "record_deletion_delayed"):
             continue
         probe = copy.deepcopy(sandbox)
         try:
@@ -322,3 +335,196 @@ def test_membership_follows_its_rules(steps: list[tuple[str, Role]]) -> None:
         folded = e.mutate(folded)
     assert isinstance(folded, Membership)
     assert vars(folded) == vars(membership)
+
+
+@given(kind=st.sampled_from(list(Kind)), status_path=st.data())
+def test_a_users_delete_finishes_at_once_unless_the_engine_holds_something(
+    kind: Kind, status_path: st.DataObject
+) -> None:
+    """``delete``: a local sandbox, or a cloud one whose agent never started, is deleted at
+    once (nothing waits in the engine); any other waits in ``deleting``, and deleting it
+    again changes nothing."""
+    sandbox = Sandbox(workspace_id=uuid4(), name="s", type="opencode", kind=kind.value)
+    started = False
+    for _ in range(status_path.draw(st.integers(0, 12))):
+        options = sorted(n for n in COMMANDS if sandbox.status in EXPECTED.get((kind, n), {}))
+        options = [n for n in options if "delet" not in n]
+        if not options:
+            break
+        name = status_path.draw(st.sampled_from(options))
+        COMMANDS[name](sandbox)
+        started = started or name == "record_started"
+    sandbox.collect_events()
+    sandbox.delete()
+    names = [type(e).__name__ for e in sandbox.collect_events()]
+    if kind is Kind.cloud and started:
+        assert (sandbox.status, names) == (S.deleting, ["DeletionRequested"])
+        sandbox.delete()
+        assert (sandbox.status, sandbox.collect_events()) == (S.deleting, [])
+        sandbox.record_deletion_delayed("the engine is away")
+        sandbox.record_deletion_delayed("the engine is away")  # the same reason: no event
+        assert [type(e).__name__ for e in sandbox.collect_events()] == ["DeletionDelayed"]
+        assert sandbox.error == "the engine is away"
+    else:
+        assert (sandbox.status, names) == (S.deleted, ["DeletionRequested", "Deleted"])
+
+
+# The lifecycle's dead ends, through the real server (no worker) and a worker whose
+# engine is absent, on a database of their own (a worker converges every sandbox it sees).
+
+NO_ENGINE = "unix:///nonexistent/sandbar-test/docker.sock"
+
+
+@pytest.fixture(scope="module")
+def own(
+    make_database: Callable[[], str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[ServerProcess, Sandbar]]:
+    env = {
+        **FAST_HASHING,
+        "SANDBAR_WORKER": "false",
+        "SANDBAR_DATABASE_URL": make_database(),
+        "SANDBAR_DATA_DIR": str(tmp_path_factory.mktemp("data")),
+        "SANDBAR_SECRET_KEY": "states-key-" + uuid4().hex,
+    }
+    app = build(Settings.from_env(env))
+    with running(env, tmp_path_factory.mktemp("states") / "server.log") as server:
+        yield server, app
+    app.close()
+
+
+def cloud_sandbox(user: User) -> tuple[str, str]:
+    wid = user.client.post("/api/workspaces", json={"name": "w"}).json()["id"]
+    r = user.client.post(f"/api/workspaces/{wid}/sandboxes", json={"name": "b", "type": "opencode"})
+    assert r.status_code == 201, r.text
+    return wid, r.json()["id"]
+
+
+def local_sandbox(user: User) -> str:
+    wid = user.client.post("/api/workspaces", json={"name": "w"}).json()["id"]
+    code = user.client.post(f"/api/workspaces/{wid}/agent-code").json()["code"]
+    r = user.client.post("/api/agent/register", json={"code": code, "name": "laptop"})
+    assert r.status_code == 201, r.text
+    return r.json()["sandbox_id"]
+
+
+def gone(user: User, sandbox_id: str) -> bool:
+    return user.client.get(f"/api/sandboxes/{sandbox_id}").status_code == 404
+
+
+def test_deleting_a_local_sandbox_reaches_deleted(own: tuple[ServerProcess, Sandbar]) -> None:
+    server, _ = own
+    alice = register(server.url, "alice")
+    sid = local_sandbox(alice)
+    r = alice.client.delete(f"/api/sandboxes/{sid}")
+    assert r.status_code == 202, r.text
+    assert r.json()["status"] == "deleted"  # it stayed "deleting" for ever
+    assert gone(alice, sid)
+
+
+def test_a_cloud_sandbox_that_never_started_is_deleted_at_once(
+    own: tuple[ServerProcess, Sandbar],
+) -> None:
+    """No worker runs and no engine answers: a sandbox still being created, or one that
+    failed to start, holds nothing worth waiting for."""
+    server, app = own
+    alice = register(server.url, "alice")
+    _, creating = cloud_sandbox(alice)
+    _, failed = cloud_sandbox(alice)
+    with acting_as(SYSTEM):
+        record(app, UUID(failed), lambda s: s.record_failed("the image is missing"))
+    for sid in (creating, failed):
+        r = alice.client.delete(f"/api/sandboxes/{sid}")
+        assert (r.status_code, r.json()["status"]) == (202, "deleted"), r.text
+        assert gone(alice, sid)
+
+
+def test_deleting_a_sandbox_that_is_being_deleted_answers_202_again(
+    own: tuple[ServerProcess, Sandbar],
+) -> None:
+    server, app = own
+    alice = register(server.url, "alice")
+    _, sid = cloud_sandbox(alice)
+    with acting_as(SYSTEM):
+        record(app, UUID(sid), lambda s: s.record_started("127.0.0.1:9"))
+    for _ in range(2):  # the second answered 409 "a deleting sandbox cannot become deleting"
+        r = alice.client.delete(f"/api/sandboxes/{sid}")
+        assert (r.status_code, r.json()["status"]) == (202, "deleting"), r.text
+
+
+def test_a_failed_sandbox_can_be_retried(own: tuple[ServerProcess, Sandbar]) -> None:
+    server, app = own
+    alice = register(server.url, "alice")
+    _, sid = cloud_sandbox(alice)
+    with acting_as(SYSTEM):
+        record(app, UUID(sid), lambda s: s.record_failed("the agent did not answer"))
+    r = alice.client.post(f"/api/sandboxes/{sid}/resume")
+    assert (r.status_code, r.json()["status"], r.json().get("error")) == (202, "resuming", None)
+    retried = app.log.find(UUID(sid), Sandbox)
+    assert retried is not None and retried.remake  # the worker makes its container anew
+
+
+def test_refusals_speak_the_users_words(own: tuple[ServerProcess, Sandbar]) -> None:
+    server, app = own
+    alice = register(server.url, "alice")
+    _, sid = cloud_sandbox(alice)
+    local = local_sandbox(alice)
+
+    def refusal(path: str) -> str:
+        r = alice.client.post(path)
+        assert r.status_code == 409, r.text
+        message = r.json()["error"]["message"]
+        assert "cannot become" not in message, message
+        return message
+
+    assert refusal(f"/api/sandboxes/{sid}/pause") == (
+        "only a running sandbox can be paused; this one is being created"
+    )
+    assert refusal(f"/api/sandboxes/{sid}/resume") == (
+        "only a paused or failed sandbox can be resumed; this one is being created"
+    )
+    with acting_as(SYSTEM):
+        record(app, UUID(sid), lambda s: s.record_started("127.0.0.1:9"))
+    settled(lambda: alice.client.post(f"/api/sandboxes/{sid}/resume"), 409)
+    assert refusal(f"/api/sandboxes/{sid}/resume") == "the sandbox is already running"
+    assert "local sandbox" in refusal(f"/api/sandboxes/{local}/pause")
+
+
+def test_without_an_engine_the_reason_says_what_to_do_and_the_log_says_it_once(
+    own: tuple[ServerProcess, Sandbar],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A worker whose engine is absent: a sandbox being created fails with what is wrong
+    and what to do (not the engine client's "Error while fetching server API version:
+    ..."); a started one being deleted waits, saying why in ``error``, with one event
+    however many sweeps pass; the client's own text is logged once."""
+    server, app = own
+    monkeypatch.setenv("DOCKER_HOST", NO_ENGINE)
+    alice = register(server.url, "alice")
+    _, creating = cloud_sandbox(alice)
+    _, started = cloud_sandbox(alice)
+    with acting_as(SYSTEM):
+        record(app, UUID(started), lambda s: s.record_started("127.0.0.1:9"))
+    assert alice.client.delete(f"/api/sandboxes/{started}").status_code == 202
+    worker = app.container_worker()
+    with caplog.at_level(logging.INFO, logger="sandbar.worker"):
+        for _ in range(3):
+            worker.reconcile()  # each sweep converges every live cloud sandbox
+        deadline = time.monotonic() + 30
+        while True:
+            rows = {s: alice.client.get(f"/api/sandboxes/{s}").json() for s in (creating, started)}
+            if rows[creating]["status"] == "failed" and rows[started]["error"]:
+                break
+            assert time.monotonic() < deadline, rows
+            time.sleep(0.05)
+        for _ in range(3):
+            worker.converge(UUID(started))
+    for row in rows.values():
+        assert NO_ENGINE in row["error"] and "scripts/engine.sh" in row["error"], row
+        assert "Error while fetching" not in row["error"], row
+    assert rows[started]["status"] == "deleting"
+    events = [type(e).__name__ for e in app.log.events.get(UUID(started))]
+    assert events.count("DeletionDelayed") == 1, events
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert "Error while fetching server API version" in warnings[0]

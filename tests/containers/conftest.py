@@ -5,6 +5,7 @@ temporary folder, stopped at the end. Images are built locally (images/build.sh)
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -118,21 +119,28 @@ def container_env(
 
 
 def remove_containers_of(engine: Any, env: dict[str, str]) -> None:
-    """Remove the containers a server made (a stopped server leaves its sandboxes be)."""
+    """Remove what a server made (a stopped server leaves its sandboxes be): containers,
+    home volumes, networks and the host's rules."""
     instance = DerivedSecrets(env["SANDBAR_SECRET_KEY"].encode()).instance()
-    for c in engine.containers.list(all=True, filters={"label": f"sandbar.instance={instance}"}):
+    ours = {"label": f"sandbar.instance={instance}"}
+    for c in engine.containers.list(all=True, filters=ours):
         c.remove(force=True, v=True)
+    for v in engine.volumes.list(filters=ours):
+        v.remove(force=True)
+    for n in engine.networks.list(filters=ours):
+        n.remove()
+    for line in rules_of(f"sandbar {instance} "):
+        subprocess.run(["iptables", "-D", *shlex.split(line)[1:]], check=False)
 
 
 @pytest.fixture
-def start_server(
-    tmp_path: Path, engine: Any
-) -> Iterator[Callable[[dict[str, str]], ServerProcess]]:
+def start_server(tmp_path: Path, engine: Any) -> Iterator[Callable[..., ServerProcess]]:
     """Start ``sandbar serve`` processes (stopped, their containers removed, at the end)."""
     servers: list[ServerProcess] = []
 
-    def start(env: dict[str, str]) -> ServerProcess:
-        servers.append(ServerProcess(env, tmp_path / f"server-{len(servers)}.log").start())
+    def start(env: dict[str, str], port: int | None = None) -> ServerProcess:
+        log = tmp_path / f"server-{len(servers)}.log"
+        servers.append(ServerProcess(env, log, port=port).start())
         return servers[-1]
 
     yield start
@@ -170,6 +178,37 @@ def wait_for(client: httpx.Client, sandbox_id: str, *statuses: str, timeout: flo
         time.sleep(0.1)
 
 
+def rules_of(sandbox_id: str) -> list[str]:
+    """The host's rules that name the sandbox (``iptables -S`` lines)."""
+    listed = subprocess.run(
+        ["iptables", "-S", "SANDBAR-SANDBOXES"], capture_output=True, text=True, check=False
+    )
+    return [line for line in listed.stdout.splitlines() if sandbox_id in line]
+
+
+def gone(engine, sandbox_id: str) -> bool:
+    """No container, home volume, network or host rule of the sandbox is left."""
+    lookups = (
+        lambda: engine.containers.get(f"sandbar-{sandbox_id}"),
+        lambda: engine.volumes.get(f"sandbar-home-{sandbox_id}"),
+        lambda: engine.networks.get(f"sandbar-net-{sandbox_id}"),
+    )
+    for lookup in lookups:
+        try:
+            lookup()
+            return False
+        except docker.errors.NotFound:
+            pass
+    return not rules_of(sandbox_id)
+
+
+def wait_until(condition, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.2)
+
+
 def make_workspace(user: User) -> str:
     r = user.client.post("/api/workspaces", json={"name": "containers"})
     assert r.status_code == 201, r.text
@@ -184,7 +223,15 @@ def make_sandbox(user: User, workspace_id: str, type_: str = "opencode") -> str:
     return r.json()["id"]
 
 
-__all__ = ["make_sandbox", "make_workspace", "register", "wait_for"]
+__all__ = [
+    "gone",
+    "make_sandbox",
+    "make_workspace",
+    "register",
+    "rules_of",
+    "wait_for",
+    "wait_until",
+]
 
 
 @pytest.fixture(scope="session")
