@@ -19,6 +19,7 @@ from urllib.parse import unquote, urlsplit
 from uuid import UUID
 
 import httpx
+import psycopg
 import pytest
 
 from interfaces.bootstrap import Sandbar
@@ -325,3 +326,45 @@ def test_open_with_an_encoded_line_separator_in_next(box: Box) -> None:
         assert answer.headers["location"] == "/%E2%80%A8x"
         # The ticket was spent on this success, once.
         assert client.get(f"{back.path}?{back.query}").status_code == 403
+
+
+def test_a_server_error_never_spends_a_ticket(
+    server_env: dict[str, str],
+    sandbar: Sandbar,
+    agent_app: tuple[TestAgent, int],
+    tmp_path: Path,
+) -> None:
+    """The database refusing the grant (a trigger, here) answers 503 and leaves the
+    ticket as it was: the same link works once the database does."""
+    server = ServerProcess(server_env, tmp_path / "server.log").start()
+    trigger = f"refuse_grants_{uuid.uuid4().hex[:8]}"
+    url = server_env["SANDBAR_DATABASE_URL"]
+    try:
+        box = make_box(server, sandbar, agent_app[1])
+        r = box.owner.client.get(f"/api/sandboxes/{box.id}/open", params={"next": "/echo"})
+        back = urlsplit(r.headers["location"])
+        ticket_path = f"{back.path}?{back.query}"
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(
+                f"CREATE FUNCTION {trigger}() RETURNS trigger LANGUAGE plpgsql AS"
+                " $$ BEGIN RAISE EXCEPTION 'no grants today'; END $$"
+            )
+            conn.execute(
+                f"CREATE TRIGGER {trigger} BEFORE INSERT ON sandbar_grants"
+                f" FOR EACH ROW EXECUTE FUNCTION {trigger}()"
+            )
+        try:
+            with box.client() as client:
+                refused = client.get(ticket_path)
+                assert refused.status_code == 503, refused.text
+                assert "set-cookie" not in refused.headers
+        finally:
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute(f"DROP TRIGGER {trigger} ON sandbar_grants")
+                conn.execute(f"DROP FUNCTION {trigger}()")
+        with box.client() as client:
+            assert grant_cookie(client.get(ticket_path))  # the same ticket, good once
+            assert client.get(ticket_path).status_code == 403
+        box.owner.client.close()
+    finally:
+        server.stop()
