@@ -22,6 +22,7 @@ import struct
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 from uuid import UUID
@@ -45,6 +46,7 @@ SIOCGIFADDR = 0x8915  # Linux: an interface's address
 SUBNET_PREFIX = 29  # each sandbox's network: a gateway, the container, room to spare
 SUBNET_TRIES = 64  # subnets tried (from one the id picks) before giving up
 DEFAULT_ENGINE = "unix:///var/run/docker.sock"
+IPV6 = Path("/proc/sys/net/ipv6")
 
 
 def interface_address(name: str) -> str | None:
@@ -230,7 +232,9 @@ class DockerEngine:
         host_config = client.api.create_host_config(
             binds={volume_name(sandbox_id): {"bind": "/root", "mode": "rw"}},
             network_mode=network_name(sandbox_id),
-            sysctls={"net.ipv6.conf.all.disable_ipv6": "1"},  # its network is IPv4 only
+            # Its network is IPv4 only: no link-local IPv6 to the host either (where this
+            # kernel has IPv6 at all: the setting does not exist otherwise).
+            sysctls={"net.ipv6.conf.all.disable_ipv6": "1"} if IPV6.exists() else None,
             port_bindings={agent.port: ("127.0.0.1", None)},
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],

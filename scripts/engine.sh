@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A private Docker engine for tests and development, in a folder of its own.
-#   scripts/engine.sh start DIR   install docker.io if missing, start dockerd on DIR/docker.sock
+#   scripts/engine.sh start DIR   install docker.io (and iptables) if missing, start dockerd on DIR/docker.sock
 #   scripts/engine.sh stop DIR    stop the dockerd started in DIR (by its pid, never by name)
 # Prints the DOCKER_HOST to use on start.
 set -euo pipefail
@@ -14,6 +14,11 @@ start)
     echo "installing docker.io..." >&2
     apt-get update -qq >&2
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io >&2
+  fi
+  if ! command -v iptables >/dev/null; then  # Sandbar confines sandboxes with it
+    echo "installing iptables..." >&2
+    apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends iptables >&2
   fi
   mkdir -p "$dir"
   if [ -f "$dir/dockerd.pid" ] && kill -0 "$(cat "$dir/dockerd.pid")" 2>/dev/null; then
