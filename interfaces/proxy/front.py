@@ -433,13 +433,13 @@ class FrontProtocol(asyncio.Protocol):
     def tick(self, now: float) -> None:
         """Close the connection if it idles past keep-alive, or a head or a body stalls
         past its limit (a stall while we paused reading is ours, not the client's)."""
-        if self.transport is None:
+        if self.transport is None or self._paused:
             return
         if self._head_since is not None:
             if now - self._head_since > self.proxy.header_timeout:
                 self._fail(408)
             return
-        if self._body_expected and not self._paused:
+        if self._body_expected:
             if self._body_moved:
                 self._body_moved = False
                 self._body_since = now
@@ -559,8 +559,10 @@ class FrontProtocol(asyncio.Protocol):
             self._paused.discard(reason)
             if not self._paused and self.transport is not None and not self._closing:
                 self.transport.resume_reading()
-                if self._body_expected:
-                    self._body_since = time.monotonic()
+                now = time.monotonic()  # (the stall was ours: the clocks start again)
+                if self._head_since is not None:
+                    self._head_since = now
+                self._body_since = now
 
     def write(self, data: bytes) -> None:
         if self._corked is not None:
