@@ -179,6 +179,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except KeyboardInterrupt:  # Ctrl-C: uvicorn has shut down cleanly and says it again
         return 130
+    except Exception as e:
+        if type(e).__module__.startswith("psycopg"):  # (no traceback for an unreachable DB)
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            print(
+                f"sandbar: cannot use the database (SANDBAR_DATABASE_URL): {first}",
+                file=sys.stderr,
+            )
+            return 1
+        raise
 
 
 if __name__ == "__main__":
