@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+from urllib.parse import quote
 from uuid import UUID
 
 from infrastructure.settings import Settings
@@ -11,6 +12,8 @@ from infrastructure.settings import Settings
 _LABEL = re.compile(r"(oc|claw)-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})")
 _DEFAULT_PORTS = {"http": "80", "https": "443"}
 MAX_NEXT = 2048
+# What percent-encoding a target leaves as it is: its own escapes and the URL's delimiters.
+_TARGET_SAFE = "/?&=%:@!$'()*+,;~[]#"
 
 
 def split_host(host: str) -> tuple[str, str]:
@@ -68,3 +71,9 @@ def safe_next(target: str | None) -> str | None:
     ):
         return None
     return target
+
+
+def encoded_next(target: str) -> str:
+    """A ``safe_next`` target as a ``Location`` header carries it: ASCII, anything else
+    percent-encoded as UTF-8 (a header cannot hold U+2028, say)."""
+    return quote(target, safe=_TARGET_SAFE)

@@ -174,6 +174,15 @@ def test_a_new_subject_becomes_a_user_and_comes_back_as_the_same(
     assert other.get("/api/auth/me").json()["id"] != me["id"]
 
 
+def test_any_next_comes_back_percent_encoded(server: ServerProcess) -> None:
+    """A ``next`` that is not plain ASCII comes back percent-encoded (issue 15: such a
+    target was a 500 after the sign-in's state was spent)."""
+    client, r = sign_in(server, "carol-sub", next="/\u2028x?q=caf\u00e9")
+    assert r.status_code == 302, r.text
+    assert r.headers["location"] == "/%E2%80%A8x?q=caf%C3%A9"
+    assert client.get("/api/auth/me").status_code == 200
+
+
 def test_bad_callbacks_make_no_session(server: ServerProcess, sandbar: Sandbar) -> None:
     client = browser(server)
     callback = approve(to_provider(client, "generic"), "carol-sub")

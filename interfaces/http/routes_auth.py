@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from application.errors import Invalid
-from interfaces.addresses import safe_next
+from interfaces.addresses import encoded_next, safe_next
 from interfaces.bootstrap import Sandbar
 from interfaces.http import present
 from interfaces.http.deps import App, Caller, session_cookie_name, session_token
@@ -111,7 +111,11 @@ def finish_sign_in(provider: str, request: Request, sb: App) -> Response:
     _, token, target = sb.sign_in.finish(provider, _callback_url(request, sb, provider), params)
     response = Response(
         status_code=302,
-        headers={"location": target, "cache-control": "no-store", "referrer-policy": "no-referrer"},
+        headers={
+            "location": encoded_next(target),
+            "cache-control": "no-store",
+            "referrer-policy": "no-referrer",
+        },
     )
     _with_session(request, response, token)
     return response

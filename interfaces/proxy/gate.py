@@ -31,7 +31,7 @@ from uuid import UUID
 from application.errors import AppError
 from application.opening import GONE, may_open
 from infrastructure.agents import upstream_headers
-from interfaces.addresses import safe_next
+from interfaces.addresses import encoded_next, safe_next
 from interfaces.bootstrap import Sandbar
 from interfaces.proxy import pages
 from interfaces.proxy.directory import MISS, Directory
@@ -41,8 +41,6 @@ GRANT_COOKIE = b"sandbar_sandbox"  # "__Host-" in front of it over https
 TICKET_PATH = b"/_sandbar/ticket"
 STARTING = {"creating", "resuming", "pausing"}
 SAFE_METHODS = frozenset((b"GET", b"HEAD", b"OPTIONS"))
-# What ``quote`` leaves of a ``next`` target: its own escapes and the URL's delimiters.
-_NEXT_SAFE = "/?&=%:@!$'()*+,;~[]#"
 Route = dict[str, Any]
 
 
@@ -326,7 +324,7 @@ class Gate:
         query = parse_qs(request.target.partition(b"?")[2].decode("latin-1"))
         ticket = (query.get("ticket") or [""])[0]
         target = safe_next((query.get("next") or ["/"])[0]) or "/"
-        location = quote(target, safe=_NEXT_SAFE).encode("ascii")
+        location = encoded_next(target).encode("ascii")
         grant = None
         if ticket:
             grant = await asyncio.to_thread(self._sb.opening.redeem, ticket, sandbox_id)
