@@ -133,6 +133,14 @@ def test_only_what_sandboxes_need_is_forwarded(
         assert ok == 200
         assert is_not_found_error(status, body), (method, path, status, body)
         assert app.heads == before, f"{method} {path} reached the API"
+    # An absolute-form target is no way around it either.
+    before = app.heads
+    absolute = request("POST", "/v1/files", token).replace(
+        b"POST /proxy/anthropic/", b"POST http://127.0.0.1/proxy/anthropic/", 1
+    )
+    ((status, body),) = exchange(api_server.port, absolute)
+    assert is_not_found_error(status, body), (status, body)
+    assert app.heads == before
     # What sandboxes need still goes through (the stand-in itself knows only messages).
     for method, path in ALLOWED:
         before = app.heads
