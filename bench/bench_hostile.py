@@ -657,16 +657,18 @@ def speed(sides: dict[str, SpeedSide], rounds: int, seconds: float) -> dict[str,
 
     def one(side: SpeedSide, kind: str, span: float) -> dict[str, Any]:
         req = side.proxy_request if kind == "proxy" else side.tunnel_request
-        pids = [side.stack.pid] + ([side.agent_pid] if kind == "tunnel" else [])
-        cpu = sum(cpu_seconds(p) for p in pids)
+        pids = {"server": side.stack.pid}
+        if kind == "tunnel":
+            pids["agent"] = side.agent_pid
+        cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
         out = tool(
             *("load", "--port", str(side.stack.port), "--request", req),
             *("--connections", "32", "--seconds", str(span)),
             timeout=span + 60,
         )
-        out["cpu_us_per_request"] = (
-            (sum(cpu_seconds(p) for p in pids) - cpu) / max(1, out["answers"]) * 1e6
-        )
+        n = max(1, out["answers"])
+        out["cpu_us"] = {k: (cpu_seconds(pids[k]) - v) / n * 1e6 for k, v in cpu.items()}
+        out["cpu_us_per_request"] = sum(out["cpu_us"].values())
         return out
 
     for name in names:  # warm up: pools, caches, idle streams
@@ -680,6 +682,7 @@ def speed(sides: dict[str, SpeedSide], rounds: int, seconds: float) -> dict[str,
                 say(
                     f"  round {r + 1}/{rounds} {kind:6} {name:8} {run['rps']:>8,.0f} req/s"
                     f"  p99 {run['p99_ms'] or 0:.2f} ms  {run['cpu_us_per_request']:.0f} us CPU/req"
+                    f" ({', '.join(f'{k} {v:.0f}' for k, v in run['cpu_us'].items())})"
                     + (f"  errors {run['errors']}" if run["errors"] else "")
                     + (f"  statuses {run['statuses']}" if set(run["statuses"]) != {"200"} else "")
                 )

@@ -362,6 +362,7 @@ class _Tunnel:
         self.out = bytearray()  # bytes the socket has not taken yet
         self.open_streams: set[int] = set()
         self.closed = False
+        self.flooding = False
         self.why = ""
         self._h2 = bytearray()
         self._preface = len(PREFACE)
@@ -525,7 +526,9 @@ def _flood(args: argparse.Namespace) -> dict[str, Any]:
                 time.sleep(0.1)
             continue
         reader = threading.Thread(
-            target=tunnel.read, args=(lambda: time.monotonic() > stall_at,), daemon=True
+            target=tunnel.read,
+            args=(lambda t=tunnel: t.flooding and time.monotonic() > stall_at,),
+            daemon=True,
         )
         reader.start()
         accepted = sum(1 for d in dials if d["status"] == 101)
@@ -535,6 +538,7 @@ def _flood(args: argparse.Namespace) -> dict[str, Any]:
         until = min(deadline, time.monotonic() + 3)
         while "push" in kinds and not tunnel.open_streams and time.monotonic() < until:
             time.sleep(0.02)
+        tunnel.flooding = True  # (reading may stop from now on)
         next_at = time.monotonic()
         promised = 2
         while not tunnel.closed and time.monotonic() < deadline:
