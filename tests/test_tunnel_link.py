@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from interfaces.tunnel.link import (
     CONTINUATION,
     DATA,
+    FRAMES_PER_TURN,
     HEADERS,
     WINDOW,
     Link,
@@ -510,5 +511,42 @@ def test_data_or_window_updates_out_of_place_close_the_tunnel(kind: int, stream_
         agent.receive(frame_head(0, HEADERS, 0, 1) + frame + frame_head(0, CONTINUATION, 0x4, 1))
         assert agent.closed.done() and "protocol" in agent.closed.result()
         assert await goaway(sandbar) == h2.errors.ErrorCodes.PROTOCOL_ERROR
+
+    asyncio.run(run())
+
+
+def test_a_turn_of_the_loop_reads_a_bounded_number_of_frames() -> None:
+    """One message of tiny DATA frames (a 4 MiB message holds 400k of them, each work
+    for the proxy): a turn of the event loop reads FRAMES_PER_TURN of them and says the
+    rest waits (the socket's reading pauses); later turns read the rest, in order, and
+    say when nothing waits. Other tunnels and connections get their turns between."""
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        agent = PlainPeer(client_side=False)
+        backlog: list[bool] = []
+        link = Link(
+            lambda data: loop.call_soon(agent.receive, data),
+            client_side=True,
+            on_backlog=backlog.append,
+        )
+        agent.link = link
+        agent.flush()
+        await asyncio.sleep(0.05)
+        pipe = link.open(lambda sid: Collect(link, sid))
+        await asyncio.sleep(0.05)  # the answer's HEADERS came
+        count = FRAMES_PER_TURN * 10
+        payload = bytes(i % 251 for i in range(count))
+        link.receive(b"".join(frame_head(1, DATA, 0, pipe.stream_id) + bytes([b]) for b in payload))
+        assert len(pipe.received) == FRAMES_PER_TURN and backlog == [True]
+
+        async def all_read() -> None:
+            while len(pipe.received) < count:
+                await asyncio.sleep(0)
+
+        await asyncio.wait_for(all_read(), 10)
+        assert bytes(pipe.received) == payload and backlog == [True, False]
+        assert not link.closed.done()
+        link.close("done")
 
     asyncio.run(run())
