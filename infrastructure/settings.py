@@ -84,7 +84,6 @@ class Settings:
     anthropic_daily_requests: int | None = None  # default per-workspace limits (None: none)
     anthropic_daily_tokens: int | None = None
     anthropic_extra_paths: str = ""  # more "METHOD /path" calls to forward (comma-separated)
-    anthropic_extra_paths: str = ""  # more "METHOD /path" calls to forward (comma-separated)
     # Sign-in with any OpenID Connect provider, and with GitHub.
     oidc_issuer: str | None = None
     oidc_client_id: str | None = None
