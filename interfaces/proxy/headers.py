@@ -4,9 +4,14 @@ Toward the agent: hop-by-hop headers (RFC 9110 7.6.1, and any the client's ``Con
 names) go, as do Sandbar's own cookies and credentials and any forwarding headers the
 client made up; the agent's own credential and fresh ``X-Forwarded-*`` are added. Toward
 the browser: hop-by-hop headers go, and a cookie the agent sets stays on its own host
-(no ``Domain``) and may not take one of Sandbar's names."""
+(no ``Domain``) and may not take one of Sandbar's names, read as a browser reads it
+(RFC 6265bis 5.7: a pair without a name is sent as its bare value, so ``=sandbar_session=x``
+would reach the API as ``sandbar_session=x``). ``Connection`` never names away a message's
+framing (``Content-Length``) or ``Host``: only true hop-by-hop headers go with it."""
 
 from __future__ import annotations
+
+import re
 
 HOP_BY_HOP = frozenset(
     {
@@ -34,9 +39,11 @@ _DROPPED = HOP_BY_HOP | {
     b"x-real-ip",
 }
 _HOP_BY_HOP_AND_CLOSE = HOP_BY_HOP | {b"close"}
+# What a Connection header cannot take away (RFC 9110 7.6.1: it names hop-by-hop fields).
+_NOT_HOP_BY_HOP = frozenset({b"content-length", b"host"})
 OWN_COOKIE_PREFIX = b"sandbar_"
-# Over https Sandbar's cookies are named "__Host-sandbar_..." (see gate.grant_cookie_name).
-_OWN_COOKIES = (OWN_COOKIE_PREFIX, b"__host-" + OWN_COOKIE_PREFIX, b"__secure-" + OWN_COOKIE_PREFIX)
+# A Set-Cookie string with one of these (controls but HTAB) is ignored by browsers.
+_COOKIE_CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _UPGRADE = [(b"connection", b"upgrade"), (b"upgrade", b"websocket")]
 
 Headers = list[tuple[bytes, bytes]]
@@ -53,12 +60,26 @@ def _named_by_connection(headers: Headers) -> frozenset[bytes]:
     names = [v for n, v in headers if n == b"connection"]
     if not names:
         return frozenset()
-    return frozenset(t.strip().lower() for v in names for t in v.split(b",") if t.strip())
+    named = frozenset(t.strip().lower() for v in names for t in v.split(b",") if t.strip())
+    return named - _NOT_HOP_BY_HOP
+
+
+def is_own_cookie(name: bytes) -> bool:
+    """Whether a cookie of this name is (or would be read as) one of Sandbar's: any
+    case, behind any ``__Host-``/``__Secure-`` style prefix (over https Sandbar's own
+    are named "__Host-sandbar_...": see gate.grant_cookie_name)."""
+    name = name.strip().lower()
+    while name.startswith(b"__"):  # __host-, __secure-, __host-http-, ...
+        dash = name.find(b"-")
+        if dash < 0:
+            break
+        name = name[dash + 1 :]
+    return name.startswith(OWN_COOKIE_PREFIX)
 
 
 def strip_own_cookies(value: bytes) -> bytes:
     """A ``Cookie`` header without Sandbar's cookies."""
-    kept = [c for c in value.split(b";") if not c.strip().lower().startswith(_OWN_COOKIES)]
+    kept = [c for c in value.split(b";") if not is_own_cookie(c.partition(b"=")[0])]
     return b";".join(kept).strip()
 
 
@@ -127,12 +148,19 @@ def to_agent(
 
 
 def _host_only(set_cookie: bytes) -> bytes | None:
-    """A ``Set-Cookie`` value pinned to the agent's own host, or None to drop it."""
-    name = set_cookie.split(b"=", 1)[0].strip()
-    if name.lower().startswith(_OWN_COOKIES):
-        return None
-    parts = [p for p in set_cookie.split(b";") if not p.strip().lower().startswith(b"domain=")]
-    return b";".join(parts)
+    """A ``Set-Cookie`` value pinned to the agent's own host, or None to drop it: parsed
+    as RFC 6265bis 5.7 says browsers parse it, its ``Domain`` attributes (the only one
+    that widens where it goes) removed however they are spelled."""
+    if _COOKIE_CTL.search(set_cookie):
+        return None  # (a browser ignores it whole)
+    pair, _, attributes = set_cookie.partition(b";")
+    name, equals, _ = pair.partition(b"=")
+    if not equals or not name.strip() or is_own_cookie(name):
+        return None  # nameless: a browser would send its value as a name=value of its own
+    if not attributes:
+        return set_cookie
+    kept = [a for a in attributes.split(b";") if a.partition(b"=")[0].strip().lower() != b"domain"]
+    return b";".join([pair, *kept])
 
 
 def to_browser(headers: Headers, upgrade: bool = False) -> Headers:

@@ -25,6 +25,17 @@ MAX_IDLE = 64  # idle connections kept per agent address
 # connections after a few seconds (5 s for Node's and uvicorn's), and a request sent just
 # as that happens is lost. (nginx's upstream keep-alive has the same race.)
 MAX_IDLE_AGE = 2.0
+MAX_HEAD = 64 * 1024  # a response's status line and headers, as for requests (front.py)
+TOO_LARGE = "the agent's response head is over 64 KiB"
+
+
+class _Refusal(Exception):
+    """Raised in a parser callback: this answer cannot be forwarded (why: ``args[0]``)."""
+
+
+class _Stop(Exception):
+    """Raised in a parser callback: the answer has ended, parse no further (what would
+    follow is not for anyone: the connection is not reused)."""
 
 
 class Sink(Protocol):
@@ -41,7 +52,13 @@ class Sink(Protocol):
 
 class Upstream(asyncio.Protocol):
     """One connection to an agent, one exchange at a time; after a 101 it is a plain
-    byte pipe (a WebSocket, relayed frame bytes as they are)."""
+    byte pipe (a WebSocket, relayed frame bytes as they are).
+
+    The agent's server is not trusted: a connection is kept for another exchange only
+    when its answer ended exactly where the next message would begin, with nothing after
+    it, and it stayed silent while idle. Any other byte closes it, so no answer can be
+    handed to a request it was not sent for. A response head is counted as its bytes
+    arrive (``MAX_HEAD``), and only a request that asked to upgrade may be answered 101."""
 
     def __init__(self, address: str) -> None:
         self.address = address
@@ -55,6 +72,10 @@ class Upstream(asyncio.Protocol):
         self._keep_alive = False
         self._head_seen = False
         self._framed = False
+        self._in_head = False  # reading a head: its bytes count toward MAX_HEAD
+        self._head_bytes = 0  # bytes read since this head began (whole reads)
+        self._interim = False  # an interim answer came first (its bytes left uncounted)
+        self._ended = False  # the answer has ended; the sink hears so once the read is parsed
         self.done = True
         self.closed = False
         self.spliced = False
@@ -67,12 +88,18 @@ class Upstream(asyncio.Protocol):
         """Start an exchange: the request's head (and what is at hand of its body).
         ``upgrade``: the request asked for a WebSocket (only then may a 101 answer it)."""
         assert self.transport is not None
+        if self.closed:  # (closed by the agent, or for speaking out of turn, before this)
+            sink.upstream_failed("the agent closed the connection")
+            return
         self._sink = sink
         self._headers = []
         self._status = 0
         self._head_seen = False
         self._head_only = head_only
         self._upgrade = upgrade
+        self._in_head = True
+        self._head_bytes = 0
+        self._interim = False
         self.done = False
         self.write(data)
 
@@ -123,9 +150,25 @@ class Upstream(asyncio.Protocol):
             if self._sink is not None:
                 self._sink.upstream_raw(data)
             return
+        if self.done:
+            # Between exchanges (idle, or in the pool) a server has nothing to say: what
+            # it says would be taken as the answer to whichever request comes next.
+            self.close()
+            return
+        if self._in_head:
+            self._head_bytes += len(data)
         sink = self._sink
         if sink is not None:
             sink.cork()  # what one read yields goes on in one write (head and body, say)
+        try:
+            self._feed(data)
+            if self._ended:
+                self._end()
+        finally:
+            if sink is not None:
+                sink.uncork()
+
+    def _feed(self, data: bytes) -> None:
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
@@ -137,10 +180,23 @@ class Upstream(asyncio.Protocol):
             else:
                 self._fail("the agent switched protocols unasked")
         except httptools.HttpParserError as e:
-            self._fail(f"the agent sent a malformed response ({e})")
-        finally:
-            if sink is not None:
-                sink.uncork()
+            if self._ended:  # bytes after the answer's end: it stands, the connection goes
+                self._keep_alive = False
+                return
+            reason = e.__context__
+            if isinstance(reason, _Refusal):
+                self._fail(reason.args[0])
+            else:
+                self._fail(f"the agent sent a malformed response ({e})")
+        else:
+            if self._in_head and self._head_bytes > MAX_HEAD and not self.closed:
+                self._fail(TOO_LARGE)  # (a header that never ends: not one byte more)
+
+    def _end(self) -> None:
+        self._ended = False
+        sink, self._sink = self._sink, None
+        if sink is not None:
+            sink.response_end()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -166,28 +222,49 @@ class Upstream(asyncio.Protocol):
 
     # httptools callbacks
 
+    def on_message_begin(self) -> None:
+        if self.done:
+            raise _Stop  # a message after the answer's end: nobody asked for it
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
-        if 100 <= status < 200 and status != 101:
-            self._headers = []  # an interim answer (100 Continue): the real one follows
-            return
+        headers = self._headers
+        if not 100 <= status <= 599:
+            raise _Refusal(f"the agent answered with status {status:03d}")
+        if status < 200:
+            if status == 101:
+                if not (self._upgrade and self._parser.should_upgrade()):
+                    raise _Refusal("the agent switched protocols unasked")
+            else:
+                # An interim answer (100 Continue, 103 Early Hints): the real one follows.
+                # It has no body (RFC 9112 6.3); one that claims one is not HTTP.
+                if _claims_body(headers):
+                    raise _Refusal(f"the agent's {status} answer claims a body")
+                self._headers = []
+                self._head_bytes = 0
+                self._interim = True
+                return
+        if (self._head_bytes > MAX_HEAD or self._interim) and _size(headers) > MAX_HEAD:
+            raise _Refusal(TOO_LARGE)  # (only a head that came in a large read is summed)
+        self._in_head = False
         self._status = status
         self._head_seen = True
         self._keep_alive = self._parser.should_keep_alive()  # only known while parsing
-        self._framed = any(n in (b"content-length", b"transfer-encoding") for n, _ in self._headers)
+        self._framed = any(n in (b"content-length", b"transfer-encoding") for n, _ in headers)
+        if status == 204:  # (a server must not send its length: RFC 9110 8.6)
+            headers = [(n, v) for n, v in headers if n != b"content-length"]
         if self._sink is not None:
-            self._sink.response_head(status, self._headers, status == 101)
-            if self._head_only:
-                # The parser cannot know a HEAD answer has no body: end here, and do not
-                # reuse the connection.
-                self._keep_alive = False
-                self.done = True
-                sink, self._sink = self._sink, None
-                if sink is not None:
-                    sink.response_end()
+            self._sink.response_head(status, headers, status == 101)
+        if self._head_only:
+            # The parser cannot know a HEAD answer has no body: end here, and do not
+            # reuse the connection.
+            self._keep_alive = False
+            self.done = True
+            self._ended = True
+            raise _Stop
 
     def on_body(self, body: bytes) -> None:
         if self._sink is not None:
@@ -197,15 +274,25 @@ class Upstream(asyncio.Protocol):
         if not self._head_seen or self.done or self._status == 101:
             return  # (after a 101 the connection is the WebSocket's)
         self.done = True
-        sink, self._sink = self._sink, None
-        if sink is not None:
-            sink.response_end()
+        self._ended = True  # (the sink hears of it once the whole read is parsed)
 
     def _fail(self, reason: str) -> None:
         sink, self._sink = self._sink, None
         self.close()
         if sink is not None:
             sink.upstream_failed(reason)
+
+
+def _claims_body(headers: Headers) -> bool:
+    return any(
+        n == b"transfer-encoding" or (n == b"content-length" and v.strip() != b"0")
+        for n, v in headers
+    )
+
+
+def _size(headers: Headers) -> int:
+    """A head's size, near enough (its status line aside)."""
+    return sum(len(n) + len(v) + 4 for n, v in headers)
 
 
 class Pool:
