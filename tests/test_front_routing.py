@@ -232,7 +232,7 @@ def test_a_tunnel_dial_after_other_requests_reaches_the_tunnel(world: World) -> 
             request(
                 "GET",
                 "localhost",
-                f"/api/tunnel/{world.local.id}",
+                f"/api/tunnel/{uuid.uuid4()}",  # (not a sandbox: refused by the tunnel)
                 {
                     "Authorization": "Bearer sbt_wrong",
                     "Upgrade": "websocket",

@@ -23,7 +23,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from interfaces.bootstrap import build
     from interfaces.http.app import create_app
-    from interfaces.proxy.front import SandboxProxy
+    from interfaces.proxy.server import SandboxProxy
 
     sandbar = build(Settings.from_env())
     _raise_file_limit(sandbar.settings.max_connections)

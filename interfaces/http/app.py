@@ -23,7 +23,7 @@ from interfaces.http import (
 )
 from interfaces.http.guard import RequestGuard
 from interfaces.proxy.anthropic import PREFIX, AnthropicApi
-from interfaces.proxy.front import SandboxProxy
+from interfaces.proxy.server import SandboxProxy
 
 
 def create_app(sandbar: Sandbar, proxy: SandboxProxy | None = None) -> ASGIApp:

@@ -31,9 +31,11 @@ from application.errors import RateLimited
 from application.opening import GONE
 from interfaces.proxy import anthropic_paths, gate
 from interfaces.proxy.directory import MISS
-from interfaces.proxy.front import Exchange, FrontProtocol, SandboxProxy
+from interfaces.proxy.exchange import Exchange
+from interfaces.proxy.front import FrontProtocol
 from interfaces.proxy.gate import Admit, Answer, Request
 from interfaces.proxy.headers import HOP_BY_HOP, Headers, bearer, header, to_browser
+from interfaces.proxy.server import SandboxProxy
 from interfaces.proxy.upstream import TLS, Stream
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,6 @@ connection's keep-alive."""
 from __future__ import annotations
 
 import asyncio
-import http
 import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -29,6 +28,7 @@ from urllib.parse import unquote
 
 import orjson
 
+from interfaces.proxy import http1
 from interfaces.proxy.gate import Request
 
 if TYPE_CHECKING:
@@ -38,9 +38,6 @@ log = logging.getLogger("sandbar.http")
 access_log = logging.getLogger("uvicorn.access")
 
 HIGH_WATER = 64 * 1024  # request body bytes held for the application before reading pauses
-_STATUS_LINES = {
-    s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in http.HTTPStatus
-}
 _INTERNAL_ERROR = orjson.dumps(
     {"error": {"code": "internal_error", "message": "something went wrong on our side"}}
 )
@@ -196,7 +193,7 @@ class ApiExchange:
         if self._expect_continue:
             self._expect_continue = False
             if not self._started:
-                self.front.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                self.front.write(http1.CONTINUE)
         if self._delivered_end:  # all of the body was handed over: wait for the end
             while not (self._disconnected or self._complete):
                 self._arrived.clear()
@@ -215,17 +212,10 @@ class ApiExchange:
         return {"type": "http.request", "body": body, "more_body": self._more_body}
 
     def _head(self, status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
-        line = _STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status
-        parts = [line]
-        for name, value in self._application.default_headers:
-            parts += [name, b": ", value, b"\r\n"]
-        for name, value in headers:
-            parts += [name, b": ", value, b"\r\n"]
         if not self.keep_alive or self.front.closing:
             self.keep_alive = False
-            parts.append(b"connection: close\r\n")
-        parts.append(b"\r\n")
-        return b"".join(parts)
+            headers.append((b"connection", b"close"))
+        return http1.response_head(status, self._application.default_headers, headers)
 
     async def _send(self, message: dict[str, Any]) -> None:
         if not self._writable.is_set() and not self._disconnected:
@@ -289,9 +279,9 @@ class ApiExchange:
             body = b""
         if self._chunked:
             if body:
-                self.front.write(b"%x\r\n%b\r\n" % (len(body), body))
+                self.front.write(http1.chunk(body))
             if not more:
-                self.front.write(b"0\r\n\r\n")
+                self.front.write(http1.LAST_CHUNK)
         else:
             if len(body) > self._length:
                 raise RuntimeError("response body longer than its Content-Length")
