@@ -161,15 +161,6 @@ class Upstream(asyncio.Protocol):
         if sink is not None:
             sink.cork()  # what one read yields goes on in one write (head and body, say)
         try:
-            self._feed(data)
-            if self._ended:
-                self._end()
-        finally:
-            if sink is not None:
-                sink.uncork()
-
-    def _feed(self, data: bytes) -> None:
-        try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
             if self._status == 101 and self._sink is not None:
@@ -182,15 +173,20 @@ class Upstream(asyncio.Protocol):
         except httptools.HttpParserError as e:
             if self._ended:  # bytes after the answer's end: it stands, the connection goes
                 self._keep_alive = False
-                return
-            reason = e.__context__
-            if isinstance(reason, _Refusal):
-                self._fail(reason.args[0])
             else:
-                self._fail(f"the agent sent a malformed response ({e})")
+                reason = e.__context__
+                if isinstance(reason, _Refusal):
+                    self._fail(reason.args[0])
+                else:
+                    self._fail(f"the agent sent a malformed response ({e})")
         else:
             if self._in_head and self._head_bytes > MAX_HEAD and not self.closed:
                 self._fail(TOO_LARGE)  # (a header that never ends: not one byte more)
+        finally:
+            if self._ended:
+                self._end()
+            if sink is not None:
+                sink.uncork()
 
     def _end(self) -> None:
         self._ended = False
