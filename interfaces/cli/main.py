@@ -120,9 +120,9 @@ def _engine_gateway(sandbar: Any, tries: int = 5, pause: float = 1.0) -> str | N
             reason = str(e)
         if attempt + 1 < tries:
             time.sleep(pause)
-    log.warning(
-        "no container engine answered (%s): containers will not reach Sandbar's Anthropic"
-        " proxy unless --host or SANDBAR_SANDBOX_API_URL says how",
+    log.warning(  # the reason says what is wrong and what to do
+        "%s. Until then, containers will not reach Sandbar's Anthropic proxy unless --host"
+        " or SANDBAR_SANDBOX_API_URL says how",
         reason,
     )
     return None
