@@ -345,7 +345,7 @@ class TunnelConnection(asyncio.Protocol):
         self._closer: asyncio.TimerHandle | None = None
         self._stall: asyncio.TimerHandle | None = None
         self._holds: set[str] = set()  # why reading is paused
-        self._unread = b""  # the rest of a read, for the next turn
+        self._unread = memoryview(b"")  # the rest of a read, for the next turn
         self._slice_scheduled = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -358,12 +358,12 @@ class TunnelConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._unread:
-            self._unread += data  # (a read that came as reading paused)
+            self._unread = memoryview(bytes(self._unread) + data)  # (came as reading paused)
             return
-        self._read(data)
+        self._read(memoryview(data))
 
-    def _read(self, data: bytes) -> None:
-        if len(data) > READ_SLICE:
+    def _read(self, data: memoryview) -> None:
+        if len(data) > READ_SLICE:  # (views: the slices copy nothing)
             data, self._unread = data[:READ_SLICE], data[READ_SLICE:]
             self._hold("slice", True)
             if not self._slice_scheduled:
@@ -397,7 +397,7 @@ class TunnelConnection(asyncio.Protocol):
 
     def _next_slice(self) -> None:
         self._slice_scheduled = False
-        data, self._unread = self._unread, b""
+        data, self._unread = self._unread, memoryview(b"")
         if not data:
             self._hold("slice", False)
             return
@@ -412,7 +412,7 @@ class TunnelConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._connections.discard(self)
         self._transport = None
-        self._unread = b""
+        self._unread = memoryview(b"")
         if self._link is not None:
             self._link.close("the agent hung up")
         elif self._serving is not None:
