@@ -154,10 +154,16 @@ class DockerEngine:
             return False
         except NotFound:
             pass
-        pool = ipaddress.ip_network(self._settings.sandbox_subnets)
-        subnets = list(pool.subnets(new_prefix=SUBNET_PREFIX)) if pool.prefixlen <= 29 else []
-        if not subnets:
-            raise StartRefused(f"SANDBAR_SANDBOX_SUBNETS ({pool}) is smaller than a /29")
+        try:
+            pool = ipaddress.IPv4Network(self._settings.sandbox_subnets)
+        except ValueError:
+            pool = None
+        if pool is None or pool.prefixlen > SUBNET_PREFIX:
+            raise StartRefused(
+                f"SANDBAR_SANDBOX_SUBNETS ({self._settings.sandbox_subnets}) must be an IPv4"
+                f" network of at least a /{SUBNET_PREFIX}, such as 10.213.0.0/16"
+            )
+        subnets = list(pool.subnets(new_prefix=SUBNET_PREFIX))
         first = sandbox_id.int % len(subnets)
         for i in range(min(SUBNET_TRIES, len(subnets))):
             subnet = subnets[(first + i) % len(subnets)]
