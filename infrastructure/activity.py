@@ -1,7 +1,11 @@
 """When each sandbox was last used, shared by every process through one small table.
 
-``touch`` is called on the proxies' hot paths, so it only notes the time in memory; the
-notes are written at most once per ``flush_every`` seconds per process."""
+The proxies call ``note`` on their hot paths (each admitted request, and every few
+seconds each open stream): it only notes the time in memory, never touching the
+database. The proxy's keeper writes the notes from a thread every few seconds
+(``flush``), and ``touch`` (note, then write if ``flush_every`` seconds have passed) is
+for callers off the event loop. The container worker's idle check reads ``last_seen``.
+Activity is not an event: it changes with every request and the audit needs none of it."""
 
 from __future__ import annotations
 
