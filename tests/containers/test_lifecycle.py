@@ -175,6 +175,25 @@ def test_missing_image_fails_with_a_reason(container_env, start_server):
     assert "make images" in body["error"]
 
 
+def test_a_failed_sandbox_is_retried_by_resuming_it(
+    container_env, start_server, engine, tiny_image
+):
+    """Failed for a missing image; once the image is there, resume makes it run."""
+    missing = f"sandbar-retry-{uuid.uuid4().hex[:8]}"
+    server = start_server(container_env(SANDBAR_OPENCLAW_IMAGE=f"{missing}:latest"))
+    alice = register(server.url, "alice")
+    sid = make_sandbox(alice, make_workspace(alice), "openclaw")
+    wait_for(alice.client, sid, "failed")
+    engine.images.get(tiny_image).tag(missing, "latest")
+    try:
+        r = alice.client.post(f"/api/sandboxes/{sid}/resume")
+        assert (r.status_code, r.json()["status"]) == (202, "resuming"), r.text
+        assert wait_for(alice.client, sid, "running", "failed")["status"] == "running"
+        assert container(engine, sid).status == "running"
+    finally:
+        engine.images.remove(f"{missing}:latest")
+
+
 def test_engine_down_fails_with_a_reason_and_the_api_answers(container_env, start_server, tmp_path):
     server = start_server(container_env(DOCKER_HOST=f"unix://{tmp_path}/no-engine.sock"))
     alice = register(server.url, "alice")
