@@ -81,12 +81,14 @@ class Answer:
 
 
 class Browser:
-    """One browser connection to the proxy, its answers read by h11."""
+    """One browser connection to the proxy, its answers read by h11 (requests may be
+    pipelined: h11 is told of each once the answer before it is read)."""
 
     def __init__(self, box: Sandbox) -> None:
         self.box = box
         self.sock = socket.create_connection(("127.0.0.1", box.proxy.port), timeout=15)
         self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=256 * 1024)
+        self._pipelined: list[h11.Request] = []
 
     def __enter__(self) -> Browser:
         return self
@@ -99,7 +101,12 @@ class Browser:
     ) -> None:
         base = [("host", self.box.host), ("authorization", f"Bearer {self.box.token}")]
         request = h11.Request(method=method, target=target, headers=[*base, *headers])
-        self.sock.sendall(self.h11.send(request) + self.h11.send(h11.EndOfMessage()))
+        if self.h11.our_state is h11.IDLE and not self._pipelined:
+            self.sock.sendall(self.h11.send(request) + self.h11.send(h11.EndOfMessage()))
+        else:  # written now, told to h11 when its turn comes
+            writer = h11.Connection(h11.CLIENT)
+            self.sock.sendall(writer.send(request) + writer.send(h11.EndOfMessage()))
+            self._pipelined.append(request)
 
     def request(
         self, target: str, method: str = "GET", headers: tuple[tuple[str, str], ...] = ()
@@ -124,6 +131,9 @@ class Browser:
                 raise AssertionError("the proxy closed the browser's connection")
         if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
             self.h11.start_next_cycle()
+            if self._pipelined:
+                self.h11.send(self._pipelined.pop(0))
+                self.h11.send(h11.EndOfMessage())
         return answer
 
 
@@ -179,6 +189,23 @@ def test_bytes_after_an_answer_close_its_connection(
         second = other.request("/victim")
     assert (second.status, second.body) == (200, b"real")
     assert hostile.connection_of("/victim") is not poisoned
+
+
+@pytest.mark.parametrize("tail", list(POISONS.values()), ids=list(POISONS))
+def test_a_pipelined_request_never_gets_the_bytes_after_an_answer(
+    sandbox: Sandbox, hostile: HostileUpstream, tail: bytes
+) -> None:
+    # On one client connection (as a pooling front proxy gives): the next request starts
+    # as the answer before it ends, and must not be sent where those bytes wait.
+    hostile.routes["/poison"] = poisoner(tail)
+    hostile.routes["/victim"] = lambda conn, request: conn.send(response(200, b"real"))
+    with sandbox.browser() as browser:
+        browser.send("/poison")
+        browser.send("/victim")
+        assert browser.read().body == b"ok"
+        assert browser.read().body == b"real"
+        assert browser.request("/after").body == b"real /after"
+    assert hostile.connection_of("/victim") is not hostile.connection_of("/poison")
 
 
 def test_a_connection_that_speaks_while_idle_is_closed(
