@@ -1,4 +1,4 @@
-"""Checks on the values users send (the contract of API.md), raising ``Invalid``."""
+"""Checks on the values users send (the contract of docs/api.md), raising ``Invalid``."""
 
 from __future__ import annotations
 

@@ -113,7 +113,7 @@ from tests.upstream import TestAgent, serving  # noqa: E402
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 SSH = shutil.which("ssh") or "/usr/bin/ssh"
 SSH_KEYGEN = shutil.which("ssh-keygen") or "/usr/bin/ssh-keygen"
-CIPHER = "chacha20-poly1305@openssh.com"  # OpenSSH's default, as in BASELINES.md
+CIPHER = "chacha20-poly1305@openssh.com"  # OpenSSH's default (docs/benchmarks.md)
 SIDES = ("direct", "ssh", "tunnel", "proxy")
 SSE_SIDES = ("direct", "ssh", "tunnel")
 SLOW_READ = 64 * 1024  # bytes a slow reader takes ...

@@ -1,6 +1,6 @@
 """Sandboxes and their lifecycle state machine.
 
-Status graph (the design brief's):
+Status graph (docs/architecture.md, the sandbox state machine):
   creating -> running | failed
   running -> pausing -> paused -> resuming -> running | failed
   failed -> resuming                        (a retry: the worker makes its container anew)

@@ -1,8 +1,8 @@
 """Cloud sandboxes as Docker containers, through the ``docker`` SDK (``DOCKER_HOST`` honoured).
 
 One container per sandbox, named ``sandbar-{id}``, with a named volume ``sandbar-home-{id}``
-for the agent's home, labels naming the sandbox and workspace, and the design brief's
-confinement: all capabilities dropped, no-new-privileges, memory / CPU / pids limits, an
+for the agent's home, labels naming the sandbox and workspace, and the confinement of
+docs/design.md: all capabilities dropped, no-new-privileges, memory / CPU / pids limits, an
 init process, no engine socket inside. Its port is published on 127.0.0.1 only.
 
 Each sandbox also has a bridge network of its own, ``sandbar-net-{id}`` (bridge ``sbx...``,

@@ -1,4 +1,4 @@
-"""Bad input, route by route: every body and id the API takes gets a clear 4xx in API.md's
+"""Bad input, route by route: every body and id the API takes gets a clear 4xx in docs/api.md's
 error shape ({"error": {"code", "message"[, "field"]}}) naming the problem, never a 5xx and
 never a stack trace."""
 
@@ -33,7 +33,7 @@ TRACE_MARKS = ("Traceback", 'File "', "Exception", "psycopg", "pydantic", ".py")
 def check_error(
     r: httpx.Response, status: int | set[int], code: str | None = None, field: str | None = None
 ) -> dict[str, Any]:
-    """``r`` is an error answer with ``status`` in API.md's shape; returns its error object."""
+    """``r`` is an error answer with ``status`` in docs/api.md's shape; returns its error object."""
     statuses = {status} if isinstance(status, int) else status
     where = f"{r.request.method} {r.request.url.path}"
     assert r.status_code in statuses, f"{where}: {r.status_code} {r.text[:500]}"

@@ -1,4 +1,4 @@
-"""Who may do what: every route of API.md for every kind of caller, with the exact status.
+"""Who may do what: every route of docs/api.md for every kind of caller, with the exact status.
 
 Each cell gets a fresh workspace with one member of each role, so destructive cells (delete
 the workspace, remove a member) cannot disturb the others."""

@@ -6,7 +6,7 @@ Sandbox: any sequence of commands on a cloud or local sandbox either raises
 IllegalTransition and changes nothing, or moves the status along exactly one edge of
 ``TRANSITIONS`` with exactly one event whose ``EVENT_STATUS`` is the new status; which
 commands are legal in which status is checked against an independent table written from
-the design brief; the aggregate folded again from its events (and reloaded through an
+docs/architecture.md; the aggregate folded again from its events (and reloaded through an
 in-memory eventsourcing Application, so through the transcoder) is the same.
 
 Workspace: ``revoke_ownership`` never leaves ``owner_ids`` empty, whatever the sequence.
@@ -52,8 +52,9 @@ COMMANDS: dict[str, Callable[[Sandbox], None]] = {
     "record_disconnected": lambda s: s.record_disconnected(),
 }
 
-# The brief's lifecycle, written out independently of domain.sandboxes: for each kind and
-# command, the status it may be given in and the status it leads to.
+# The documented lifecycle (docs/architecture.md), written out independently of
+# domain.sandboxes: for each kind and command, the status it may be given in and the
+# status it leads to.
 EXPECTED: dict[tuple[Kind, str], dict[Status, Status]] = {
     (Kind.cloud, "request_pause"): {S.running: S.pausing},
     (Kind.cloud, "request_resume"): {S.paused: S.resuming, S.failed: S.resuming},

@@ -125,7 +125,7 @@ class Local:
 def new_code(user: User, workspace_id: str) -> str:
     r = user.client.post(f"/api/workspaces/{workspace_id}/agent-code")
     assert r.status_code == 201, r.text
-    expires = datetime.fromisoformat(r.json()["expires_at"])  # (API.md: {code, expires_at})
+    expires = datetime.fromisoformat(r.json()["expires_at"])  # (docs/api.md: {code, expires_at})
     assert timedelta(minutes=9) < expires - datetime.now(UTC) <= timedelta(minutes=10)
     return r.json()["code"]
 

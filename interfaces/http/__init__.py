@@ -1,1 +1,1 @@
-"""The REST API of API.md."""
+"""The REST API of docs/api.md."""

@@ -1,4 +1,4 @@
-"""Every error answer has API.md's shape: {"error": {"code", "message"[, "field"]}}.
+"""Every error answer has docs/api.md's shape: {"error": {"code", "message"[, "field"]}}.
 Bad input is a 4xx naming the problem; anything unexpected is a bare 500, never a trace."""
 
 from __future__ import annotations

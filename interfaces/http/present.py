@@ -1,4 +1,4 @@
-"""Rows of the read model as the JSON shapes of API.md (ids as text, RFC 3339 UTC times)."""
+"""Rows of the read model as the JSON shapes of docs/api.md (ids as text, RFC 3339 UTC times)."""
 
 from __future__ import annotations
 

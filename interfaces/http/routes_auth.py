@@ -73,7 +73,7 @@ def me(sb: App, user_id: Caller) -> Response:
     return present.JSON(present.user(sb.accounts.me(user_id)))
 
 
-# Signing in with another provider (API.md: /api/auth/oidc/github, /api/auth/oidc/generic).
+# Signing in with another provider (docs/api.md: /api/auth/oidc/github, /api/auth/oidc/generic).
 
 
 @router.get("/providers")

@@ -1,4 +1,4 @@
-"""The proxy's own answers: a small HTML page for a browser, API.md's JSON error shape
+"""The proxy's own answers: a small HTML page for a browser, docs/api.md's JSON error shape
 for anything else."""
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ the browser as they come. No response is held in memory: when the browser reads 
 the sink pauses reading from the agent.
 
 Generic clients (httpx, aiohttp) cost more per request than a proxy can afford (see
-BASELINES.md); this does only what forwarding needs."""
+docs/benchmarks.md); this does only what forwarding needs."""
 
 from __future__ import annotations
 

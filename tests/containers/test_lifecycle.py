@@ -1,5 +1,5 @@
 """Cloud sandboxes on a real engine, with the tiny image: the worker starts, pauses,
-resumes and deletes real containers, confined as the design brief says."""
+resumes and deletes real containers, confined as docs/design.md says."""
 
 from __future__ import annotations
 
