@@ -44,6 +44,28 @@ def hostile_server(
         yield proc
 
 
+@pytest.fixture(scope="module")
+def neighbour(
+    hostile_server: ServerProcess,
+    agent_app: tuple[TestAgent, int],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Local, AgentProcess]]:
+    """Another user's well-behaved agent on the same server, for the module's length."""
+    local = own_local(hostile_server, agent_app[1], tmp_path_factory.mktemp("neighbour"))
+    agent = local.connect()
+    local.wait_status("running")
+    yield local, agent
+    agent.stop()
+
+
+def still_served(neighbour: tuple[Local, AgentProcess]) -> None:
+    """The neighbour's tunnel stayed up through the flood and still serves."""
+    local, agent = neighbour
+    with local.client() as client:
+        assert client.get("/echo").status_code == 200
+    assert "disconnected" not in agent.output(), agent.output()
+
+
 def tunnel_token(local: Local) -> str:
     return json.loads(local.config.read_text())[local.id]["tunnel_token"]
 
@@ -89,7 +111,10 @@ FLOODS = {
 
 @pytest.mark.parametrize("kind", list(FLOODS))
 def test_a_flood_of_control_frames_ends_only_that_tunnel(
-    hostile_server: ServerProcess, tmp_path: Path, kind: str
+    hostile_server: ServerProcess,
+    neighbour: tuple[Local, AgentProcess],
+    tmp_path: Path,
+    kind: str,
 ) -> None:
     """Issue 22, 2: 2-3 MB/s of PINGs froze the loop. Past a budget the tunnel ends with
     GOAWAY ENHANCE_YOUR_CALM and close code 1008 (before, every one was answered, for
@@ -109,11 +134,15 @@ def test_a_flood_of_control_frames_ends_only_that_tunnel(
     # PINGs were answered only within the budget.
     assert len([f for f in agent.of_type(PingFrame) if "ACK" in f.flags]) <= 1_100
     agent.close()
+    still_served(neighbour)
 
 
 @pytest.mark.parametrize("kind", ["RST_STREAM", "empty DATA", "DATA on a closed stream"])
 def test_a_flood_on_a_stream_ends_the_tunnel(
-    hostile_server: ServerProcess, tmp_path: Path, kind: str
+    hostile_server: ServerProcess,
+    neighbour: tuple[Local, AgentProcess],
+    tmp_path: Path,
+    kind: str,
 ) -> None:
     """RST_STREAM and DATA for a stream that is over, and empty DATA: h2 dropped each
     quietly (or answered it), at whatever rate they came."""
@@ -140,6 +169,7 @@ def test_a_flood_on_a_stream_ends_the_tunnel(
     assert goaway is not None and goaway.error_code == CALM, agent.summary()
     browser.close()
     agent.close()
+    still_served(neighbour)
 
 
 def test_pushes_are_disabled(hostile_server: ServerProcess, tmp_path: Path) -> None:
