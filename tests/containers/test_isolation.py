@@ -86,6 +86,11 @@ def test_sandboxes_reach_only_sandbars_port(container_env, start_server, engine,
         assert [c.name for c in net.containers] == [f"sandbar-{sid}"]
         assert net.attrs["Labels"]["sandbar.sandbox"] == sid
 
+    # IPv4 only: no IPv6 link-local path to the host's bridge either.
+    if Path("/proc/sys/net/ipv6").exists():
+        ipv6 = box_a.exec_run(["cat", "/proc/sys/net/ipv6/conf/all/disable_ipv6"])
+        assert ipv6.output.decode().strip() == "1"
+
     # Sandbar's proxy endpoint answers from inside.
     code, body = fetch(box_a, f"http://host.docker.internal:{port}/healthz")
     assert (code, body) == (0, '{"status":"ok"}'), body
