@@ -529,3 +529,21 @@ def test_without_an_engine_the_reason_says_what_to_do_and_the_log_says_it_once(
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1, warnings
     assert "Error while fetching server API version" in warnings[0]
+
+
+def test_a_local_sandbox_of_a_deleted_workspace_is_finished_by_the_worker(
+    own: tuple[ServerProcess, Sandbar], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deleting a workspace asks for its sandboxes' deletion; for a local one the worker
+    has nothing to remove and records it deleted (it skipped local sandboxes: they stayed
+    ``deleting`` for ever), engine or not."""
+    server, app = own
+    monkeypatch.setenv("DOCKER_HOST", NO_ENGINE)
+    alice = register(server.url, "alice")
+    sid = local_sandbox(alice)
+    wid = alice.client.get(f"/api/sandboxes/{sid}").json()["workspace_id"]
+    assert alice.client.delete(f"/api/workspaces/{wid}").status_code == 204
+    assert app.log.find(UUID(sid), Sandbox).status is S.deleting
+    app.container_worker().converge(UUID(sid))
+    assert app.log.find(UUID(sid), Sandbox).status is S.deleted
+    assert app.reads.sandbox(UUID(sid)) is None
