@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from infrastructure.settings import Settings
+from interfaces.version import VERSION
 
 log = logging.getLogger("sandbar")
 
@@ -147,6 +148,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="sandbar", description="Sandbar: AI coding agents in sandboxes."
     )
+    p.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
     sub = p.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the HTTP API")

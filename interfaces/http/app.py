@@ -24,6 +24,7 @@ from interfaces.http import (
 from interfaces.http.guard import RequestGuard
 from interfaces.proxy.anthropic import PREFIX, AnthropicApi
 from interfaces.proxy.server import SandboxProxy
+from interfaces.version import VERSION
 
 
 def create_app(sandbar: Sandbar, proxy: SandboxProxy | None = None) -> ASGIApp:
@@ -36,7 +37,7 @@ def create_app(sandbar: Sandbar, proxy: SandboxProxy | None = None) -> ASGIApp:
         lifespan=lifespan,
         title="Sandbar",
         summary="Run AI coding agents in sandboxes, opened from the browser.",
-        version="0.1.0",
+        version=VERSION,
         default_response_class=present.JSON,
     )
     api.state.sandbar = sandbar
