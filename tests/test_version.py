@@ -1,5 +1,5 @@
 """One version source: pyproject.toml's ``version`` is what the running server's OpenAPI
-document and ``sandbar --version`` say (issue 16, item 8)."""
+document and ``sandbar --version`` say."""
 
 from __future__ import annotations
 
