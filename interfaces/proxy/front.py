@@ -225,6 +225,8 @@ class FrontProtocol(asyncio.Protocol):
             self._backlog += data
             if len(self._backlog) > MAX_BACKLOG:
                 self._fail(429)
+        elif len(data) <= SLICE and len(self._queue) < self.proxy.max_pipelined:
+            self._parse(data)  # (the common case: one read, one slice)
         else:
             self._feed(data)
 
@@ -239,6 +241,8 @@ class FrontProtocol(asyncio.Protocol):
             stop = min(end, start + SLICE)
             if not self._parse(data if stop - start == end else data[start:stop]):
                 return
+            if self.transport is None or self.transport.is_closing():
+                return
             if self._spliced is not None:
                 if stop < end:
                     self._spliced.client_raw(data[stop:])
@@ -246,8 +250,8 @@ class FrontProtocol(asyncio.Protocol):
             start = stop
 
     def _parse(self, data: bytes) -> bool:
-        """Feed one slice to the parser; False once the connection is no longer ours to
-        parse (failed, closed, or what follows is an upgraded connection's)."""
+        """Feed one slice to the parser; False once the connection failed (the caller
+        also stops at a closing transport, and at an upgrade: what follows is its)."""
         self._began = self._completed = False
         counted = self._in_head  # a head in progress before this slice: count it all
         self._corked_upstreams = []
@@ -284,7 +288,7 @@ class FrontProtocol(asyncio.Protocol):
             if self._partial_head > MAX_HEAD:
                 self._fail(431)
                 return False
-        return self.transport is not None and not self.transport.is_closing()
+        return True
 
     def cork_upstream(self, conn: Upstream) -> None:
         """What a read of the browser's makes for the agent goes in one write (a
@@ -325,11 +329,13 @@ class FrontProtocol(asyncio.Protocol):
         if self.transport is None or self._paused:
             return
         if self._head_since is not None:
-            if now - self._head_since > self.proxy.header_timeout:
+            if not self._head_since:
+                self._head_since = now
+            elif now - self._head_since > self.proxy.header_timeout:
                 self._fail(408)
             return
         if self._body_expected:
-            if self._body_moved:
+            if self._body_moved or not self._body_since:
                 self._body_moved = False
                 self._body_since = now
             elif now - self._body_since > self.proxy.body_timeout:
@@ -347,7 +353,7 @@ class FrontProtocol(asyncio.Protocol):
         self._head_size = 0
         self._partial_head = 0
         self._in_head = self._began = True
-        self._head_since = time.monotonic()
+        self._head_since = 0.0  # (the ticker starts the clock: no clock read per request)
         self._idle_since = None
 
     def on_url(self, url: bytes) -> None:
@@ -366,7 +372,8 @@ class FrontProtocol(asyncio.Protocol):
         self._in_head = False
         self._head_since = None
         parser = self._parser
-        host, target = self._route_of(self._url, self._headers, parser.get_http_version())
+        version = parser.get_http_version()
+        host, target = self._route_of(self._url, self._headers, version)
         sandbox = self.proxy.gate.sandbox_of(host)
         upgrade = parser.should_upgrade()
         websocket = upgrade and (header(self._headers, b"upgrade") or b"").lower() == b"websocket"
@@ -389,15 +396,11 @@ class FrontProtocol(asyncio.Protocol):
             exchange.preset = Answer(404, *_json_error("not_found", NO_WEBSOCKET))
         else:
             request.websocket = False
-            version = parser.get_http_version()
             exchange = ApiExchange(self, self._application, request, keep_alive, version)
-        self.proxy.started()
-        if header(self._headers, b"content-length") not in (None, b"0") or (
-            header(self._headers, b"transfer-encoding") is not None
-        ):
-            self._body_expected = True
-            self._body_moved = False
-            self._body_since = time.monotonic()
+        # (cleared at once by on_message_complete when there is no body; the ticker
+        # starts the clock, so no clock is read per request)
+        self._body_expected = True
+        self._body_since = 0.0
         self._queue.append(exchange)
         if len(self._queue) == 1:
             exchange.start()
@@ -456,10 +459,10 @@ class FrontProtocol(asyncio.Protocol):
             self._paused.discard(reason)
             if not self._paused and self.transport is not None and not self._closing:
                 self.transport.resume_reading()
-                now = time.monotonic()  # (the stall was ours: the clocks start again)
+                # (the stall was ours: the clocks start again at the next tick)
                 if self._head_since is not None:
-                    self._head_since = now
-                self._body_since = now
+                    self._head_since = 0.0
+                self._body_since = 0.0
 
     def write(self, data: bytes) -> None:
         if self._corked is not None:
