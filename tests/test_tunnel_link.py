@@ -19,10 +19,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from interfaces.tunnel.link import (
+    CALM_BURST,
     CONTINUATION,
     DATA,
     FRAMES_PER_TURN,
     HEADERS,
+    RST_STREAM,
     WINDOW,
     Link,
     Pipe,
@@ -548,5 +550,38 @@ def test_a_turn_of_the_loop_reads_a_bounded_number_of_frames() -> None:
         assert bytes(pipe.received) == payload and backlog == [True, False]
         assert not link.closed.done()
         link.close("done")
+
+    asyncio.run(run())
+
+
+def test_frames_that_cross_a_streams_end_are_not_control_frames() -> None:
+    """A WINDOW_UPDATE or RST_STREAM of the peer's that crosses a stream's end, and DATA
+    already on its way when this end cancelled a stream, are expected: more of them than
+    the budget of control frames allows at once leave the tunnel up. The same frames
+    again for those streams are control frames: past the budget, ENHANCE_YOUR_CALM."""
+
+    async def run() -> None:
+        agent, link = await plain_agent()
+        loop = asyncio.get_running_loop()
+        for i in range(2 * CALM_BURST):
+            pipe = link.open(lambda sid: Collect(link, sid))
+            while not pipe.heard:  # the agent's answer
+                await asyncio.sleep(0)
+            if i % 2:  # cancelled here, while the agent sends
+                pipe.reset()
+                link.receive(frame_head(1, DATA, 0, pipe.stream_id) + b"x")
+            else:  # ended both ways
+                pipe.end()
+                deadline = loop.time() + 5
+                while pipe.stream_id in link.pipes:
+                    assert loop.time() < deadline
+                    await asyncio.sleep(0)
+            link.receive(window_update(pipe.stream_id, 65_536))
+            link.receive(frame_head(4, RST_STREAM, 0, pipe.stream_id) + bytes(4))
+        assert not link.closed.done(), link.closed.result()
+        for _ in range(CALM_BURST):
+            link.receive(window_update(pipe.stream_id, 65_536))
+        assert "too many control frames" in link.closed.result()
+        assert await goaway(agent) == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
 
     asyncio.run(run())

@@ -252,6 +252,9 @@ class Link:
         # way (no control frame), and those whose HEADERS had not come yet.
         self._draining: dict[int, int] = {}
         self._unanswered: set[int] = set()
+        # Streams closed lately (in order): one WINDOW_UPDATE or RST_STREAM of the peer's
+        # may cross each one's end.
+        self._crossing: dict[int, None] = {}
         self._output_paused = False
         self._out: list[bytes | memoryview] = []  # frames for the next message, in order
         self._flush_scheduled = False
@@ -380,7 +383,8 @@ class Link:
         reset here meanwhile: the two crossed)."""
         if stream_id in self.pipes:
             return
-        if self._draining.pop(stream_id, None) is None:
+        crossed = self._crossing.pop(stream_id, 0) is None
+        if self._draining.pop(stream_id, None) is None and not crossed:
             self._spend("RST_STREAM")
         self._unanswered.discard(stream_id)
 
@@ -447,7 +451,8 @@ class Link:
         if pipe is None:
             # A stream gone meanwhile (the update crossed its end: ignored), or one never
             # opened (a protocol error): h2 knows which.
-            if stream_id not in self._draining:
+            crossed = self._crossing.pop(stream_id, 0) is None
+            if not crossed and stream_id not in self._draining:
                 self._spend("WINDOW_UPDATE for a stream that is not open")
             self._to_h2(window_update(stream_id, increment))
             return
@@ -637,6 +642,9 @@ class Link:
         pipe = self.pipes.pop(stream_id, None)
         if pipe is not None:
             pipe.closed = True
+            self._crossing[stream_id] = None
+            if len(self._crossing) > MAX_DRAINING:
+                del self._crossing[next(iter(self._crossing))]
         return pipe
 
     def _send(self, *frames: bytes | memoryview) -> None:
