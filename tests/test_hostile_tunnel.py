@@ -412,3 +412,8 @@ def test_the_cli_says_why_it_stopped_without_a_traceback(
     broken = agent_cli(local.config, "connect", local.id)
     assert broken.returncode == 1 and "cannot read the registrations" in broken.stderr
     assert "Traceback" not in broken.stderr
+    local.config.write_text(json.dumps({local.id: {"server": hostile_server.url}}))
+    sparse = agent_cli(local.config, "connect", local.id)
+    assert sparse.returncode == 1 and "incomplete" in sparse.stderr, sparse.stderr
+    listed = agent_cli(local.config, "list")
+    assert listed.returncode == 0 and local.id in listed.stdout, listed.stderr

@@ -93,7 +93,7 @@ def _register(args: argparse.Namespace) -> int:
             json={"code": args.code, "name": args.name, "type": args.type},
             timeout=30,
         )
-    except httpx.HTTPError as e:
+    except (httpx.HTTPError, httpx.InvalidURL) as e:
         print(f"cannot reach {args.server}: {e}", file=sys.stderr)
         return 1
     if r.status_code != 201:
@@ -129,7 +129,7 @@ def _register(args: argparse.Namespace) -> int:
 
 
 def _row(sandbox_id: str, r: dict[str, Any]) -> list[str]:
-    return [sandbox_id, r["name"], r["type"], r["target"], r.get("url", "")]
+    return [sandbox_id, *(str(r.get(k, "")) for k in ("name", "type", "target", "url"))]
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -240,7 +240,7 @@ def _start_opencode(saved: dict[str, Any], executable: str | None) -> subprocess
     if program is None:
         raise SystemExit("opencode is not on PATH (or say where: --opencode PATH)")
     host, _, port = saved["target"].split("://", 1)[-1].rstrip("/").rpartition(":")
-    env = {**os.environ, "OPENCODE_SERVER_PASSWORD": saved["agent_password"]}
+    env = {**os.environ, "OPENCODE_SERVER_PASSWORD": str(saved.get("agent_password", ""))}
     _say(f"starting {program} serve on {saved['target']}")
     return subprocess.Popen(  # noqa: S603 - the user's own opencode
         [program, "serve", "--hostname", host or "127.0.0.1", "--port", port or "4096"], env=env
@@ -257,7 +257,7 @@ def _wait_ready(saved: dict[str, Any], server: subprocess.Popen[bytes]) -> bool:
             _say(f"opencode exited ({server.returncode}) before it answered")
             return False
         try:
-            r = httpx.get(url, auth=("opencode", saved["agent_password"]), timeout=5)
+            r = httpx.get(url, auth=("opencode", str(saved.get("agent_password", ""))), timeout=5)
             if r.status_code == 200:
                 return True
         except httpx.HTTPError:
