@@ -77,15 +77,16 @@ class Usage:
         self._reads = reads
         self._access = access
         self._store = store
-        self._defaults = (default_requests, default_tokens)
+        self._default_requests = default_requests
+        self._default_tokens = default_tokens
 
     def limits(self, workspace_id: UUID) -> Row:
         own = self._reads.limits(workspace_id) or {}
         requests = own.get("daily_requests")
         tokens = own.get("daily_tokens")
         return {
-            "daily_requests": self._defaults[0] if requests is None else requests,
-            "daily_tokens": self._defaults[1] if tokens is None else tokens,
+            "daily_requests": self._default_requests if requests is None else requests,
+            "daily_tokens": self._default_tokens if tokens is None else tokens,
             "own_requests": requests,
             "own_tokens": tokens,
         }
@@ -101,7 +102,9 @@ class Usage:
         is recorded for that day, even if the answer ends after midnight); or refuse it
         (RateLimited). (On the proxy's hot path: one statement, without a thread.)"""
         day = today()
-        reached = await self._store.reserve(workspace_id, day, *self._defaults)
+        reached = await self._store.reserve(
+            workspace_id, day, self._default_requests, self._default_tokens
+        )
         if reached is None:
             return day
         limits = await asyncio.to_thread(self.limits, workspace_id)

@@ -12,20 +12,9 @@ statement is under way are counted together by the next one, which grants as man
 limit leaves (the first ones in; the rest are refused), and finished requests are recorded
 together, so the proxy issues a statement per batch rather than two per request.
 
-A workspace that keeps asking is counted ahead: each reservation asks for as many
-requests as wait and enough more that this process holds some ahead of need (twice as
-many as the last time, up to ``MAX_AHEAD``), and hands them out without a statement
-(``take``) while nothing has changed (the change feed's generation: a new limit, say),
-the tokens it knows of are under the limit, and the day is the same. The tokens it knows
-of are the day's total as every statement of its own returns it (reservations, and each
-batch of records: other processes' tokens show within a batch) plus its own since. Once
-half of a lease is handed out, it asks for more without waiting (so that under steady
-load no request waits for a statement), unless the last reservation got less than it
-asked for (the limit is near); a reservation the table refuses (a limit is reached, by
-whichever process) ends the lease. What a lease still holds is given back when it lapses,
-when it has been idle for ``IDLE_SECONDS`` and on shutdown, so a request limit is never
-overshot; near it, another process may be refused what this one holds unused, for at
-most that long. A crash loses the lease (its requests stay counted, refusing that many
+The lease policy (how many requests a process counts ahead of need, and when it gives
+them back) is infrastructure/usage_leases.py, apart from the statements: this module runs
+what it asks for. A crash loses the lease (its requests stay counted, refusing that many
 too early, that day)."""
 
 from __future__ import annotations
@@ -33,9 +22,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from datetime import date
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 from eventsourcing.postgres import PostgresDatastore
@@ -44,6 +33,16 @@ from psycopg_pool import AsyncConnectionPool
 from infrastructure.changes import ChangeFeed
 from infrastructure.database import ensure_tables
 from infrastructure.group_commit import GroupCommit, own_copy
+from infrastructure.usage_leases import (
+    IDLE_SECONDS,
+    UNLIMITED,
+    Asked,
+    Defaults,
+    Leases,
+    Reservation,
+    Reserved,
+    hand_out,
+)
 
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS sandbar_usage ("
@@ -60,9 +59,6 @@ SCHEMA = (
     "ALTER TABLE sandbar_usage_totals ADD COLUMN IF NOT EXISTS granted bigint NOT NULL DEFAULT 0",
 )
 COUNTS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
-UNLIMITED = 2**62
-MAX_AHEAD = 256  # requests counted ahead of need, at most, per workspace and process
-IDLE_SECONDS = 2.0  # a lease unused this long gives back what it holds
 RECORD_EVERY = 0.05  # seconds a batch of finished requests gathers before it is written
 RETRY_AFTER = 1.0  # seconds before records the database refused are written again
 
@@ -114,32 +110,57 @@ _RECORD = (
     " WHERE t.workspace_id = x.workspace_id AND t.day = x.day AND x.total > 0"
     " RETURNING t.workspace_id, t.day, t.tokens"  # (every process's, for the leases)
 )
-# Workspace, day, default limits, and whether a request waits for it (else a top-up).
-Reservation = tuple[UUID, date, int | None, int | None, bool]
-Key = tuple[UUID, date, int | None, int | None]
-Limits = tuple[int | None, int | None]  # the default limits a reservation was made with
-Finished = tuple[UUID, UUID, date, dict[str, int]]  # workspace, sandbox, day, token counts
+__all__ = ["COUNTS", "IDLE_SECONDS", "Finished", "UsageTable"]
+
+
+class Finished(NamedTuple):
+    """A request that has ended, and the tokens it used."""
+
+    workspace_id: UUID
+    sandbox_id: UUID
+    day: date
+    counts: dict[str, int]
+
+
+class SandboxDay(NamedTuple):
+    """A row of ``sandbar_usage``."""
+
+    day: date
+    workspace_id: UUID
+    sandbox_id: UUID
 
 
 @dataclass
-class Lease:
-    """Requests of a workspace and day counted in the table, not yet handed out."""
+class Tally:
+    """Requests and tokens to add to a ``sandbar_usage`` row (fields in ``COUNTS``'s
+    order after ``requests``, as ``_RECORD`` takes them)."""
 
-    left: int = 0
-    ahead: int = 0  # how many more than are waiting the next reservation asks for
-    tokens: int = 0  # the day's tokens when last reserved, and those recorded here since
-    token_limit: int = UNLIMITED
-    generation: int | None = None  # the change feed's when reserved (None: not to use)
-    used: float = 0.0  # when a request was last handed out
-    defaults: Limits = (None, None)
-    topping_up: bool = False  # a reservation for more is on its way
+    requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
 
-    def valid(self, generation: int | None) -> bool:
-        return (
-            generation is not None
-            and generation == self.generation
-            and self.tokens < self.token_limit
+    def add(self, counts: dict[str, int]) -> None:
+        """One more request, with its token ``counts``."""
+        self.requests += 1
+        self.input_tokens += max(0, int(counts.get("input_tokens", 0)))
+        self.output_tokens += max(0, int(counts.get("output_tokens", 0)))
+        self.cache_creation_input_tokens += max(
+            0, int(counts.get("cache_creation_input_tokens", 0))
         )
+        self.cache_read_input_tokens += max(0, int(counts.get("cache_read_input_tokens", 0)))
+
+    def merge(self, other: Tally) -> None:
+        self.requests += other.requests
+        self.input_tokens += other.input_tokens
+        self.output_tokens += other.output_tokens
+        self.cache_creation_input_tokens += other.cache_creation_input_tokens
+        self.cache_read_input_tokens += other.cache_read_input_tokens
+
+
+def tokens_of(counts: dict[str, int]) -> int:
+    return sum(max(0, int(counts.get(name, 0))) for name in COUNTS)
 
 
 class UsageTable:
@@ -159,12 +180,10 @@ class UsageTable:
         self._changes = changes
         self._pool_size = pool_size
         self._pool: AsyncConnectionPool | None = None
-        self._leases: dict[tuple[UUID, date], Lease] = {}
+        self._leases = Leases()
         # Records a write failed for (the database was away, say), merged per sandbox and
         # day (so bounded by the sandboxes in use): written with the next batch.
-        self._unwritten: dict[tuple[date, UUID, UUID], list[int]] = {}
-        # Requests that lapsed leases give back, not yet written back (per workspace, day).
-        self._owed: dict[tuple[UUID, date], int] = {}
+        self._unwritten: dict[SandboxDay, Tally] = {}
         self._retry: asyncio.TimerHandle | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._reserving = GroupCommit(self._reserve_batch)
@@ -191,14 +210,11 @@ class UsageTable:
 
     def take(self, workspace_id: UUID, day: date) -> bool:
         """Count one request from this process's lease, if it holds one that is good."""
-        lease = self._leases.get((workspace_id, day))
-        if lease is None or lease.left <= 0 or not lease.valid(self._generation()):
+        lease = self._leases.take(workspace_id, day, self._generation(), time.monotonic())
+        if lease is None:
             return False
-        lease.left -= 1
-        lease.used = time.monotonic()
-        if lease.left <= lease.ahead // 2 and lease.ahead > 0 and not lease.topping_up:
-            lease.topping_up = True
-            self._reserving.post((workspace_id, day, *lease.defaults, False))
+        if lease.top_up_due():
+            self._reserving.post(Reservation(workspace_id, day, lease.defaults, False))
         return True
 
     async def reserve(
@@ -211,26 +227,26 @@ class UsageTable:
         """Count one request if the workspace is under both limits today; else the
         name of the limit reached ("requests" or "tokens"). Raises what the database
         raised when this workspace's request could not be counted."""
-        reservation = (workspace_id, day, default_requests, default_tokens, True)
-        reached = await self._reserving.submit(reservation)
+        defaults = Defaults(default_requests, default_tokens)
+        reached = await self._reserving.submit(Reservation(workspace_id, day, defaults, True))
         if isinstance(reached, Exception):  # (the batch's requests share it: raise a copy)
             raise own_copy(reached)
         return reached
 
     async def _reserve_batch(self, batch: list[Reservation]) -> list[str | Exception | None]:
-        asked: dict[Key, int] = {}
-        topping_up: set[Key] = set()  # (asked for more with requests left: a statement even so)
+        waiting: dict[Asked, int] = {}
+        topping_up: set[Asked] = set()  # (asked for more with requests left: a statement even so)
         for reservation in batch:
-            key, waits = reservation[:4], reservation[4]
-            asked[key] = asked.get(key, 0) + (1 if waits else 0)
-            if not waits:
-                topping_up.add(key)
-        left: dict[Key, int] = {}  # granted, not yet handed out
+            asked = reservation.asked
+            waiting[asked] = waiting.get(asked, 0) + (1 if reservation.waits else 0)
+            if not reservation.waits:
+                topping_up.add(asked)
+        counted: dict[Asked, int] = {}  # for the requests that wait
         # The limit a workspace reached, or why its statement failed (that workspace's
         # requests alone are refused: the others' in the batch stand).
-        reached: dict[Key, str | Exception] = {}
+        reached: dict[Asked, str | Exception] = {}
         generation = self._generation()  # before reading: a change while reading shows
-        if any(reservation[4] for reservation in batch):  # (a request waits)
+        if any(reservation.waits for reservation in batch):
             # The tokens of answers already ended count. (A top-up does not wait for
             # them: it keeps what it knows of those, and a request that waits refreshes
             # it; a statement waited for under load was what let leases run dry.)
@@ -238,131 +254,74 @@ class UsageTable:
         pool = await self._connections()
         async with pool.connection() as conn:
             await self._give_back(conn, generation)
-            for key, n in asked.items():
-                workspace_id, day, default_requests, default_tokens = key
-                lease = self._leases.get((workspace_id, day))
-                if lease is not None and lease.valid(generation) and lease.left > 0:
-                    # Granted by the statement that ran while these waited.
-                    taken = min(n, lease.left)
-                    lease.left -= taken
-                    left[key] = taken
-                    if taken == n and key not in topping_up:
-                        continue
-                    n -= taken
-                else:
-                    left[key] = 0
-                if lease is None:
-                    lease = self._leases[workspace_id, day] = Lease()
-                ahead = lease.ahead if generation is not None else 0
-                # As many as wait, and enough more that the lease holds ``ahead``.
-                asking = n + max(0, ahead - lease.left)
-                if asking == 0:
-                    lease.topping_up = False  # (it holds enough)
+            for asked, n in waiting.items():
+                ask = self._leases.plan(asked, n, asked in topping_up, generation)
+                counted[asked] = ask.from_lease
+                if ask.asking == 0:
                     continue
                 params = {
-                    "w": workspace_id,
-                    "d": day,
-                    "n": asking,
-                    "default_requests": default_requests,
-                    "default_tokens": default_tokens,
+                    "w": asked.workspace_id,
+                    "d": asked.day,
+                    "n": ask.asking,
+                    "default_requests": asked.defaults.requests,
+                    "default_tokens": asked.defaults.tokens,
                     "unlimited": UNLIMITED,
                 }
                 try:
                     row = await (await conn.execute(_RESERVE, params, prepare=True)).fetchone()
                 except Exception as e:
-                    reached[key] = e
-                    lease.topping_up = False
+                    reached[asked] = e
+                    self._leases.failed(asked)
                     continue
-                granted = int(row[0]) if row else 0
-                left[key] += min(n, granted)
-                lease.left += granted - min(n, granted)  # (more, if topped up)
-                lease.used = time.monotonic()
-                lease.defaults = (default_requests, default_tokens)
-                lease.topping_up = False
-                if row is not None:
-                    lease.tokens, lease.token_limit = max(lease.tokens, int(row[1])), int(row[2])
-                    lease.generation = generation
-                    lease.ahead = min(MAX_AHEAD, max(1, ahead * 2))
-                else:
-                    # A limit is reached, perhaps by other processes' requests: nothing
-                    # more is handed out from the lease, and what it holds goes back.
-                    lease.generation = None
-                if granted < asking:
-                    lease.ahead = 0  # the limit is near: no more asked ahead, nor topped up
-                if granted < n:
+                reserved = Reserved(*map(int, row)) if row is not None else None
+                got = self._leases.reserved(asked, ask, reserved, generation, time.monotonic())
+                counted[asked] += got
+                if got < ask.still_waiting:
                     try:
                         which = await (await conn.execute(_WHICH, params)).fetchone()
-                        reached[key] = which[0] if which else "requests"
+                        reached[asked] = which[0] if which else "requests"
                     except Exception as e:
-                        reached[key] = e
+                        reached[asked] = e
         self._sweep_later()
-        results: list[str | Exception | None] = []
-        for reservation in batch:  # the first ones in get what was granted
-            key = reservation[:4]
-            if not reservation[4]:
-                results.append(None)  # (a top-up: nobody waits for it)
-            elif left[key] > 0:
-                left[key] -= 1
-                results.append(None)
-            else:
-                results.append(reached[key])
-        return results
+        return hand_out(batch, counted, reached)
 
     async def _give_back(self, conn: Any, generation: int | None, everything: bool = False) -> None:
         """Return what lapsed leases hold (idle, outdated, past their day; or all)."""
-        now = time.monotonic()
-        today = max((day for _, day in self._leases), default=None)
-        for key, lease in list(self._leases.items()):
-            lapsed = (
-                everything
-                or not lease.valid(generation)
-                or now - lease.used > IDLE_SECONDS
-                or key[1] != today
-            )
-            if not lapsed:
-                continue
-            if key[1] != today or everything:
-                del self._leases[key]
-            else:
-                lease.ahead //= 2  # it was more than was needed
-            if lease.left > 0:
-                self._owed[key] = self._owed.get(key, 0) + lease.left
-                lease.left = 0
-        for key, held in list(self._owed.items()):  # (kept until written: none is lost)
-            params = {"w": key[0], "d": key[1], "n": held}
+        leases = self._leases
+        leases.lapse(generation, time.monotonic(), everything)
+        for key, held in list(leases.owed.items()):  # (kept until written: none is lost)
+            params = {"w": key.workspace_id, "d": key.day, "n": held}
             await conn.execute(_GIVE_BACK, params, prepare=True)
-            del self._owed[key]
+            del leases.owed[key]
 
     def _sweep_later(self) -> None:
         """While leases hold requests, a sweep in IDLE_SECONDS gives back those gone idle."""
-        if self._sweeper is None and any(lease.left > 0 for lease in self._leases.values()):
+        if self._sweeper is None and self._leases.holding():
             loop = asyncio.get_running_loop()
             self._sweeper = loop.call_later(IDLE_SECONDS, self._sweep)
 
     def _sweep(self) -> None:
         self._sweeper = None
-        if any(lease.left > 0 for lease in self._leases.values()):
+        if self._leases.holding():
             self._recording.post(None)  # a batch with nothing to record gives back
 
     def record(
         self, workspace_id: UUID, sandbox_id: UUID, day: date, counts: dict[str, int]
     ) -> None:
         """Add one finished request and its tokens (written with the next batch)."""
-        lease = self._leases.get((workspace_id, day))
-        if lease is not None:
-            lease.tokens += sum(max(0, int(counts.get(name, 0))) for name in COUNTS)
-        self._recording.post((workspace_id, sandbox_id, day, counts))
+        self._leases.recorded(workspace_id, day, tokens_of(counts))
+        self._recording.post(Finished(workspace_id, sandbox_id, day, counts))
 
     async def _record_batch(self, batch: list[Finished | None]) -> list[None]:
         merged, self._unwritten = self._unwritten, {}
         for finished in batch:
             if finished is None:
                 continue  # (a sweep, or a retry)
-            workspace_id, sandbox_id, day, counts = finished
-            row = merged.setdefault((day, workspace_id, sandbox_id), [0] * (1 + len(COUNTS)))
-            row[0] += 1
-            for i, name in enumerate(COUNTS, start=1):
-                row[i] += max(0, int(counts.get(name, 0)))
+            key = SandboxDay(finished.day, finished.workspace_id, finished.sandbox_id)
+            tally = merged.get(key)
+            if tally is None:
+                tally = merged[key] = Tally()
+            tally.add(finished.counts)
         try:
             pool = await self._connections()
             async with pool.connection() as conn:
@@ -370,32 +329,31 @@ class UsageTable:
                     await self._write_records(conn, merged)
                 await self._give_back(conn, self._generation())
         except Exception as e:  # records are kept and written again soon: none is lost
-            for key, row in merged.items():
-                kept = self._unwritten.setdefault(key, [0] * len(row))
-                for i, value in enumerate(row):
-                    kept[i] += value
-            if merged or self._owed:
+            for key, tally in merged.items():
+                kept = self._unwritten.get(key)
+                if kept is None:
+                    kept = self._unwritten[key] = Tally()
+                kept.merge(tally)
+            if merged or self._leases.owed:
                 self._retry_later()
             log.warning(
                 "could not write usage (%d sandbox-day(s) and %d give-back(s) kept to try"
                 " again in %g s): %s",
                 len(merged),
-                len(self._owed),
+                len(self._leases.owed),
                 RETRY_AFTER,
                 e,
             )
         self._sweep_later()
         return [None] * len(batch)
 
-    async def _write_records(
-        self, conn: Any, merged: dict[tuple[date, UUID, UUID], list[int]]
-    ) -> None:
-        keys, rows = list(merged), list(merged.values())
-        columns = list(zip(*rows, strict=True))
+    async def _write_records(self, conn: Any, merged: dict[SandboxDay, Tally]) -> None:
+        keys, tallies = list(merged), list(merged.values())
+        columns = list(zip(*(astuple(tally) for tally in tallies), strict=True))
         params = {
-            "d": [k[0] for k in keys],
-            "w": [k[1] for k in keys],
-            "s": [k[2] for k in keys],
+            "d": [k.day for k in keys],
+            "w": [k.workspace_id for k in keys],
+            "s": [k.sandbox_id for k in keys],
             **{
                 name: list(col)
                 for name, col in zip(("r", "i", "o", "cc", "cr"), columns, strict=True)
@@ -403,9 +361,7 @@ class UsageTable:
         }
         totals = await (await conn.execute(_RECORD, params, prepare=True)).fetchall()
         for workspace_id, day, tokens in totals:  # (other processes' too)
-            lease = self._leases.get((workspace_id, day))
-            if lease is not None:
-                lease.tokens = max(lease.tokens, int(tokens))
+            self._leases.total_seen(workspace_id, day, int(tokens))
 
     def _retry_later(self) -> None:
         if self._retry is None:
@@ -414,7 +370,7 @@ class UsageTable:
 
     def _retry_now(self) -> None:
         self._retry = None
-        if self._unwritten or self._owed:
+        if self._unwritten or self._leases.owed:
             self._recording.post(None)
 
     async def flush(self) -> None:
@@ -437,7 +393,7 @@ class UsageTable:
                 len(self._unwritten),
                 self._unwritten,
             )
-        if self._leases or self._owed:
+        if len(self._leases) or self._leases.owed:
             pool = await self._connections()
             async with pool.connection() as conn:
                 await self._give_back(conn, None, everything=True)
