@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from application.access import Access
 from application.accounts import Accounts
@@ -34,6 +35,11 @@ from infrastructure.usage import UsageTable
 from interfaces.addresses import Addresses
 from projections.queries import ReadModelQueries
 from projections.view import ReadModelView
+
+if TYPE_CHECKING:  # (the proxy's modules are loaded by a server alone)
+    from interfaces.proxy.anthropic import AnthropicApi
+    from interfaces.proxy.directory import Directory
+    from interfaces.proxy.gate import Gate
 
 
 @dataclass
@@ -68,6 +74,53 @@ class Sandbar:
             ready_timeout=self.settings.ready_timeout,
             idle_timeout=self.settings.idle_timeout,
             sweep_every=self.settings.sweep_interval,
+        )
+
+    def gate(self) -> Gate:
+        """The sandbox proxy's decision per request, given what it reads and does."""
+        from interfaces.proxy.directory import Directory
+        from interfaces.proxy.gate import Gate
+
+        settings = self.settings
+        return Gate(
+            Directory(self.reads, self.grants, self.changes),
+            self.addresses,
+            note=self.activity.note,
+            upstream_secret=self.secrets.upstream_credential,
+            redeem=self.opening.redeem,
+            resume=self.sandboxes.resume,
+            public_scheme=settings.public_scheme,
+            grant_ttl=settings.grant_ttl,
+            cookie_secure=settings.cookie_secure,
+            open_wait=settings.open_wait,
+        )
+
+    def anthropic_api(self, directory: Directory) -> AnthropicApi:
+        """The Anthropic proxy, reading routes through the sandbox proxy's ``directory``
+        (one cache for both). A bad ``SANDBAR_ANTHROPIC_EXTRA_PATHS`` stops start-up."""
+        from interfaces.proxy.anthropic import AnthropicApi
+        from interfaces.proxy.anthropic_admission import Admission
+        from interfaces.proxy.anthropic_paths import Endpoints
+
+        settings = self.settings
+        try:
+            endpoints = Endpoints(settings.anthropic_extra_paths)
+        except ValueError as e:
+            raise SystemExit(str(e)) from None
+        admission = Admission(
+            directory,
+            self.usage,
+            self.secrets.proxy_token_sandbox,
+            self.activity.note,
+            key_configured=bool(settings.anthropic_api_key),
+            max_body=settings.anthropic_max_body,
+        )
+        return AnthropicApi(
+            admission,
+            endpoints,
+            base_url=settings.anthropic_base_url,
+            key=settings.anthropic_api_key or "",
+            timeout=settings.anthropic_timeout,
         )
 
     def close(self) -> None:

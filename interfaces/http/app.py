@@ -22,7 +22,8 @@ from interfaces.http import (
     routes_workspaces,
 )
 from interfaces.http.guard import RequestGuard
-from interfaces.proxy.anthropic import PREFIX, AnthropicApi
+from interfaces.proxy.anthropic import PREFIX
+from interfaces.proxy.anthropic_asgi import AnthropicAsgi
 from interfaces.proxy.server import SandboxProxy
 from interfaces.version import VERSION
 
@@ -54,9 +55,9 @@ def create_app(sandbar: Sandbar, proxy: SandboxProxy | None = None) -> ASGIApp:
 
     guarded = RequestGuard(api, max_body=sandbar.settings.max_body_bytes)
     proxy = proxy or SandboxProxy(sandbar)
-    anthropic = AnthropicApi(proxy)
+    anthropic = sandbar.anthropic_api(proxy.gate.directory)
     proxy.hot_path = anthropic  # answered at the protocol level, before uvicorn
-    return PathDispatch(guarded, anthropic.asgi)
+    return PathDispatch(guarded, AnthropicAsgi(anthropic, proxy.pool, proxy.started))
 
 
 class PathDispatch:

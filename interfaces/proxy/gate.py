@@ -31,8 +31,7 @@ from uuid import UUID
 from application.errors import AppError
 from application.opening import GONE, may_open
 from infrastructure.agents import upstream_headers
-from interfaces.addresses import encoded_next, safe_next
-from interfaces.bootstrap import Sandbar
+from interfaces.addresses import Addresses, encoded_next, safe_next
 from interfaces.proxy import pages
 from interfaces.proxy.directory import MISS, Directory
 from interfaces.proxy.headers import Headers, bearer, cookie, header
@@ -165,17 +164,38 @@ Decision = Admit | Answer | Refused | None
 
 
 class Gate:
-    def __init__(self, sandbar: Sandbar) -> None:
-        settings = sandbar.settings
-        self._sb = sandbar
-        self.directory = Directory(sandbar.reads, sandbar.grants, sandbar.changes)
-        self._where = sandbar.addresses
+    """The proxy's decision per request, on what it is given: ``directory`` (the cached
+    projections), ``addresses`` (which host is which sandbox's), and the four things it
+    does besides reading: ``note`` a sandbox in use, derive an agent's
+    ``upstream_secret``, ``redeem`` a ticket for a grant, ``resume`` a paused sandbox
+    (the last two block: they run in a worker thread)."""
+
+    def __init__(
+        self,
+        directory: Directory,
+        addresses: Addresses,
+        *,
+        note: Callable[[UUID], None],
+        upstream_secret: Callable[[UUID], str],
+        redeem: Callable[[str, UUID], str | None],
+        resume: Callable[[UUID, UUID], object],
+        public_scheme: str,
+        grant_ttl: int,
+        cookie_secure: bool,
+        open_wait: float,
+    ) -> None:
+        self.directory = directory
+        self._where = addresses
+        self._note = note
+        self._upstream_secret = upstream_secret
+        self._redeem_ticket = redeem
+        self._resume_sandbox = resume
         self._credentials: dict[UUID, tuple[bytes, bytes]] = {}
-        self.cookie_name = grant_cookie_name(settings.public_scheme)
-        self._cookie_attrs = f"; Path=/; HttpOnly; SameSite=Lax; Max-Age={settings.grant_ttl}"
-        if settings.cookie_secure or settings.public_scheme == "https":
+        self.cookie_name = grant_cookie_name(public_scheme)
+        self._cookie_attrs = f"; Path=/; HttpOnly; SameSite=Lax; Max-Age={grant_ttl}"
+        if cookie_secure or public_scheme == "https":
             self._cookie_attrs += "; Secure"
-        self._open_wait = settings.open_wait
+        self._open_wait = open_wait
         self._hosts: dict[str, tuple[str, UUID] | None] = {}
         self._origins: dict[str, bytes] = {}  # host -> the sandbox's own origin
 
@@ -243,7 +263,7 @@ class Gate:
         if status == "paused":
             return None
         if status == "running" and (route["target"] or route["kind"] == "local"):
-            self._sb.activity.note(sandbox_id)
+            self._note(sandbox_id)
             return Admit(route, sandbox_id, self._credential(route))
         if status in STARTING:
             return _starting(status)
@@ -271,7 +291,7 @@ class Gate:
         sandbox_id = route["sandbox_id"]
         credential = self._credentials.get(sandbox_id)
         if credential is None:
-            secret = self._sb.secrets.upstream_credential(sandbox_id)
+            secret = self._upstream_secret(sandbox_id)
             ((name, value),) = upstream_headers(route["type"], secret).items()
             credential = self._credentials.setdefault(sandbox_id, (name.encode(), value.encode()))
         return credential
@@ -327,7 +347,7 @@ class Gate:
         location = encoded_next(target).encode("ascii")
         grant = None
         if ticket:
-            grant = await asyncio.to_thread(self._sb.opening.redeem, ticket, sandbox_id)
+            grant = await asyncio.to_thread(self._redeem_ticket, ticket, sandbox_id)
         if grant is None:
             return BAD_TICKET
         set_cookie = self.cookie_name + b"=" + grant.encode() + self._cookie_attrs.encode()
@@ -344,7 +364,7 @@ class Gate:
     async def _resume(self, sandbox_id: UUID, user_id: UUID) -> Route | Refused:
         """Resume a paused sandbox for this request and wait (bounded) until it runs."""
         with contextlib.suppress(AppError):  # already resuming, say
-            await asyncio.to_thread(self._sb.sandboxes.resume, user_id, sandbox_id)
+            await asyncio.to_thread(self._resume_sandbox, user_id, sandbox_id)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._open_wait
         while loop.time() < deadline:

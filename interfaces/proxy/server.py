@@ -45,7 +45,7 @@ class SandboxProxy:
 
     def __init__(self, sandbar: Sandbar) -> None:
         self.sandbar = sandbar
-        self.gate = Gate(sandbar)
+        self.gate: Gate = sandbar.gate()
         self.pool = Pool()
         self.tunnels = Tunnels(sandbar)
         self.hot_path: HotPath | None = None  # set by whoever serves it
