@@ -20,8 +20,9 @@ serve` on loopback, and its speed beside a baseline revision's, in one run.
                (50/s, keep-alive) and /healthz is probed (20/s). RSS growth (peak) and both
                p99s, beside a quiet period just before. Targets: RSS < 20 MiB; each p99
                within 2x of quiet.
-  speed        req/s of the proxy (a sandbox routed to the upstream) and of the tunnel (a
-               local sandbox, a real agent) through the current tree and through a
+  speed        req/s of the proxy (a sandbox routed to the upstream), of the tunnel (a
+               local sandbox, a real agent) and of the REST API (`GET /healthz`, and a
+               signed-in `GET /api/auth/me`) through the current tree and through a
                baseline revision (default 940734d, a `git worktree` at /tmp/sandbar-base,
                run with the same venv and PYTHONPATH pointed at it), each with 32
                keep-alive connections, the trees alternating within rounds; per-round
@@ -631,6 +632,8 @@ class SpeedSide:
     stack: Stack
     proxy_request: str
     tunnel_request: str
+    healthz_request: str  # GET /healthz: the front's API path, the least the API does
+    me_request: str  # GET /api/auth/me, signed in: a REST call with a session lookup
     agent_pid: int
 
 
@@ -642,10 +645,13 @@ def speed_side(stack: Stack, upstream_port: int) -> SpeedSide:
     agent_token = stack.access_token(agent.id)
     stack.answers(agent.id, agent_token)
     assert agent.proc is not None
+    cookie = "; ".join(f"{k}={v}" for k, v in stack.user.client.cookies.items())
     return SpeedSide(
         stack,
         request(stack.sandbox_host(sid), "/small", token),
         request(stack.sandbox_host(agent.id), "/small", agent_token),
+        request(f"localhost:{stack.port}", "/healthz"),
+        request(f"localhost:{stack.port}", "/api/auth/me", extra=f"Cookie: {cookie}\\r\\n"),
         agent.proc.pid,
     )
 
@@ -653,11 +659,16 @@ def speed_side(stack: Stack, upstream_port: int) -> SpeedSide:
 def speed(sides: dict[str, SpeedSide], rounds: int, seconds: float) -> dict[str, Any]:
     names = tuple(sides)
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {
-        kind: {n: [] for n in names} for kind in ("proxy", "tunnel")
+        kind: {n: [] for n in names} for kind in ("proxy", "tunnel", "healthz", "me")
     }
 
     def one(side: SpeedSide, kind: str, span: float) -> dict[str, Any]:
-        req = side.proxy_request if kind == "proxy" else side.tunnel_request
+        req = {
+            "proxy": side.proxy_request,
+            "tunnel": side.tunnel_request,
+            "healthz": side.healthz_request,
+            "me": side.me_request,
+        }[kind]
         pids = {"server": side.stack.pid}
         if kind == "tunnel":
             pids["agent"] = side.agent_pid
@@ -892,7 +903,9 @@ def flood_rows(fl: dict[str, Any]) -> list[tuple[str, ...]]:
 
 def speed_rows(sp: dict[str, Any]) -> list[tuple[str, ...]]:
     rows: list[tuple[str, ...]] = []
-    for kind in ("proxy", "tunnel"):
+    for kind in ("proxy", "tunnel", "healthz", "me"):
+        if kind not in sp:
+            continue
         s = sp[kind]
         if "ratio" not in s:
             rows.append((f"{kind} req/s", f"{s['current']['rps']:,.0f}/s", "", "no baseline"))
