@@ -108,7 +108,8 @@ class UsageTap:
                 return
             lines = bytes(self._buffer[:end])
             del self._buffer[: end + 1]
-            take_lines(self.counts, lines)
+            if b"usage" in lines:  # (most pieces do not: no call for them)
+                take_lines(self.counts, lines)
         elif self.json and not self._too_big:
             self._buffer += chunk
             if len(self._buffer) > MAX_USAGE_JSON:
