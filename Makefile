@@ -3,16 +3,34 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+LOCK   := requirements/dev.txt
+LOCK_FLAGS := --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url \
+	--no-emit-find-links
 
-.PHONY: run test lint bench images install clean
+.PHONY: run test lint bench images install lock clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Exactly the versions the tests passed with (requirements/dev.txt, hashes checked), then
+# Sandbar itself with no further dependency.
+$(STAMP): pyproject.toml $(LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	@touch $@
+
+# Re-resolve the lock files from pyproject.toml, keeping every pin that still fits
+# (LOCK_ARGS=--upgrade, or --upgrade-package NAME, moves them on); the runtime lock
+# takes the dev lock's versions.
+lock:
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet 'pip-tools>=7.4,<8'
+	CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile $(LOCK_FLAGS) --extra dev \
+		$(LOCK_ARGS) -o $(LOCK) pyproject.toml
+	cp $(LOCK) requirements/runtime.txt
+	CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile $(LOCK_FLAGS) \
+		-o requirements/runtime.txt pyproject.toml
 
 run: $(STAMP)
 	$(BIN)/sandbar serve $(ARGS)
