@@ -188,10 +188,9 @@ class Tunnels:
             self._dials.refused(client, sandbox_id)
             connection.refuse(429, "too many unknown tokens from here", wait)
             return
-        if self._dials.sandbox_wait(sandbox_id):
-            connection.refuse(
-                429, "this agent dialled too often", self._dials.sandbox_wait(sandbox_id)
-            )
+        wait = self._dials.sandbox_wait(sandbox_id)  # (no look at the database either)
+        if wait:
+            connection.refuse(429, "this agent dialled too often", wait)
             return
         agents = self._sb.local_agents
         if not await asyncio.to_thread(agents.may_connect, sandbox_id, token.strip()):
