@@ -15,6 +15,7 @@ from interfaces.bootstrap import Sandbar
 from interfaces.http import (
     errors,
     present,
+    responses,
     routes_agents,
     routes_auth,
     routes_sandboxes,
@@ -49,7 +50,7 @@ def create_app(sandbar: Sandbar, proxy: SandboxProxy | None = None) -> ASGIApp:
     api.include_router(routes_usage.router)
     api.include_router(routes_agents.router)
 
-    @api.get("/healthz", tags=["health"])
+    @api.get("/healthz", tags=["health"], response_model=responses.Health)
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 

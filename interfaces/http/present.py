@@ -6,17 +6,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from starlette.responses import Response
+from starlette.responses import JSONResponse
 
 from domain.sandboxes import HOST_PREFIXES, SandboxType
 
 Row = dict[str, Any]
 
 
-class JSON(Response):
-    """A JSON response rendered by orjson."""
-
-    media_type = "application/json"
+class JSON(JSONResponse):
+    """A JSON response rendered by orjson. (A JSONResponse, so FastAPI declares the
+    routes' response models in /openapi.json, not ``{"type": "string"}``.)"""
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content)

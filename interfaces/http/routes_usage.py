@@ -2,24 +2,38 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
 
 from interfaces.http import present
+from interfaces.http import responses as r
 from interfaces.http.deps import App, Caller, parse_id
-from interfaces.http.schemas import Limits
+from interfaces.http.schemas import Limits, WorkspaceId
 
 router = APIRouter(prefix="/api", tags=["usage"])
 
+_MISSING = {404: ["workspace_not_found"]}
+Days = Annotated[int, Query(description="how many days back, today included (1 to 366)")]
 
-@router.get("/workspaces/{workspace_id}/usage")
-def usage(workspace_id: str, sb: App, user_id: Caller, days: int = 30) -> Response:
+
+@router.get(
+    "/workspaces/{workspace_id}/usage",
+    response_model=r.Usage,
+    responses=r.answers(r.GUARD, r.SESSION, _MISSING, r.BAD_ID),
+)
+def usage(workspace_id: WorkspaceId, sb: App, user_id: Caller, days: Days = 30) -> Response:
     """Requests and tokens through the Anthropic proxy per day and sandbox (member)."""
     report = sb.usage.report(user_id, parse_id(workspace_id, "workspace_id"), days)
     return present.JSON(present.usage(report))
 
 
-@router.put("/workspaces/{workspace_id}/limits")
-def set_limits(workspace_id: str, body: Limits, sb: App, user_id: Caller) -> Response:
+@router.put(
+    "/workspaces/{workspace_id}/limits",
+    response_model=r.WorkspaceLimits,
+    responses=r.answers(r.GUARD, r.WRITE, r.BODY, r.SESSION, r.ROLE, _MISSING, r.BUSY),
+)
+def set_limits(workspace_id: WorkspaceId, body: Limits, sb: App, user_id: Caller) -> Response:
     """The workspace's own daily limits (owner); null: the installation's default."""
     wid = parse_id(workspace_id, "workspace_id")
     limits = sb.usage.set_limits(user_id, wid, body.daily_requests, body.daily_tokens)

@@ -1,11 +1,30 @@
-"""Request bodies: strict types, unknown fields refused. Values are checked by the use
-cases (application.validation), so the CLI and API share one set of rules."""
+"""Request bodies and path ids: strict types, unknown fields refused. Values are checked by
+the use cases (application.validation), so the CLI and API share one set of rules; the
+sets a value must come from (roles, sandbox types) and the id format are declared here
+for /openapi.json only, so a wrong one gets the use case's answer."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
+from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from domain.roles import ROLE_NAMES
+from domain.sandboxes import SandboxType
+
+_UUID = {"format": "uuid"}
+WorkspaceId = Annotated[str, Path(json_schema_extra=_UUID)]
+SandboxId = Annotated[str, Path(json_schema_extra=_UUID)]
+MemberId = Annotated[str, Path(json_schema_extra=_UUID, description="the member's user id")]
+
+
+def _one_of(values: list[str]) -> Any:
+    return Field(json_schema_extra={"enum": values})
+
+
+_ROLE = list(ROLE_NAMES)
+_TYPE = [t.value for t in SandboxType]
 
 
 class Body(BaseModel):
@@ -44,16 +63,16 @@ class NewWorkspace(Body):
 
 class NewMember(Body):
     username: str
-    role: str
+    role: str = _one_of(_ROLE)
 
 
 class RoleChange(Body):
-    role: str
+    role: str = _one_of(_ROLE)
 
 
 class NewSandbox(Body):
     name: str
-    type: str
+    type: str = _one_of(_TYPE)
 
 
 class Limits(Body):
@@ -66,4 +85,4 @@ class Limits(Body):
 class AgentRegistration(Body):
     code: str
     name: str
-    type: str = "opencode"
+    type: str = Field(default="opencode", json_schema_extra={"enum": _TYPE})
