@@ -465,3 +465,23 @@ def test_an_endless_chunked_body_to_a_slow_reader_stays_flat(
         assert rss_mib(proxy) - before < 20
     assert sent[0] < 128 * MIB
     assert hostile.connection_of("/stream").closed.wait(10)  # the browser went: so does it
+
+
+def test_a_malformed_answer_on_a_reused_connection_is_not_asked_again(
+    sandbox: Sandbox, hostile: HostileUpstream
+) -> None:
+    """A GET that fails on a pooled connection is sent again on a fresh one only when
+    the agent said nothing (it may have closed the idle connection just then); an answer
+    it did send, malformed, is its own: it does not get the request twice."""
+    hostile.routes["/twice"] = lambda conn, request: conn.send(
+        b"HTTP/1.1 200 OK\r\nX: a\x00b\r\n\r\n"
+    )
+    with sandbox.browser() as browser:
+        # Pipelined: /twice is sent on /warm's connection once /warm is answered.
+        browser.send("/warm")
+        browser.send("/twice")
+        assert browser.read().body == b"real /warm"
+        assert browser.read().status == 502
+    assert len({id(c) for c in hostile.connections if c.requests[-1].path == "/twice"}) == 1
+    asked = [r for c in hostile.connections for r in c.requests if r.path == "/twice"]
+    assert len(asked) == 1

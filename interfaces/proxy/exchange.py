@@ -281,9 +281,13 @@ class Exchange:
 
     def upstream_failed(self, reason: str) -> None:
         self._cancel_timer()
-        self._upstream = None
+        conn, self._upstream = self._upstream, None
         replay, self._replay = self._replay, None
-        if replay is not None and not self._responded and self._admit is not None:
+        # Replayed only when the pooled connection was closed before the agent said
+        # anything (it may have just timed out); a malformed or oversized answer is the
+        # agent's, and it does not get the request twice.
+        heard = conn is not None and conn.heard
+        if replay is not None and not heard and not self._responded and self._admit is not None:
             self._task = asyncio.get_running_loop().create_task(self._connect(replay))
             return
         if self._responded:

@@ -131,6 +131,12 @@ class Upstream(asyncio.Protocol):
             self.transport.resume_reading()
 
     @property
+    def heard(self) -> bool:
+        """Whether the agent has sent anything for this exchange (then a failure is not
+        a connection that was closed before the request reached it: no replay)."""
+        return self._head_bytes > 0 or self._head_seen
+
+    @property
     def reusable(self) -> bool:
         return self.done and not self.closed and self._keep_alive and not self.spliced
 
