@@ -1,7 +1,6 @@
-"""The ASGI application: the REST API behind the request guard, and the Anthropic proxy
-at ``/proxy/anthropic/`` for the connections uvicorn holds. (Sandbox hosts never reach
-it, nor do most proxy calls: interfaces/proxy/front.py answers them at the protocol
-level.)"""
+"""The ASGI application: the REST API behind the request guard. The front
+(interfaces/proxy/front.py) answers sandbox hosts, the Anthropic proxy's path and agents'
+tunnels at the protocol level; every other request reaches this."""
 
 from __future__ import annotations
 
@@ -9,7 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp
 
 from interfaces.bootstrap import Sandbar
 from interfaces.http import (
@@ -23,8 +22,6 @@ from interfaces.http import (
     routes_workspaces,
 )
 from interfaces.http.guard import RequestGuard
-from interfaces.proxy.anthropic import PREFIX
-from interfaces.proxy.anthropic_asgi import AnthropicAsgi
 from interfaces.proxy.server import SandboxProxy
 from interfaces.version import VERSION
 
@@ -56,23 +53,5 @@ def create_app(sandbar: Sandbar, proxy: SandboxProxy | None = None) -> ASGIApp:
 
     guarded = RequestGuard(api, max_body=sandbar.settings.max_body_bytes)
     proxy = proxy or SandboxProxy(sandbar)
-    anthropic = sandbar.anthropic_api(proxy.gate.directory)
-    proxy.hot_path = anthropic  # answered at the protocol level, before uvicorn
-    return PathDispatch(guarded, AnthropicAsgi(anthropic, proxy.pool, proxy.started))
-
-
-class PathDispatch:
-    """``/proxy/anthropic/...`` to the Anthropic proxy (no framework on its path);
-    everything else to the API. (Agents' tunnels never get here: the proxy's front
-    hands them to interfaces/tunnel/server.py at the protocol level.)"""
-
-    def __init__(self, api: ASGIApp, anthropic: ASGIApp) -> None:
-        self._api = api
-        self._anthropic = anthropic
-        self._prefix = PREFIX + "/"
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith(self._prefix):
-            await self._anthropic(scope, receive, send)
-        else:
-            await self._api(scope, receive, send)
+    proxy.hot_path = sandbar.anthropic_api(proxy.gate.directory)  # (the front answers it)
+    return guarded
