@@ -417,3 +417,38 @@ def test_the_cli_says_why_it_stopped_without_a_traceback(
     assert sparse.returncode == 1 and "incomplete" in sparse.stderr, sparse.stderr
     listed = agent_cli(local.config, "list")
     assert listed.returncode == 0 and local.id in listed.stdout, listed.stderr
+
+
+def test_the_agent_heeds_retry_after(
+    hostile_server: ServerProcess, agent_app: tuple[TestAgent, int], tmp_path: Path
+) -> None:
+    """Sandbar answers a dial that comes too soon with 429 and Retry-After: the agent
+    waits that long before it dials again (its own backoff starts at half a second)."""
+    local = own_local(hostile_server, agent_app[1], tmp_path)
+    with socket.socket() as front:
+        front.bind(("127.0.0.1", 0))
+        front.listen(4)
+        front.settimeout(30)
+        registrations = json.loads(local.config.read_text())
+        registrations[local.id]["server"] = f"http://127.0.0.1:{front.getsockname()[1]}"
+        local.config.write_text(json.dumps(registrations))
+        agent = local.connect()
+        try:
+            conn, _ = front.accept()
+            with conn:
+                conn.settimeout(30)
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    head += conn.recv(65536)
+                conn.sendall(
+                    b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 7\r\n"
+                    b"Content-Length: 0\r\nConnection: close\r\n\r\n"
+                )
+            deadline = time.monotonic() + 30
+            while "reconnecting in" not in agent.output():
+                assert time.monotonic() < deadline, agent.output()
+                assert agent.proc.poll() is None, agent.output()
+                time.sleep(0.1)
+        finally:
+            agent.stop()
+    assert "(Sandbar answered 429); reconnecting in 7.0 s" in agent.output(), agent.output()
