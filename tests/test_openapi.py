@@ -29,7 +29,7 @@ from tests.conftest import FAST_HASHING, PASSWORD, ROOT, running
 
 DOC = ROOT / "docs" / "api.md"
 SESSION_COOKIE = "sandbar_session"
-EXAMPLES = 10  # per operation and mode: the run stays well under a minute
+EXAMPLES = 25  # per operation and mode: the run stays well under a minute
 
 
 # docs/api.md, read.
