@@ -381,7 +381,7 @@ class FrontProtocol(asyncio.Protocol):
         method = parser.get_method()
         request = Request(host, method, target, self._headers, websocket, sandbox)
         exchange: QueuedExchange
-        if sandbox is not None or self.proxy.sandbar.addresses.is_sandbox_host(host):
+        if sandbox is not None or self.proxy.is_sandbox_host(host):
             if upgrade and not websocket:
                 raise _Malformed(400)
             exchange = Exchange(self, request, keep_alive)

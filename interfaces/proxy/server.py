@@ -45,6 +45,7 @@ class SandboxProxy:
 
     def __init__(self, sandbar: Sandbar) -> None:
         self.sandbar = sandbar
+        self.is_sandbox_host = sandbar.addresses.is_sandbox_host
         self.gate: Gate = sandbar.gate()
         self.pool = Pool()
         self.tunnels = Tunnels(sandbar)
