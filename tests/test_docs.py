@@ -1,7 +1,9 @@
-"""The repository is its own manual: nothing in it points at a document outside it."""
+"""The repository is its own manual: nothing in it points at a document outside it, and
+every link between its Markdown pages leads to a file that exists."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +21,7 @@ OUTSIDE = (
     "CONTAINERS" + ".md",
     "STYLE" + ".md",
 )
+LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 
 def project_files() -> Iterator[Path]:
@@ -39,3 +42,16 @@ def test_nothing_points_outside_the_repository() -> None:
         for n, line in enumerate(text.splitlines(), 1):
             found += [f"{path.relative_to(ROOT)}:{n}: {o}" for o in OUTSIDE if o in line]
     assert not found, "\n".join(found)
+
+
+def test_every_link_between_pages_leads_to_a_file() -> None:
+    broken = []
+    for page in project_files():
+        if page.suffix != ".md":
+            continue
+        for target in LINK.findall(page.read_text(encoding="utf-8")):
+            if re.match(r"[a-z][a-z0-9+.-]*:", target) or target.startswith("#"):
+                continue  # another site, or a place on the same page
+            if not (page.parent / target.split("#", 1)[0]).exists():
+                broken.append(f"{page.relative_to(ROOT)}: {target}")
+    assert not broken, "\n".join(broken)
