@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 import uuid
 from collections.abc import Callable, Iterator
@@ -45,17 +46,14 @@ def _cells(line: str) -> list[str]:
     return [c.strip() for c in line.strip().strip("|").split("|")]
 
 
-def _table(lines: list[str], start: int) -> tuple[list[list[str]], int]:
-    """The rows of the table at or after ``start`` (header and rule skipped)."""
-    i = start
-    while i < len(lines) and not lines[i].startswith("|"):
-        i += 1
+def _table(lines: list[str], start: int) -> list[list[str]]:
+    """The rows of the table whose header is at ``start`` (header and rule skipped)."""
     rows = []
-    i += 2
+    i = start + 2
     while i < len(lines) and lines[i].startswith("|"):
         rows.append(_cells(lines[i]))
         i += 1
-    return rows, i
+    return rows
 
 
 def _codes(cell: str) -> str:
@@ -82,7 +80,7 @@ def read_doc(text: str) -> tuple[dict[str, Route], dict[str, set[str]], dict[str
         if not line.startswith("| ") or (i > 0 and lines[i - 1].startswith("|")):
             continue
         first = _cells(line)[0]
-        rows, _ = _table(lines, i)
+        rows = _table(lines, i)
         if heading in routes and first == "Status":
             routes[heading].answers = {r[0]: r[1] for r in rows}
         elif heading in routes and first == "Parameter":
@@ -105,7 +103,7 @@ def _with_common(key: str, route: Route, common: dict[str, list[str]]) -> dict[s
             for item in extra:
                 status, codes = item.split(" ", 1)
                 mine = [c for c in answers.get(status, "").split(", ") if c]
-                answers[status] = ", ".join([*codes.split(", "), *[c for c in mine if c]])
+                answers[status] = ", ".join([*codes.split(", "), *mine])
     return answers
 
 
@@ -230,6 +228,18 @@ def test_a_difference_is_found(
     changed = change(text)
     assert changed != text
     assert any(found in d for d in differences(changed, served)), differences(changed, served)
+
+
+def test_a_difference_on_the_served_side_is_found(served: dict[str, Any]) -> None:
+    """And the reverse: a status, a code or a field the server adds and the page lacks."""
+    changed = copy.deepcopy(served)
+    me = changed["paths"]["/api/auth/me"]["get"]["responses"]
+    me["418"] = {"description": "teapot"}
+    me["401"]["description"] += ", expired"
+    changed["components"]["schemas"]["User"]["properties"]["avatar"] = {"type": "string"}
+    found = differences(DOC.read_text(), changed)
+    assert len(found) == 2 and "teapot" in found[0] and "expired" in found[0], found
+    assert "avatar" in found[1], found
 
 
 # A schemathesis run.
