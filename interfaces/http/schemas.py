@@ -19,8 +19,9 @@ SandboxId = Annotated[str, Path(json_schema_extra=_UUID)]
 MemberId = Annotated[str, Path(json_schema_extra=_UUID, description="the member's user id")]
 
 
-def _one_of(values: list[str]) -> Any:
-    return Field(json_schema_extra={"enum": values})
+def _one_of(values: list[str], **field: Any) -> Any:
+    enum: dict[str, Any] = {"enum": values}
+    return Field(json_schema_extra=enum, **field)
 
 
 _ROLE = list(ROLE_NAMES)
@@ -85,4 +86,4 @@ class Limits(Body):
 class AgentRegistration(Body):
     code: str
     name: str
-    type: str = Field(default="opencode", json_schema_extra={"enum": _TYPE})
+    type: str = _one_of(_TYPE, default="opencode")
