@@ -184,3 +184,14 @@ def test_requests_pipelined_behind_a_slow_one_stop_being_read(setup: Setup) -> N
         assert reader.answer().body == b"late"
         for _ in range(100):  # the queue then moves on, in order
             assert reader.answer().body == b"ok"
+
+
+def test_an_api_answer_before_the_body_has_come_closes_the_connection(setup: Setup) -> None:
+    """A body too large for the API is refused at its head; the rest is not read."""
+    with _connect(setup) as sock:
+        head = request("POST", "localhost", "/api/auth/login", {"Content-Type": "application/json"})
+        sock.sendall(head.replace(b"Content-Length: 0", b"Content-Length: 50000000"))
+        answer = Reader(sock).answer("POST")
+        assert answer.status == 413
+        assert answer.header("connection") == "close"
+        assert _closed(sock) == b""

@@ -212,7 +212,9 @@ class ApiExchange:
         return {"type": "http.request", "body": body, "more_body": self._more_body}
 
     def _head(self, status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
-        if not self.keep_alive or self.front.closing:
+        # Answered before its body has all come (a 413, a 401): the rest is not read
+        # for nothing, the connection closes after this answer.
+        if not self.keep_alive or self.front.closing or self._more_body:
             self.keep_alive = False
             headers.append((b"connection", b"close"))
         return http1.response_head(status, self._application.default_headers, headers)
