@@ -12,7 +12,7 @@ does its registrant losing the developer role (``REVOKED``).
 The agent is treated as hostile: dials are limited (interfaces/tunnel/dials.py), the
 link counts control frames (WebSocket PING and PONG too), the socket's reading pauses
 while the link has frames waiting, and writes toward an agent that does not read pause the
-streams; one that stays so for ``STALL_AFTER`` seconds, or lets ``MAX_BUFFERED`` bytes
+streams; one that takes none of it for ``STALL_AFTER`` seconds, or lets ``MAX_BUFFERED`` bytes
 pile up, loses its tunnel."""
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ POLICY = 1008  # the peer spent more than its budget (control frames, an unread 
 RESTARTING = 1012  # Sandbar is shutting down: dial again
 CLOSE_WAIT = 2.0  # seconds the agent has to answer a close frame
 GRACE = 3.0  # seconds a tunnel may be away before its sandbox is recorded offline
-STALL_AFTER = DEAD_AFTER  # seconds the agent may leave what it is sent unread
+STALL_AFTER = DEAD_AFTER  # seconds the agent may take nothing of what it is sent
 MAX_BUFFERED = 32 * 1024 * 1024  # bytes waiting for an agent that does not read
 # Bytes of WebSocket given to the parser per turn of the loop: as many as hold about
 # WS_FRAMES_PER_TURN frames (parsing one costs some 10 us: 64 KiB of empty frames held
@@ -348,6 +348,7 @@ class TunnelConnection(asyncio.Protocol):
         self._serving: asyncio.Task[None] | None = None
         self._closer: asyncio.TimerHandle | None = None
         self._stall: asyncio.TimerHandle | None = None
+        self._stall_size = 0  # bytes waiting for the agent when the stall timer started
         self._holds: set[str] = set()  # why reading is paused
         self._unread = memoryview(b"")  # the rest of a read, for the next turn
         self._slice = 8 * 1024  # bytes read per turn (see READ_SLICE)
@@ -437,6 +438,7 @@ class TunnelConnection(asyncio.Protocol):
         if self._link is not None:
             self._link.pause_output(True)
         if self._stall is None and self._transport is not None:
+            self._stall_size = self._transport.get_write_buffer_size()
             self._stall = asyncio.get_running_loop().call_later(STALL_AFTER, self._stalled)
 
     def resume_writing(self) -> None:
@@ -508,6 +510,10 @@ class TunnelConnection(asyncio.Protocol):
 
     def _stalled(self) -> None:
         self._stall = None
+        transport = self._transport
+        if transport is not None and transport.get_write_buffer_size() < self._stall_size:
+            self.pause_writing()  # a slow reader, but a reader: it has taken some
+            return
         if self._link is not None:
             self._link.close(f"the agent does not read what it is sent ({STALL_AFTER:g} s)")
         if self._transport is not None:
