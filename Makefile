@@ -7,7 +7,7 @@ LOCK   := requirements/dev.txt
 LOCK_FLAGS := --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url \
 	--no-emit-find-links
 
-.PHONY: run test lint bench images install lock clean
+.PHONY: run test test-fast lint bench images install lock clean
 
 install: $(STAMP)
 
@@ -37,6 +37,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Every tier but those that need a container engine or a browser (tests/conftest.py).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not containers and not browser" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -6,12 +6,14 @@ created on it and dropped afterwards), else an embedded server in a temporary fo
 
 from __future__ import annotations
 
+import inspect
 import os
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import types
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -274,3 +276,71 @@ def settled(request: Callable[[], httpx.Response], status: int) -> httpx.Respons
         if r.status_code == status or time.monotonic() > deadline:
             return r
         time.sleep(0.02)
+
+
+# Test tiers (registered in pyproject.toml): each test is marked by what it needs, so that
+# `make test-fast` can leave out those that need a container engine or a browser.
+TIERS = ("unit", "server", "containers", "browser")
+_SERVER_NAMES = frozenset({"ServerProcess", "running"})
+_BROWSER_FIXTURES = frozenset({"chromium_path"})
+# opencode is fetched from the npm registry: kept out of the fast tier with the engine's.
+_CONTAINER_FIXTURES = frozenset({"opencode_binary"})
+
+
+def _names(code: types.CodeType) -> set[str]:
+    """The global names that code, and the code nested in it, refers to."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _names(const)
+    return names
+
+
+_STARTS_A_SERVER: dict[object, bool] = {}
+
+
+def _starts_a_server(thing: object) -> bool:
+    """Whether a function (or a class's methods) starts a server, itself or through the
+    tests' own helpers that it calls."""
+    if thing in _STARTS_A_SERVER:
+        return _STARTS_A_SERVER[thing]
+    _STARTS_A_SERVER[thing] = False  # (a helper that calls back here adds nothing)
+    if isinstance(thing, type):
+        parts = [v for v in vars(thing).values() if callable(v)]
+        found = any(_starts_a_server(v) for v in parts)
+    else:
+        function = inspect.unwrap(thing)  # type: ignore[arg-type]
+        code = getattr(function, "__code__", None)
+        names = _names(code) if code is not None else set()
+        env = getattr(function, "__globals__", {})
+        helpers = [env.get(n) for n in names]
+        found = bool(names & _SERVER_NAMES) or any(
+            _starts_a_server(h)
+            for h in helpers
+            if isinstance(h, type | types.FunctionType) and h.__module__.startswith("tests.")
+        )
+    _STARTS_A_SERVER[thing] = found
+    return found
+
+
+def _tier(item: pytest.Item) -> str:
+    fixtures = set(getattr(item, "fixturenames", ()))
+    if ROOT / "tests" / "containers" in item.path.parents or fixtures & _CONTAINER_FIXTURES:
+        return "containers"
+    if fixtures & _BROWSER_FIXTURES:
+        return "browser"
+    # The test and every fixture it uses, directly or not: does any start a server?
+    info = getattr(item, "_fixtureinfo", None)
+    defs = info.name2fixturedefs if info is not None else {}
+    functions = [getattr(item, "function", None)]
+    functions += [d.func for name in fixtures for d in defs.get(name, ())]
+    if "server" in fixtures or any(_starts_a_server(f) for f in functions if f is not None):
+        return "server"
+    return "unit"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with its tier, unless it names one itself."""
+    for item in items:
+        if not any(item.get_closest_marker(tier) for tier in TIERS):
+            item.add_marker(_tier(item))
