@@ -19,12 +19,41 @@ from domain.roles import Role
 
 
 class Workspace(SandbarAggregate):
+    class_version = 1  # of its snapshots' state, as each event's below
+
+    # Declared events (docs/architecture.md, "Changing an event"); their names are their
+    # stored topics.
+    class Created(SandbarAggregate.Created):
+        class_version = 1
+        name: str
+        owner_id: UUID
+
+    class OwnershipGranted(SandbarAggregate.Event):
+        class_version = 1
+        user_id: UUID
+
+    class OwnershipRevoked(SandbarAggregate.Event):
+        class_version = 1
+        user_id: UUID
+
+    class SandboxAttached(SandbarAggregate.Event):
+        class_version = 1
+        sandbox_id: UUID
+
+    class LimitsSet(SandbarAggregate.Event):
+        class_version = 1
+        daily_requests: int | None
+        daily_tokens: int | None
+
+    class Deleted(SandbarAggregate.Event):
+        class_version = 1
+
     # Daily limits on Anthropic proxy use; None: the installation's default. (Class
     # attributes, so snapshots taken before limits existed still load.)
     daily_requests: int | None = None
     daily_tokens: int | None = None
 
-    @event("Created")
+    @event(Created)
     def __init__(self, name: str, owner_id: UUID) -> None:
         self.name = name
         self.owner_ids: list[UUID] = [owner_id]
@@ -40,7 +69,7 @@ class Workspace(SandbarAggregate):
         if user_id not in self.owner_ids:
             self._ownership_granted(user_id=user_id)
 
-    @event("OwnershipGranted")
+    @event(OwnershipGranted)
     def _ownership_granted(self, user_id: UUID) -> None:
         self.owner_ids = [*self.owner_ids, user_id]
 
@@ -52,7 +81,7 @@ class Workspace(SandbarAggregate):
             raise LastOwner("a workspace must keep at least one owner")
         self._ownership_revoked(user_id=user_id)
 
-    @event("OwnershipRevoked")
+    @event(OwnershipRevoked)
     def _ownership_revoked(self, user_id: UUID) -> None:
         self.owner_ids = [u for u in self.owner_ids if u != user_id]
 
@@ -60,7 +89,7 @@ class Workspace(SandbarAggregate):
         self.check_live()
         self._sandbox_attached(sandbox_id=sandbox_id)
 
-    @event("SandboxAttached")
+    @event(SandboxAttached)
     def _sandbox_attached(self, sandbox_id: UUID) -> None:
         self.sandbox_ids = [*self.sandbox_ids, sandbox_id]
 
@@ -71,7 +100,7 @@ class Workspace(SandbarAggregate):
                 raise DomainError("a limit cannot be negative")
         self._limits_set(daily_requests=daily_requests, daily_tokens=daily_tokens)
 
-    @event("LimitsSet")
+    @event(LimitsSet)
     def _limits_set(self, daily_requests: int | None, daily_tokens: int | None) -> None:
         self.daily_requests = daily_requests
         self.daily_tokens = daily_tokens
@@ -80,17 +109,36 @@ class Workspace(SandbarAggregate):
         self.check_live()
         self._deleted()
 
-    @event("Deleted")
+    @event(Deleted)
     def _deleted(self) -> None:
         self.deleted = True
 
 
 class Membership(SandbarAggregate):
+    class_version = 1
+
+    class Added(SandbarAggregate.Created):
+        class_version = 1
+        workspace_id: UUID
+        user_id: UUID
+        role: str
+
+    class Rejoined(SandbarAggregate.Event):
+        class_version = 1
+        role: str
+
+    class RoleChanged(SandbarAggregate.Event):
+        class_version = 1
+        role: str
+
+    class Removed(SandbarAggregate.Event):
+        class_version = 1
+
     @staticmethod
     def create_id(workspace_id: UUID, user_id: UUID) -> UUID:
         return uuid5(workspace_id, str(user_id))
 
-    @event("Added")
+    @event(Added)
     def __init__(self, workspace_id: UUID, user_id: UUID, role: str) -> None:
         self.workspace_id = workspace_id
         self.user_id = user_id
@@ -106,7 +154,7 @@ class Membership(SandbarAggregate):
             raise AlreadyMember("already a member of this workspace")
         self._rejoined(role=role.name)
 
-    @event("Rejoined")
+    @event(Rejoined)
     def _rejoined(self, role: str) -> None:
         self.role = role
         self.active = True
@@ -117,7 +165,7 @@ class Membership(SandbarAggregate):
         if role.name != self.role:
             self._role_changed(role=role.name)
 
-    @event("RoleChanged")
+    @event(RoleChanged)
     def _role_changed(self, role: str) -> None:
         self.role = role
 
@@ -126,6 +174,6 @@ class Membership(SandbarAggregate):
             raise NotMember("not a member of this workspace")
         self._removed()
 
-    @event("Removed")
+    @event(Removed)
     def _removed(self) -> None:
         self.active = False

@@ -29,13 +29,14 @@ AGGREGATES: tuple[type[Aggregate], ...] = (
 
 
 def plain(value: Any) -> Any:
-    """``value`` as JSON would hold it (ids and times as text, enums as their value)."""
+    """``value`` as JSON can hold it, keeping its type in sight: a UUID decoded as text,
+    or a member of an enum as a bare string, differs from what was."""
     if isinstance(value, Enum):
-        return plain(value.value)
+        return f"{type(value).__name__}.{value.name}"
     if isinstance(value, UUID):
-        return str(value)
+        return f"UUID {value}"
     if isinstance(value, datetime):
-        return value.isoformat()
+        return f"datetime {value.isoformat()}"
     if isinstance(value, Mapping):
         return {str(k): plain(v) for k, v in sorted(value.items())}
     if isinstance(value, list | tuple):
@@ -81,18 +82,17 @@ def described(events: Iterable[Any]) -> list[dict[str, Any]]:
     return [{"type": type(e).__qualname__, "fields": plain(vars(e))} for e in events]
 
 
-def folded(events: Iterable[Any]) -> dict[str, dict[str, Any]]:
-    """Every aggregate as its own event handlers leave it after its last event."""
+def folded(events: Iterable[Any]) -> dict[str, list[dict[str, Any]]]:
+    """Every aggregate as its own event handlers leave it after each of its events."""
     aggregates: dict[UUID, Any] = {}
+    states: dict[str, list[dict[str, Any]]] = {}
     for e in events:
-        aggregates[e.originator_id] = e.mutate(aggregates.get(e.originator_id))
-    return {
-        str(key): {
-            "class": type(a).__qualname__,
-            "state": plain({k: v for k, v in vars(a).items() if k != "_pending_events"}),
-        }
-        for key, a in aggregates.items()
-    }
+        aggregate = aggregates[e.originator_id] = e.mutate(aggregates.get(e.originator_id))
+        state = {k: v for k, v in vars(aggregate).items() if k != "_pending_events"}
+        states.setdefault(str(e.originator_id), []).append(
+            {"class": type(aggregate).__qualname__, "state": plain(state)}
+        )
+    return states
 
 
 def views(snapshot: Mapping[str, list[tuple[Any, ...]]]) -> dict[str, list[Any]]:
