@@ -304,10 +304,10 @@ class FrontProtocol(asyncio.Protocol):
         assert self.transport is not None
         self.transport.set_protocol(inner)
         inner.connection_made(self.transport)
-        inner.data_received(handshake)
-        if self._paused:
+        if self._paused:  # (ours end here; the tunnel pauses for its own reasons after)
             self._paused.clear()
             self.transport.resume_reading()
+        inner.data_received(handshake)
         return inner
 
     def _fail(self, status: int) -> None:
