@@ -16,6 +16,7 @@ import re
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 from uuid import UUID, uuid4
 
@@ -36,6 +37,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
+from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
@@ -73,7 +75,7 @@ class Probe(asyncio.Protocol):
         seen.args, seen.kwargs = args, kwargs
         self.seen = seen
         self.made = made
-        self.state = kwargs.get("server_state")
+        self.state: Any = kwargs["server_state"]
         self.transport: asyncio.BaseTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -134,7 +136,7 @@ def uvicorn_run() -> tuple[uvicorn.Config, Seen]:
     return config, seen
 
 
-def test_uvicorn_takes_a_protocol_factory_as_http(uvicorn_run: tuple[uvicorn.Config, Seen]):
+def test_uvicorn_takes_a_protocol_factory_as_http(uvicorn_run: tuple[uvicorn.Config, Seen]) -> None:
     config, seen = uvicorn_run
     assert isinstance(config.http_protocol_class, functools.partial), changed(
         "uvicorn", "Config(http=<callable>) no longer uses the callable as the protocol class"
@@ -147,7 +149,7 @@ def test_uvicorn_takes_a_protocol_factory_as_http(uvicorn_run: tuple[uvicorn.Con
 
 def test_uvicorn_calls_the_factory_as_front_protocol_takes_it(
     uvicorn_run: tuple[uvicorn.Config, Seen],
-):
+) -> None:
     _, seen = uvicorn_run
     assert {"config", "server_state", "app_state"} <= set(seen.kwargs), changed(
         "uvicorn", f"the protocol factory is called with {sorted(seen.kwargs)}"
@@ -159,7 +161,7 @@ def test_uvicorn_calls_the_factory_as_front_protocol_takes_it(
     assert isinstance(seen.kwargs["app_state"], dict), changed("uvicorn", "app_state")
 
 
-def test_uvicorn_config_has_what_the_front_reads(uvicorn_run: tuple[uvicorn.Config, Seen]):
+def test_uvicorn_config_has_what_the_front_reads(uvicorn_run: tuple[uvicorn.Config, Seen]) -> None:
     config = uvicorn_run[1].kwargs["config"]
     assert callable(getattr(config, "loaded_app", None)), changed(
         "uvicorn", "Config.loaded_app (the ASGI application api_exchange.py calls)"
@@ -173,7 +175,9 @@ def test_uvicorn_config_has_what_the_front_reads(uvicorn_run: tuple[uvicorn.Conf
     )
 
 
-def test_uvicorn_server_state_has_connections_and_tasks(uvicorn_run: tuple[uvicorn.Config, Seen]):
+def test_uvicorn_server_state_has_connections_and_tasks(
+    uvicorn_run: tuple[uvicorn.Config, Seen],
+) -> None:
     state = uvicorn_run[1].kwargs["server_state"]
     assert isinstance(getattr(state, "connections", None), set), changed(
         "uvicorn", "server_state.connections (the front and tunnels join it)"
@@ -183,7 +187,7 @@ def test_uvicorn_server_state_has_connections_and_tasks(uvicorn_run: tuple[uvico
     )
 
 
-def test_uvicorn_default_headers_carry_the_date(uvicorn_run: tuple[uvicorn.Config, Seen]):
+def test_uvicorn_default_headers_carry_the_date(uvicorn_run: tuple[uvicorn.Config, Seen]) -> None:
     headers = uvicorn_run[1].default_headers
     assert isinstance(headers, list), changed("uvicorn", "server_state.default_headers")
     assert all(isinstance(n, bytes) and isinstance(v, bytes) for n, v in headers), changed(
@@ -196,7 +200,7 @@ def test_uvicorn_default_headers_carry_the_date(uvicorn_run: tuple[uvicorn.Confi
 
 def test_uvicorn_shutdown_asks_each_connection_to_shut_down(
     uvicorn_run: tuple[uvicorn.Config, Seen],
-):
+) -> None:
     seen = uvicorn_run[1]
     assert seen.shut_down, changed(
         "uvicorn", "a graceful shutdown no longer calls shutdown() on server_state.connections"
@@ -265,7 +269,7 @@ class ProbeLog(Application[UUID]):
         return super()._record(processing_event)
 
 
-def test_eventsourcing_record_hands_its_kwargs_to_the_recorder(database: str):
+def test_eventsourcing_record_hands_its_kwargs_to_the_recorder(database: str) -> None:
     env = {
         **_settings(database),
         "PERSISTENCE_MODULE": "eventsourcing.postgres",
@@ -295,7 +299,7 @@ def test_eventsourcing_record_hands_its_kwargs_to_the_recorder(database: str):
     )
 
 
-def test_eventsourcing_insert_events_has_the_steps_the_event_store_reproduces():
+def test_eventsourcing_insert_events_has_the_steps_the_event_store_reproduces() -> None:
     source = inspect.getsource(PostgresApplicationRecorder.insert_events)
     steps = set(re.findall(r"self\.(_[a-z_]+)\(", source))
     expected = {"_insert_events", "_insert_stored_events", "_fetch_ids_after_insert_events"}
@@ -315,7 +319,7 @@ def test_eventsourcing_insert_events_has_the_steps_the_event_store_reproduces():
 
 def test_eventsourcing_insert_stored_events_locks_notifies_and_gives_ids(
     database: str, datastore: PostgresDatastore
-):
+) -> None:
     recorder = PostgresApplicationRecorder(datastore, events_table_name="probe_events")
     recorder.create_table()
     events = [StoredEvent(uuid4(), 1, "probe", b"{}"), StoredEvent(uuid4(), 1, "probe", b"{}")]
@@ -348,7 +352,7 @@ def test_eventsourcing_insert_stored_events_locks_notifies_and_gives_ids(
     assert datastore.schema == "public", changed("eventsourcing", "PostgresDatastore.schema")
 
 
-def test_eventsourcing_tracking_recorder_internals(datastore: PostgresDatastore):
+def test_eventsourcing_tracking_recorder_internals(datastore: PostgresDatastore) -> None:
     recorder = PostgresTrackingRecorder(datastore, tracking_table_name="probe_tracking")
     assert isinstance(recorder.sql_create_statements, list), changed(
         "eventsourcing", "PostgresRecorder.sql_create_statements (the read model adds to it)"
@@ -418,7 +422,7 @@ async def _talk_through_tunnel_client() -> tuple[TunnelClient, bytes, bool]:
         return client, echoed, isinstance(paused, bool)
 
 
-def test_websockets_client_connection_as_the_tunnel_agent_extends_it():
+def test_websockets_client_connection_as_the_tunnel_agent_extends_it() -> None:
     try:
         client, echoed, paused_is_bool = asyncio.run(_talk_through_tunnel_client())
     except (AttributeError, TypeError) as e:
@@ -444,13 +448,14 @@ class _NoPongs(ServerProtocol):
             super().recv_frame(frame)
 
 
-def test_websockets_server_protocol_frames_pass_through_recv_frame():
+def test_websockets_server_protocol_frames_pass_through_recv_frame() -> None:
     server = _NoPongs(max_size=1024)
     server.seen = []
     client = ClientProtocol(parse_uri("ws://probe/"))
     client.send_request(client.connect())
     server.receive_data(b"".join(client.data_to_send()))
     [request] = server.events_received()
+    assert isinstance(request, Request)
     server.send_response(server.accept(request))
     client.receive_data(b"".join(server.data_to_send()))
     client.events_received()
@@ -463,7 +468,7 @@ def test_websockets_server_protocol_frames_pass_through_recv_frame():
     assert server.seen == [Opcode.PING, Opcode.BINARY], changed(
         "websockets", "ServerProtocol no longer passes every frame through recv_frame"
     )
-    assert [e.opcode for e in events] == [Opcode.BINARY], changed(
+    assert [getattr(e, "opcode", e) for e in events] == [Opcode.BINARY], changed(
         "websockets", "a frame that recv_frame did not hand on is delivered all the same"
     )
     assert server.data_to_send() == [], changed(
@@ -506,7 +511,7 @@ class _Callbacks:
         self.calls.append("complete")
 
 
-def test_httptools_request_parser_calls_back_and_answers():
+def test_httptools_request_parser_calls_back_and_answers() -> None:
     callbacks = _Callbacks()
     callbacks.parser = parser = httptools.HttpRequestParser(callbacks)
     parser.feed_data(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi")
@@ -519,7 +524,7 @@ def test_httptools_request_parser_calls_back_and_answers():
     )
 
 
-def test_httptools_upgrade_gives_the_offset_of_what_follows():
+def test_httptools_upgrade_gives_the_offset_of_what_follows() -> None:
     request = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
     callbacks = _Callbacks()
     callbacks.parser = parser = httptools.HttpRequestParser(callbacks)
@@ -534,9 +539,9 @@ def test_httptools_upgrade_gives_the_offset_of_what_follows():
         b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
     )
     callbacks = _Callbacks()
-    callbacks.parser = parser = httptools.HttpResponseParser(callbacks)
+    callbacks.parser = answers = httptools.HttpResponseParser(callbacks)
     with pytest.raises(httptools.HttpParserUpgrade) as raised:
-        parser.feed_data(answer + b"after")
+        answers.feed_data(answer + b"after")
     assert (answer + b"after")[raised.value.args[0] :] == b"after", changed(
         "httptools", "HttpResponseParser's HttpParserUpgrade.args[0]"
     )
@@ -552,7 +557,7 @@ class _Refusing(_Callbacks):
         raise _Refused(431)
 
 
-def test_httptools_error_carries_a_callbacks_exception_as_its_context():
+def test_httptools_error_carries_a_callbacks_exception_as_its_context() -> None:
     parser = httptools.HttpRequestParser(_Refusing())
     with pytest.raises(httptools.HttpParserError) as raised:
         parser.feed_data(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
@@ -561,3 +566,18 @@ def test_httptools_error_carries_a_callbacks_exception_as_its_context():
     )
     with pytest.raises(httptools.HttpParserError):
         httptools.HttpRequestParser(_Callbacks()).feed_data(b"NOT HTTP AT ALL\r\n\r\n")
+
+
+# pytest: tests/conftest.py finds each test's tier through the fixtures pytest resolved.
+
+
+def test_pytest_items_carry_the_fixtures_they_use(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    info = getattr(request.node, "_fixtureinfo", None)
+    defs = getattr(info, "name2fixturedefs", None)
+    assert defs is not None and "tmp_path" in defs, changed(
+        "pytest", "Item._fixtureinfo.name2fixturedefs (tests/conftest.py's tiers read it)"
+    )
+    assert callable(defs["tmp_path"][-1].func), changed("pytest", "FixtureDef.func")
+    assert request.node.get_closest_marker("unit"), "tests/conftest.py gave this test no tier"

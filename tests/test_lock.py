@@ -22,7 +22,7 @@ RUNTIME = [Requirement(r) for r in PROJECT["dependencies"]]
 DEV = [Requirement(r) for r in PROJECT["optional-dependencies"]["dev"]]
 
 
-def pins(lock: str) -> dict[str, str]:
+def pins(lock: str) -> dict[str, str]:  # (keys: canonical names)
     text = (ROOT / "requirements" / lock).read_text()
     return {canonicalize_name(name): version for name, version in PIN.findall(text)}
 
@@ -51,7 +51,9 @@ def test_every_pin_has_a_hash(lock: str) -> None:
 
 
 def test_the_tests_run_on_the_locked_versions() -> None:
-    installed = {canonicalize_name(d.metadata["Name"]): d.version for d in metadata.distributions()}
+    installed: dict[str, str] = {
+        canonicalize_name(d.metadata["Name"]): d.version for d in metadata.distributions()
+    }
     differing = {
         name: (version, installed.get(name))
         for name, version in pins("dev.txt").items()
