@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Callable
 from typing import Any
 from uuid import UUID
@@ -36,7 +37,7 @@ class Workspaces:
             raise NotFound("workspace not found", code="workspace_not_found")
         return {**row, "role": role.name}
 
-    def members(self, actor: UUID, workspace_id: UUID) -> list[Row]:
+    def members(self, actor: UUID, workspace_id: UUID) -> builtins.list[Row]:  # (not the method)
         self._access.require(workspace_id, actor, roles.READ)
         return self._reads.members(workspace_id)
 
@@ -68,7 +69,7 @@ class Workspaces:
                 workspace.delete()
                 live = [s for s in sandboxes if s is not None and s.is_live]
                 for sandbox in live:
-                    sandbox.request_deletion()
+                    sandbox.delete()  # (at once when the engine holds nothing of it)
             self._log.save(workspace, *live, checks=[guard])
 
         self._log.retrying(command)

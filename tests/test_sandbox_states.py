@@ -531,18 +531,36 @@ def test_without_an_engine_the_reason_says_what_to_do_and_the_log_says_it_once(
     assert "Error while fetching server API version" in warnings[0]
 
 
-def test_a_local_sandbox_of_a_deleted_workspace_is_finished_by_the_worker(
+def test_a_workspaces_sandboxes_that_hold_nothing_go_with_it(
+    own: tuple[ServerProcess, Sandbar],
+) -> None:
+    """No worker runs: a local sandbox and one still being created are deleted with their
+    workspace at once (they stayed ``deleting`` until a worker came by)."""
+    server, app = own
+    alice = register(server.url, "alice")
+    local = local_sandbox(alice)
+    wid = alice.client.get(f"/api/sandboxes/{local}").json()["workspace_id"]
+    r = alice.client.post(
+        f"/api/workspaces/{wid}/sandboxes", json={"name": "c", "type": "opencode"}
+    )
+    creating = r.json()["id"]
+    assert alice.client.delete(f"/api/workspaces/{wid}").status_code == 204
+    for sid in (local, creating):
+        assert app.log.find(UUID(sid), Sandbox).status is S.deleted
+        assert gone(alice, sid)
+
+
+def test_a_local_sandbox_left_deleting_is_finished_by_the_worker(
     own: tuple[ServerProcess, Sandbar], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Deleting a workspace asks for its sandboxes' deletion; for a local one the worker
-    has nothing to remove and records it deleted (it skipped local sandboxes: they stayed
-    ``deleting`` for ever), engine or not."""
+    """A local sandbox left ``deleting`` (by a version that asked the worker to finish
+    it): the worker has nothing to remove and records it deleted, engine or not."""
     server, app = own
     monkeypatch.setenv("DOCKER_HOST", NO_ENGINE)
     alice = register(server.url, "alice")
     sid = local_sandbox(alice)
-    wid = alice.client.get(f"/api/sandboxes/{sid}").json()["workspace_id"]
-    assert alice.client.delete(f"/api/workspaces/{wid}").status_code == 204
+    with acting_as(SYSTEM):
+        record(app, UUID(sid), lambda s: s.request_deletion())
     assert app.log.find(UUID(sid), Sandbox).status is S.deleting
     app.container_worker().converge(UUID(sid))
     assert app.log.find(UUID(sid), Sandbox).status is S.deleted

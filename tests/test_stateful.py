@@ -307,7 +307,11 @@ def test_random_command_sequences_keep_every_invariant(
             self.deleted.add(ws)
             self.ws_events[ws].append(("Deleted", str(actor)))
             for sid in self.in_workspace[ws]:
+                model = self.sandbox[sid]
+                live = model.status not in (S.deleting, S.deleted)
                 self.change_sandbox(sid, USER_COMMANDS["delete"], actor)
+                if live and not (model.kind is Kind.cloud and model.started):
+                    self.change_sandbox(sid, OUTCOMES["deleted"][1], actor)  # (at once)
 
         @rule(
             target=sandboxes,
