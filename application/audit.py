@@ -6,10 +6,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 from application.eventlog import EventLog
+from domain.base import SandbarAggregate
 from domain.sandboxes import Sandbox, Status
 from domain.users import User
 from domain.workspaces import Membership, Workspace
@@ -76,7 +77,8 @@ class AuditLog:
             if not page:
                 return
             for n in page:
-                event = self._log.mapper.to_domain_event(n)
+                # Every event in the log is one of our aggregates' (domain.base).
+                event = cast(SandbarAggregate.Event, self._log.mapper.to_domain_event(n))
                 if until is not None and event.timestamp > until + SKEW:
                     return
                 if isinstance(event, User.Registered):

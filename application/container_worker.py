@@ -93,7 +93,12 @@ class ContainerWorker:
 
     def _follow(self, stop: threading.Event) -> None:
         subscription = self._log.recorder.subscribe(gt=self._tracking.position(), topics=TOPICS)
-        watcher = threading.Thread(target=lambda: (stop.wait(), subscription.stop()), daemon=True)
+
+        def stop_following() -> None:
+            stop.wait()
+            subscription.stop()
+
+        watcher = threading.Thread(target=stop_following, daemon=True)
         watcher.start()
         with subscription:
             for notification in subscription:

@@ -53,7 +53,7 @@ class EventLog(Application[UUID]):
 
     def find(self, aggregate_id: UUID, cls: type[A]) -> A | None:
         try:
-            aggregate = self.repository.get(aggregate_id)
+            aggregate: object = self.repository.get(aggregate_id)
         except AggregateNotFoundError:
             return None
         return aggregate if isinstance(aggregate, cls) else None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 from uuid import UUID
 
 from application import validation
@@ -29,7 +29,7 @@ TOKEN_PREFIX = "sbt_"  # noqa: S105 - a prefix, not a secret
 
 class AgentCredentialStore(Protocol):
     def issue_code(self, workspace_id: UUID, user_id: UUID, ttl: int) -> tuple[str, datetime]: ...
-    def take_code(self, code: str) -> dict | None: ...
+    def take_code(self, code: str) -> dict[str, Any] | None: ...
     def token_write(self, sandbox_id: UUID, token: str) -> object: ...
     def token_matches(self, sandbox_id: UUID, token: str) -> bool: ...
 
@@ -100,7 +100,7 @@ class LocalAgents:
             registrant = UUID(str(sandbox["created_by"]))
         except ValueError:
             registrant = None  # (not registered by a member)
-        role = registrant and self._reads.role(sandbox["workspace_id"], registrant)
+        role = self._reads.role(sandbox["workspace_id"], registrant) if registrant else None
         if role is None or roles.Role[role] < roles.OPERATE_SANDBOX:
             return "its registrant is no longer a developer in the workspace"
         return None

@@ -3,6 +3,7 @@ through the ``record_*`` commands of the Sandbox aggregate."""
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Callable
 from typing import Any
 from uuid import UUID
@@ -38,7 +39,7 @@ class Sandboxes:
         name: str,
         type_name: str,
         kind: Kind = Kind.cloud,
-        side_writes: Callable[[UUID], list[Any]] | None = None,
+        side_writes: Callable[[UUID], builtins.list[Any]] | None = None,  # (not the method)
     ) -> Row:
         """A new sandbox. ``side_writes`` (given the new id) commit with its events: a
         local sandbox's tunnel token, say."""

@@ -27,18 +27,30 @@ log = logging.getLogger(__name__)
 
 
 class ProviderClaims(Protocol):
-    subject: str
-    username_hint: str | None
-    email: str | None
-    email_verified: bool
-    name: str | None
+    @property
+    def subject(self) -> str: ...
+    @property
+    def username_hint(self) -> str | None: ...
+    @property
+    def email(self) -> str | None: ...
+    @property
+    def email_verified(self) -> bool: ...
+    @property
+    def name(self) -> str | None: ...
+
+
+class Authorization(Protocol):
+    @property
+    def url(self) -> str: ...
 
 
 class Provider(Protocol):
     name: str
     label: str
 
-    def authorize(self, redirect_uri: str, state: str, verifier: str, nonce: str) -> Any: ...
+    def authorize(
+        self, redirect_uri: str, state: str, verifier: str, nonce: str
+    ) -> Authorization: ...
     def finish(
         self, redirect_uri: str, code: str, verifier: str, nonce: str | None
     ) -> ProviderClaims: ...

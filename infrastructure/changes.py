@@ -24,7 +24,7 @@ class ChangeFeed:
         self._channels = tuple(channels)
         self.generation = 0
         self.reliable = False
-        self._listeners: list[Callable[[], None]] = []
+        self._listeners: list[Callable[[], object]] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -33,7 +33,7 @@ class ChangeFeed:
         for listener in self._listeners:
             listener()
 
-    def subscribe(self, listener: Callable[[], None]) -> None:
+    def subscribe(self, listener: Callable[[], object]) -> None:
         """Call ``listener`` (from any thread) after each change."""
         self._listeners.append(listener)
 

@@ -115,13 +115,17 @@ class OIDCProvider:
             decoded = self._decode(id_token, refresh=False)
         except JoseError:
             decoded = self._decode(id_token, refresh=True)  # the provider may have new keys
+        # With no nonce to expect, the token's must still be there (any value).
+        expected_nonce: jwt.ClaimsOption = {"essential": True}
+        if nonce is not None:
+            expected_nonce["value"] = nonce
         registry = jwt.JWTClaimsRegistry(
             leeway=LEEWAY,
             iss={"essential": True, "value": self._issuer},
             aud={"essential": True, "value": self._client_id},
             sub={"essential": True},
             exp={"essential": True},
-            nonce={"essential": True, "value": nonce},
+            nonce=expected_nonce,
         )
         try:
             registry.validate(decoded.claims)

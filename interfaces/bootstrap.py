@@ -64,13 +64,15 @@ class Sandbar:
     def container_worker(self) -> ContainerWorker:
         """The process manager for cloud sandboxes (run it with ``.run(stop_event)``)."""
         secrets = self.secrets
+        recorder = self.log.recorder
+        assert isinstance(recorder, ProjectingRecorder)
         return ContainerWorker(
             self.log,
             self.reads,
             DockerEngine(self.settings, secrets),
             HealthProbe(self.settings, secrets),
             self.activity,
-            FollowerTracking(self.log.recorder.datastore, "container-worker"),
+            FollowerTracking(recorder.datastore, "container-worker"),
             ready_timeout=self.settings.ready_timeout,
             idle_timeout=self.settings.idle_timeout,
             sweep_every=self.settings.sweep_interval,

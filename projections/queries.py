@@ -54,7 +54,7 @@ class ReadModelQueries:
 
     @staticmethod
     def role_check(
-        workspace_id: UUID, user_id: UUID, check: Callable[[str | None], None]
+        workspace_id: UUID, user_id: UUID, check: Callable[[str | None], object]
     ) -> Callable[[Any], None]:
         """``check`` the user's role as a save's transaction sees it (see eventstore)."""
 

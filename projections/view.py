@@ -11,7 +11,7 @@ from typing import Any
 from eventsourcing.persistence import Notification, Tracking
 from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
 from psycopg import Cursor
-from psycopg.sql import SQL, Identifier
+from psycopg.sql import SQL, Composed, Identifier
 
 from projections import read_model
 
@@ -47,10 +47,13 @@ class ReadModelView(PostgresTrackingRecorder):
 
     def __init__(self, datastore: PostgresDatastore, **kwargs: Any) -> None:
         super().__init__(datastore, tracking_table_name="sandbar_read_model_tracking", **kwargs)
+        # (The library keeps its statements as Composed: each of ours is one SQL part.)
         self.sql_create_statements.append(
-            SQL(f"CREATE TABLE IF NOT EXISTS {META_TABLE} (version integer NOT NULL)")
+            Composed([SQL(f"CREATE TABLE IF NOT EXISTS {META_TABLE} (version integer NOT NULL)")])
         )
-        self.sql_create_statements.extend(SQL(s) for s in read_model.create_statements())
+        self.sql_create_statements.extend(
+            Composed([SQL(s)]) for s in read_model.create_statements()
+        )
         self._advance_tracking = SQL(
             "INSERT INTO {0} (application_name, notification_id) VALUES (%s, %s)"
             " ON CONFLICT (application_name) DO UPDATE"
@@ -80,7 +83,7 @@ class ReadModelView(PostgresTrackingRecorder):
                 for table in read_model.TABLES:
                     curs.execute(SQL("DROP TABLE IF EXISTS {}").format(Identifier(table)))
                 for stmt in read_model.create_statements():
-                    curs.execute(SQL(stmt))  # type: ignore[arg-type]
+                    curs.execute(SQL(stmt))
                 _truncate(curs, self.tracking_table_name)
                 curs.execute(SQL(f"DELETE FROM {META_TABLE}"))
                 curs.execute(
@@ -122,7 +125,9 @@ class ReadModelView(PostgresTrackingRecorder):
         curs.execute(
             SQL(f"SELECT count(*) AS n FROM {EVENTS_TABLE} WHERE notification_id > %s"), (after,)
         )
-        total = curs.fetchone()["n"]
+        counted = curs.fetchone()
+        assert counted is not None  # (count(*) always answers one row)
+        total = counted["n"]
         done, last = 0, after
         conn = curs.connection
         while True:

@@ -228,7 +228,7 @@ class TunnelClient(ClientConnection):
         if frame.opcode is Opcode.TEXT:
             link.close("Sandbar sent text where the tunnel carries bytes")
         else:
-            link.receive(frame.data)
+            link.receive(bytes(frame.data))  # (bytes already: no copy)
 
 
 @dataclass
@@ -309,7 +309,8 @@ async def serve_once(registration: Registration, say: Callable[[str], None]) -> 
         )
         websocket.attach(link)
         say(f"connected: forwarding to {registration.target}")
-        await asyncio.wait({websocket.ended, link.closed}, return_when=FIRST_COMPLETED)
+        ends: set[asyncio.Future[Any]] = {websocket.ended, link.closed}
+        await asyncio.wait(ends, return_when=FIRST_COMPLETED)
         if not websocket.ended.done():
             # Sandbar ends a tunnel with GOAWAY, then a close frame that says why (replaced,
             # deleted): wait a moment for it. (A heartbeat that died waits in vain.)

@@ -21,7 +21,7 @@ import asyncio
 import logging
 import weakref
 from collections import deque
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 from websockets.datastructures import Headers
@@ -355,12 +355,12 @@ class TunnelConnection(asyncio.Protocol):
         self._slice_scheduled = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]  # (uvloop's is no subclass)
+        self._transport = ours = cast(asyncio.Transport, transport)  # (uvloop's: no subclass)
         self._connections.add(self)
         peer = transport.get_extra_info("peername")
         self._peer = str(peer[0]) if isinstance(peer, tuple) else ""
         # Pause the streams once a message's worth waits for the agent to read.
-        self._transport.set_write_buffer_limits(high=MAX_MESSAGE, low=MAX_MESSAGE // 4)
+        ours.set_write_buffer_limits(high=MAX_MESSAGE, low=MAX_MESSAGE // 4)
 
     def data_received(self, data: bytes) -> None:
         if self._unread:
@@ -394,7 +394,7 @@ class TunnelConnection(asyncio.Protocol):
                 if event.opcode in (Opcode.BINARY, Opcode.CONT):
                     if event.opcode is Opcode.CONT and not self._link.calm("WebSocket fragments"):
                         break
-                    self._link.receive(event.data)
+                    self._link.receive(bytes(event.data))  # (bytes already: no copy)
                 elif event.opcode is Opcode.TEXT:
                     self._link.close("the agent sent text where the tunnel carries bytes")
                 elif event.opcode is Opcode.CLOSE:
