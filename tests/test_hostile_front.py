@@ -195,3 +195,16 @@ def test_an_api_answer_before_the_body_has_come_closes_the_connection(setup: Set
         assert answer.status == 413
         assert answer.header("connection") == "close"
         assert _closed(sock) == b""
+
+
+def test_a_refused_request_without_a_body_keeps_its_connection(setup: Setup) -> None:
+    """The gate's answer comes before the parser has seen the request's end; with no
+    body to come, that is no reason to close (every refusal cost a new connection)."""
+    host = f"oc-{UUID(int=7)}.localhost"
+    with _connect(setup) as sock:
+        reader = Reader(sock)
+        for _ in range(3):
+            sock.sendall(request("GET", host, "/"))
+            answer = reader.answer()
+            assert answer.status == 404
+            assert answer.header("connection") != "close"

@@ -18,6 +18,9 @@ from infrastructure.changes import ChangeFeed
 from infrastructure.grants import Grant, Grants
 
 MAX_ENTRIES = 50_000
+# Sandboxes that do not exist: anyone can ask for a made-up one, so these get a bound of
+# their own (a flood of made-up hosts churns only this, never the cache of real routes).
+MAX_UNKNOWN = 1_024
 MISS: Any = object()  # not in the cache
 K = TypeVar("K")
 V = TypeVar("V")
@@ -30,13 +33,15 @@ class Directory:
         self._changes = changes
         self._generation = -1
         self._routes: dict[UUID, Row | None] = {}
+        self._unknown: dict[UUID, None] = {}  # route lookups that found nothing
         self._roles: dict[tuple[UUID, UUID], str | None] = {}
         self._grant_cache: dict[str, Grant | None] = {}  # by token: no HMAC on a hit
 
     # Without waiting: the cached answer, or MISS.
 
     def peek_route(self, sandbox_id: UUID) -> Row | None:
-        return self._fresh().get(sandbox_id, MISS)
+        found = self._fresh().get(sandbox_id, MISS)
+        return self._unknown.get(sandbox_id, MISS) if found is MISS else found
 
     def peek_role(self, workspace_id: UUID, user_id: UUID) -> str | None:
         self._fresh()
@@ -51,6 +56,7 @@ class Directory:
         generation = self._changes.generation
         if generation != self._generation:
             self._routes.clear()
+            self._unknown.clear()
             self._roles.clear()
             self._grant_cache.clear()
             self._generation = generation
@@ -59,7 +65,14 @@ class Directory:
     # Reading through to the database on a miss.
 
     async def route(self, sandbox_id: UUID) -> Row | None:
-        return await self._cached(self._routes, sandbox_id, self._reads.route, sandbox_id)
+        if (known := self.peek_route(sandbox_id)) is not MISS:
+            return known
+        route = await self._cached(self._routes, sandbox_id, self._reads.route, sandbox_id)
+        if route is None and self._routes.pop(sandbox_id, MISS) is None:  # (it was kept)
+            if len(self._unknown) >= MAX_UNKNOWN:
+                self._unknown.clear()
+            self._unknown[sandbox_id] = None
+        return route
 
     async def role(self, workspace_id: UUID, user_id: UUID) -> str | None:
         key = (workspace_id, user_id)
