@@ -29,6 +29,7 @@ from domain.sandboxes import Sandbox
 from infrastructure.settings import Settings
 from interfaces.bootstrap import Sandbar, build
 from tests.upstream import TestAgent, serving
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "correct horse battery"
@@ -270,12 +271,13 @@ def record(sandbar: Sandbar, sandbox_id: uuid.UUID, outcome: Callable[[Sandbox],
 def settled(request: Callable[[], httpx.Response], status: int) -> httpx.Response:
     """The first answer with ``status`` (another process's save reaches a server's
     proxy cache within milliseconds; allow seconds on a loaded machine)."""
-    deadline = time.monotonic() + 10
-    while True:
-        r = request()
-        if r.status_code == status or time.monotonic() > deadline:
-            return r
-        time.sleep(0.02)
+    return wait_until(
+        request,
+        until=lambda r: r.status_code == status,
+        timeout=10,
+        interval=0.02,
+        what=f"an answer {status}",
+    )
 
 
 # Test tiers (registered in pyproject.toml): each test is marked by what it needs, so that

@@ -40,6 +40,7 @@ from tests.conftest import (
     settled,
 )
 from tests.upstream import serving
+from tests.waiting import wait_until
 
 MAX_BODY = 64 * 1024
 
@@ -362,12 +363,11 @@ def test_usage_is_recorded_and_reported(
     with client.messages.stream(model="m", max_tokens=8, messages=HELLO) as stream:
         stream.get_final_message()  # 2 in, 3 out
     usage_url = f"/api/workspaces/{box.workspace_id}/usage"
-    deadline = time.monotonic() + 10
-    while True:  # recorded just after each answer ends
-        report = box.owner.client.get(usage_url).json()
-        if (report["days"] and report["days"][0]["requests"] == 2) or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
+    report = wait_until(  # recorded just after each answer ends
+        lambda: box.owner.client.get(usage_url).json(),
+        until=lambda report: report["days"] and report["days"][0]["requests"] == 2,
+        what="2 requests recorded",
+    )
     (day,) = report["days"]
     assert day["sandbox_id"] == str(box.id)
     assert (day["requests"], day["input_tokens"], day["output_tokens"]) == (2, 4, 6)
@@ -379,13 +379,32 @@ def test_usage_is_recorded_and_reported(
 
 def usage_of(box: Box, requests: int) -> dict[str, object]:
     """The box's usage today, once ``requests`` are recorded (they are, just after each
-    answer ends), or as it stands after 10 s."""
-    deadline = time.monotonic() + 10
-    while True:
-        days = box.owner.client.get(f"/api/workspaces/{box.workspace_id}/usage").json()["days"]
-        if (days and days[0]["requests"] == requests) or time.monotonic() > deadline:
-            return days[0] if days else {}
-        time.sleep(0.05)
+    answer ends)."""
+    days = wait_until(
+        lambda: box.owner.client.get(f"/api/workspaces/{box.workspace_id}/usage").json()["days"],
+        until=lambda days: days and days[0]["requests"] == requests,
+        what=f"{requests} requests recorded",
+    )
+    return days[0]
+
+
+def asked_until_passed(url: str, box: Box, passed: int) -> list[int]:
+    """The statuses of the box's requests to the server at ``url``, asked until
+    ``passed`` of them have passed (the rest of a limit reaches it once another server
+    gives back what it held)."""
+    statuses: list[int] = []
+
+    def ask_once() -> list[int]:
+        statuses.append(ask(url, box))
+        return statuses
+
+    return wait_until(
+        ask_once,
+        until=lambda statuses: statuses.count(200) == passed,
+        timeout=15,
+        interval=0.2,
+        what=f"{passed} requests passed",
+    )
 
 
 def test_one_connection_may_ask_the_proxy_and_the_api_in_turn(
@@ -523,9 +542,7 @@ def test_a_busy_workspace_is_counted_ahead_before_it_runs_out(
         return waited
 
     try:
-        deadline = time.monotonic() + 10
-        while not proxy_side.changes.reliable and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: proxy_side.changes.reliable, what="the change feed listening")
         waited = asyncio.run(run())
     finally:
         proxy_side.close()
@@ -556,12 +573,7 @@ def test_a_limit_is_shared_by_several_servers(
         assert first == [200] * 4
         # The rest of the limit reaches the other server, once the first gives back
         # what it held (it is idle now).
-        deadline = time.monotonic() + 15
-        second: list[int] = []
-        while second.count(200) < 4 and time.monotonic() < deadline:
-            second.append(ask(other.url, box))
-            if second[-1] == 429:
-                time.sleep(0.2)
+        second = asked_until_passed(other.url, box, 4)
         assert second.count(200) == 4, second
         assert ask(other.url, box) == 429 and ask(api_server.url, box) == 429
     finally:
@@ -606,10 +618,9 @@ def test_proxy_calls_count_as_activity(make_box: Callable[[], Box], sandbar: San
     box = make_box()
     assert sandbar.activity.last_seen(box.id) is None
     box.sdk().messages.create(model="m", max_tokens=8, messages=HELLO)
-    deadline = time.monotonic() + 30
-    while sandbar.activity.last_seen(box.id) is None and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert sandbar.activity.last_seen(box.id) is not None
+    wait_until(
+        lambda: sandbar.activity.last_seen(box.id), timeout=30, interval=0.1, what="activity"
+    )
 
 
 def test_the_real_key_is_nowhere(
@@ -642,12 +653,30 @@ def test_a_client_that_hangs_up_at_once_sends_nothing_half_made(
     ).encode() + body
     before, heads = len(app.requests), app.heads
     for _ in range(5):
-        with socket.create_connection(("127.0.0.1", api_server.port)) as sock:
-            sock.sendall(request)  # and gone at once
-    time.sleep(1)
+        with socket.create_connection(("127.0.0.1", api_server.port), timeout=30) as sock:
+            sock.sendall(request)
+            # Gone at once: the server reads the end of the stream right after the body,
+            # as from a client that closed. Only, this one hears when the server is done
+            # with the connection, and so when the proxy's exchange has ended.
+            sock.shutdown(socket.SHUT_WR)
+            closed_by_server(sock)
     # Whatever reached the API reached it whole: no head left waiting for a body.
-    assert app.heads - heads == len(app.requests) - before
+    wait_until(
+        lambda: app.heads - heads == len(app.requests) - before,
+        what="every request begun at the API ended",
+    )
     assert all(seen["body"] == body for seen in app.requests[before:])
+
+
+def closed_by_server(sock: socket.socket) -> bytes:
+    """What the server sends before it closes the connection (a reset counts too)."""
+    answer = b""
+    try:
+        while packet := sock.recv(65536):
+            answer += packet
+    except ConnectionResetError:
+        pass
+    return answer
 
 
 def test_usage_of_parallel_requests_adds_up(
@@ -734,10 +763,11 @@ def test_usage_the_database_refuses_is_written_once_it_takes_it(
             )
         assert [ask(server.url, box) for _ in range(5)] == [200] * 5
         log_file = tmp_path / "server.log"
-        deadline = time.monotonic() + 10
-        while 'constraint "refuse"' not in log_file.read_text():  # (the write was tried)
-            assert time.monotonic() < deadline, "the refused write was not logged"
-            time.sleep(0.1)
+        wait_until(  # (the write was tried)
+            lambda: 'constraint "refuse"' in log_file.read_text(),
+            interval=0.1,
+            what="the refused write logged",
+        )
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("ALTER TABLE sandbar_usage DROP CONSTRAINT refuse")
         assert ask(server.url, box) == 200
@@ -793,20 +823,17 @@ def test_requests_a_server_gives_back_while_the_database_refuses_are_not_lost(
                 " WHEN (NEW.requests < OLD.requests) EXECUTE FUNCTION refuse()"
             )
         log_file = tmp_path / "server.log"
-        deadline = time.monotonic() + 15
-        while "no giving back now" not in log_file.read_text():  # (idle: it tried)
-            assert time.monotonic() < deadline, "no give-back was tried"
-            time.sleep(0.1)
+        wait_until(  # (idle: it tried)
+            lambda: "no giving back now" in log_file.read_text(),
+            timeout=15,
+            interval=0.1,
+            what="a give-back tried",
+        )
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("DROP TRIGGER refuse ON sandbar_usage_totals")
         other = ServerProcess(server.env, tmp_path / "other.log").start()
         try:
-            deadline = time.monotonic() + 15
-            second: list[int] = []
-            while second.count(200) < 4 and time.monotonic() < deadline:
-                second.append(ask(other.url, box))
-                if second[-1] == 429:
-                    time.sleep(0.2)
+            second = asked_until_passed(other.url, box, 4)
             assert second.count(200) == 4, second
         finally:
             other.stop()
