@@ -7,7 +7,6 @@ import hashlib
 import json
 import socket
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,7 +22,9 @@ from websockets.sync.client import connect as ws_connect
 from domain.sandboxes import Sandbox
 from interfaces.bootstrap import Sandbar
 from tests.conftest import ServerProcess, User, record, register, running, settled
+from tests.errors import assert_error
 from tests.upstream import TestAgent
+from tests.waiting import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -140,8 +141,7 @@ def test_unknown_and_malformed_hosts_are_404_and_never_forwarded(
     ]
     for host in hosts:
         r = httpx.get(f"{proxy_server.url}/echo", headers={"host": host})
-        assert r.status_code == 404, (host, r.status_code, r.text)
-        assert r.json()["error"]["code"] == "not_found"
+        assert_error(r, 404, "not_found")
     assert len(app.seen) == before
 
 
@@ -159,7 +159,7 @@ def test_a_sandbox_in_another_state_answers_with_a_clear_page(
         r = settled(lambda: client.get("/"), 502)
         assert r.status_code == 502 and "not running" in r.text
     with box.client(authorization=f"Bearer {token}") as client:
-        assert client.get("/").json()["error"]["code"] == "sandbox_failed"
+        assert_error(client.get("/"), 502, "sandbox_failed")
 
 
 def test_an_agent_that_refuses_connections_is_502(
@@ -173,8 +173,7 @@ def test_an_agent_that_refuses_connections_is_502(
     token = box.owner.client.post(f"/api/sandboxes/{box.id}/access-tokens").json()["token"]
     with box.client(authorization=f"Bearer {token}") as client:
         r = client.get("/echo")
-    assert r.status_code == 502
-    assert r.json()["error"]["code"] == "agent_unreachable"
+    assert_error(r, 502, "agent_unreachable")
 
 
 # The ticket flow and who may pass
@@ -235,8 +234,7 @@ def test_a_ticket_works_once_and_only_on_its_own_sandbox(
     with a.client() as client:
         assert client.get(url).status_code == 302
         replay = client.get(url)
-        assert replay.status_code == 403
-        assert replay.json()["error"]["code"] == "invalid_ticket"
+        assert_error(replay, 403, "invalid_ticket")
     with a.client() as client:
         assert client.get("/_sandbar/ticket?ticket=forged&next=/").status_code == 403
 
@@ -245,8 +243,7 @@ def test_next_is_a_path_on_the_sandbox_host_only(make_box: Callable[..., Box]) -
     box = make_box()
     for bad in ("https://evil.example/", "//evil.example/", "/\\evil.example", "evil", "/a\nb"):
         r = box.owner.client.get(f"/api/sandboxes/{box.id}/open", params={"next": bad})
-        assert r.status_code == 422, (bad, r.text)
-        assert r.json()["error"]["field"] == "next"
+        assert_error(r, 422, field="next")
 
 
 def test_who_may_open(make_box: Callable[..., Box], proxy_server: ServerProcess) -> None:
@@ -308,7 +305,7 @@ def test_access_tokens_for_programs(make_box: Callable[..., Box]) -> None:
         assert token not in r.text and r.json()["body_size"] == 5
     with box.client(authorization="Bearer sbx_forged") as client:
         r = client.get("/echo")
-        assert r.status_code == 401 and r.json()["error"]["code"] == "unauthenticated"
+        assert_error(r, 401, "unauthenticated")
     other = make_box()
     with other.client(authorization=f"Bearer {token}") as client:
         assert client.get("/echo").status_code == 401  # a token opens its own sandbox only
@@ -330,14 +327,13 @@ def test_pausing_takes_effect_and_opening_a_paused_sandbox_resumes_it(
     record(sandbar, box.id, Sandbox.record_paused)
 
     def worker() -> None:  # stands in for the container worker: resumes when asked
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            row = box.owner.client.get(f"/api/sandboxes/{box.id}").json()
-            if row["status"] == "resuming":
-                time.sleep(0.3)
-                record(sandbar, box.id, lambda s: s.record_started(f"127.0.0.1:{agent_app[1]}"))
-                return
-            time.sleep(0.05)
+        wait_until(
+            lambda: box.owner.client.get(f"/api/sandboxes/{box.id}").json()["status"],
+            until=lambda status: status == "resuming",
+            timeout=20,
+            what="the sandbox resuming",
+        )
+        record(sandbar, box.id, lambda s: s.record_started(f"127.0.0.1:{agent_app[1]}"))
 
     thread = threading.Thread(target=worker)
     thread.start()
@@ -457,10 +453,9 @@ def test_websocket_round_trip_with_close_codes(
         ws.recv(timeout=10)
         ws.close(4002, "bye")  # the browser's close code reaches the agent
     app, _ = agent_app
-    deadline = time.monotonic() + 10
-    while {"ws_closed": 4002} not in app.seen and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert {"ws_closed": 4002} in app.seen
+    wait_until(
+        lambda: {"ws_closed": 4002} in app.seen, interval=0.02, what="the close code at the agent"
+    )
     # Without a grant, the upgrade is refused.
     with pytest.raises(Exception, match="401"):
         dial()
@@ -491,10 +486,9 @@ def test_proxied_requests_count_as_activity(make_box: Callable[..., Box], sandba
     assert sandbar.activity.last_seen(box.id) is None
     client = open_in_browser(box, box.owner)
     assert client.get("/echo").status_code == 200
-    deadline = time.monotonic() + 30  # the proxy writes its notes every few seconds
-    while sandbar.activity.last_seen(box.id) is None and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert sandbar.activity.last_seen(box.id) is not None
+    wait_until(  # the proxy writes its notes every few seconds
+        lambda: sandbar.activity.last_seen(box.id), timeout=30, interval=0.1, what="activity"
+    )
 
 
 def raw_exchange(server: ServerProcess, data: bytes) -> bytes:

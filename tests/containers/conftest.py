@@ -9,7 +9,6 @@ import shlex
 import shutil
 import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ import httpx
 import pytest
 
 from infrastructure.agents import DerivedSecrets
+from tests import waiting
 from tests.conftest import FAST_HASHING, ROOT, ServerProcess, User, register
 
 TINY = "sandbar-tiny:latest"
@@ -165,17 +165,21 @@ def shared_server(container_env, engine, tmp_path_factory) -> Iterator[ServerPro
 def wait_for(client: httpx.Client, sandbox_id: str, *statuses: str, timeout: float = 90) -> dict:
     """Poll the sandbox until its status is one of ``statuses`` (or it is gone, for
     ``"gone"``); returns its last representation."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def status() -> dict:
         r = client.get(f"/api/sandboxes/{sandbox_id}")
         if r.status_code == 404 and "gone" in statuses:
             return {"status": "gone"}
         assert r.status_code == 200, r.text
-        body = r.json()
-        if body["status"] in statuses:
-            return body
-        assert time.monotonic() < deadline, f"still {body['status']}, wanted {statuses}"
-        time.sleep(0.1)
+        return r.json()
+
+    return waiting.wait_until(
+        status,
+        until=lambda body: body["status"] in statuses,
+        timeout=timeout,
+        interval=0.1,
+        what=f"sandbox {sandbox_id} {' or '.join(statuses)}",
+    )
 
 
 def rules_of(sandbox_id: str) -> list[str]:
@@ -204,11 +208,8 @@ def gone(engine, sandbox_id: str) -> bool:
     return not rules_of(sandbox_id)
 
 
-def wait_until(condition, what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.2)
+def wait_until(condition: Callable[[], object], what: str, timeout: float = 60) -> None:
+    waiting.wait_until(condition, timeout=timeout, interval=0.2, what=what)
 
 
 def make_workspace(user: User) -> str:

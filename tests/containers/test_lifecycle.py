@@ -17,16 +17,29 @@ import httpx
 import psycopg
 import pytest
 
+from application.container_worker import TOPICS
 from infrastructure.agents import DerivedSecrets
 from infrastructure.containers import DockerEngine, interface_address
 from infrastructure.settings import Settings
 from interfaces.bootstrap import build
+from projections.view import EVENTS_TABLE
 from tests.conftest import ROOT, register, run_sandbar
-from tests.containers.conftest import gone, make_sandbox, make_workspace, wait_for, wait_until
+from tests.containers.conftest import gone, make_sandbox, make_workspace, wait_for
+from tests.waiting import wait_until
 
 
 def secrets_of(server) -> DerivedSecrets:
     return DerivedSecrets(server.env["SANDBAR_SECRET_KEY"].encode())
+
+
+def worker_position(database_url: str) -> int:
+    """How far in the log the container worker has done what it follows."""
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "SELECT notification_id FROM sandbar_follower_tracking"
+            " WHERE follower = 'container-worker'"
+        ).fetchone()
+    return row[0] if row else 0
 
 
 def recorded_address(database_url: str, sandbox_id: str) -> str:
@@ -154,7 +167,12 @@ def test_deleting_a_workspace_deletes_its_sandboxes(shared_server, engine):
     # Container, home volume, network and host rule go one after the other: wait for all
     # (the volume was once checked between the container's removal and its own).
     for sid in sids:
-        wait_until(lambda sid=sid: gone(engine, sid), f"sandbox {sid} of a deleted workspace")
+        wait_until(
+            lambda sid=sid: gone(engine, sid),
+            timeout=60,
+            interval=0.2,
+            what=f"sandbox {sid} of a deleted workspace gone",
+        )
         no_trace_left(engine, sid)
 
 
@@ -228,7 +246,12 @@ def test_a_deletion_waits_for_the_engine_and_says_why(
     for _ in range(2):  # asking again answers the same
         r = alice.client.delete(f"/api/sandboxes/{sid}")
         assert (r.status_code, r.json()["status"]) == (202, "deleting"), r.text
-    wait_until(lambda: alice.client.get(f"/api/sandboxes/{sid}").json().get("error"), "no reason")
+    wait_until(
+        lambda: alice.client.get(f"/api/sandboxes/{sid}").json().get("error"),
+        timeout=60,
+        interval=0.2,
+        what="a reason in the sandbox's error",
+    )
     body = alice.client.get(f"/api/sandboxes/{sid}").json()
     assert body["status"] == "deleting" and "no container engine answers" in body["error"]
     assert container(engine, sid).status == "running"  # nothing was removed meanwhile
@@ -236,7 +259,12 @@ def test_a_deletion_waits_for_the_engine_and_says_why(
     back = server.start()
     alice.client.base_url = httpx.URL(back.url)
     wait_for(alice.client, sid, "gone")
-    wait_until(lambda: gone(engine, sid), "the deleted sandbox left something behind")
+    wait_until(
+        lambda: gone(engine, sid),
+        timeout=60,
+        interval=0.2,
+        what="nothing of the deleted sandbox left behind",
+    )
 
 
 def test_reprocessing_the_log_never_makes_a_second_container(container_env, start_server, engine):
@@ -250,8 +278,18 @@ def test_reprocessing_the_log_never_makes_a_second_container(container_env, star
     server.stop()
     with psycopg.connect(env["SANDBAR_DATABASE_URL"], autocommit=True) as conn:
         conn.execute("UPDATE sandbar_follower_tracking SET notification_id = 0")
+        (last,) = conn.execute(
+            f"SELECT max(notification_id) FROM {EVENTS_TABLE} WHERE topic = ANY(%s)", (TOPICS,)
+        ).fetchone()
     server.start()
-    time.sleep(3)  # let the worker go through the whole log again
+    # The worker's position moves past an event only once the work it asks for is done:
+    # past the last one it follows, it has gone through the whole log again.
+    wait_until(
+        lambda: worker_position(env["SANDBAR_DATABASE_URL"]) >= last,
+        timeout=60,
+        interval=0.2,
+        what=f"the worker past notification {last} again",
+    )
     for sid in sids:
         assert wait_for(alice.client, sid, "running")["status"] == "running"
     assert containers_of_workspace(engine, wid) == sorted(f"sandbar-{s}" for s in sids)
@@ -276,17 +314,23 @@ def test_reconcile_removes_orphans_and_recreates_vanished(
         detach=True,
     )
     server.start()
-    deadline = time.monotonic() + 60
-    while _exists(engine, orphan_id) or not _running(engine, sid):
-        assert time.monotonic() < deadline, "reconciliation did not converge"
-        time.sleep(0.2)
+    wait_until(
+        lambda: not _exists(engine, orphan_id) and _running(engine, sid),
+        timeout=60,
+        interval=0.2,
+        what="reconciliation converged",
+    )
     assert orphan.name not in [c.name for c in engine.containers.list(all=True)]
     assert wait_for(alice.client, sid, "running")["status"] == "running"
     # The new container's address is recorded (a Relocated event) once it answers.
     port = container(engine, sid).attrs["NetworkSettings"]["Ports"]["4096/tcp"][0]["HostPort"]
-    while recorded_address(env["SANDBAR_DATABASE_URL"], sid) != f"127.0.0.1:{port}":
-        assert time.monotonic() < deadline, "the new address was not recorded"
-        time.sleep(0.2)
+    wait_until(
+        lambda: recorded_address(env["SANDBAR_DATABASE_URL"], sid),
+        until=lambda address: address == f"127.0.0.1:{port}",
+        timeout=60,
+        interval=0.2,
+        what="the new address recorded",
+    )
 
 
 def _running(engine, sandbox_id: str) -> bool:
