@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import itertools
 import logging
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 from uuid import UUID, uuid4
@@ -35,7 +34,9 @@ from domain.sandboxes import EVENT_STATUS, LIVE, TRANSITIONS, Kind, Sandbox, Sta
 from domain.workspaces import Membership, Workspace
 from infrastructure.settings import Settings
 from interfaces.bootstrap import Sandbar, build
-from tests.conftest import FAST_HASHING, ServerProcess, User, record, register, running, settled
+from tests.conftest import FAST_HASHING, ServerProcess, User, record, register, running
+from tests.errors import assert_error
+from tests.waiting import wait_until
 
 S = Status
 
@@ -471,9 +472,7 @@ def test_refusals_speak_the_users_words(own: tuple[ServerProcess, Sandbar]) -> N
     local = local_sandbox(alice)
 
     def refusal(path: str) -> str:
-        r = alice.client.post(path)
-        assert r.status_code == 409, r.text
-        message = r.json()["error"]["message"]
+        message = assert_error(alice.client.post(path), 409, "illegal_transition")["message"]
         assert "cannot become" not in message, message
         return message
 
@@ -485,8 +484,11 @@ def test_refusals_speak_the_users_words(own: tuple[ServerProcess, Sandbar]) -> N
     )
     with acting_as(SYSTEM):
         record(app, UUID(sid), lambda s: s.record_started("127.0.0.1:9"))
-    settled(lambda: alice.client.post(f"/api/sandboxes/{sid}/resume"), 409)
-    assert refusal(f"/api/sandboxes/{sid}/resume") == "the sandbox is already running"
+    wait_until(  # (the server hears of the start a moment later)
+        lambda: refusal(f"/api/sandboxes/{sid}/resume"),
+        until=lambda message: message == "the sandbox is already running",
+        what="a refusal saying the sandbox is running",
+    )
     assert "local sandbox" in refusal(f"/api/sandboxes/{local}/pause")
 
 
@@ -511,13 +513,13 @@ def test_without_an_engine_the_reason_says_what_to_do_and_the_log_says_it_once(
     with caplog.at_level(logging.INFO, logger="sandbar.worker"):
         for _ in range(3):
             worker.reconcile()  # each sweep converges every live cloud sandbox
-        deadline = time.monotonic() + 30
-        while True:
-            rows = {s: alice.client.get(f"/api/sandboxes/{s}").json() for s in (creating, started)}
-            if rows[creating]["status"] == "failed" and rows[started]["error"]:
-                break
-            assert time.monotonic() < deadline, rows
-            time.sleep(0.05)
+        both = (creating, started)
+        rows = wait_until(
+            lambda: {s: alice.client.get(f"/api/sandboxes/{s}").json() for s in both},
+            until=lambda rows: rows[creating]["status"] == "failed" and rows[started]["error"],
+            timeout=30,
+            what="the one failed and the other's reason",
+        )
         for _ in range(3):
             worker.converge(UUID(started))
     for row in rows.values():
