@@ -24,6 +24,8 @@ from psycopg import sql
 
 from interfaces.bootstrap import Sandbar
 from tests.conftest import PASSWORD, ServerProcess
+from tests.errors import assert_error
+from tests.waiting import wait_until
 
 COOKIE = "sandbar_session"
 USER_KEYS = {"id", "username", "email", "display_name", "created_at"}
@@ -64,18 +66,6 @@ def session_cookie(r: httpx.Response) -> tuple[str, dict[str, str]]:
     assert len(headers) == 1, r.headers.get_list("set-cookie")
     _, value, attrs = parse_set_cookie(headers[0])
     return value, attrs
-
-
-def check_error(r: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"].startswith("application/json")
-    body = r.json()
-    assert set(body) == {"error"}
-    assert {"code", "message"} <= set(body["error"]) <= {"code", "message", "field"}
-    assert body["error"]["message"]
-    if code:
-        assert body["error"]["code"] == code, body
-    return body["error"]
 
 
 def sign_up(c: httpx.Client, username: str, password: str = PASSWORD, **extra: Any):
@@ -140,9 +130,14 @@ def test_a_session_expires(server_env, tmp_path: Path):
             token, attrs = session_cookie(r)
             assert attrs["max-age"] == "2"
             assert c.get("/api/auth/me").status_code == 200
-        time.sleep(3)
-        with as_token(proc.url, token) as late:
-            check_error(late.get("/api/auth/me"), 401)
+        with as_token(proc.url, token) as late:  # refused once the 2 s have passed
+            r = wait_until(
+                lambda: late.get("/api/auth/me"),
+                until=lambda r: r.status_code != 200,
+                interval=0.1,
+                what="the session refused once expired",
+            )
+            assert_error(r, 401)
     finally:
         proc.stop()
     assert "Traceback" not in (tmp_path / "ttl.log").read_text()
@@ -162,11 +157,11 @@ def test_duplicate_usernames_are_409_case_insensitively(server, again):
     other_password = "another password entirely"
     with client(server) as c:
         r = sign_up(c, second[again], other_password)
-        check_error(r, 409, "username_taken")
+        assert_error(r, 409, "username_taken")
         assert not r.headers.get_list("set-cookie"), "a refused sign-up opens no session"
         assert COOKIE not in c.cookies
         # The first account is untouched: its password still works, the other does not.
-        check_error(sign_in(c, f"bob-{stem}", other_password), 401)
+        assert_error(sign_in(c, f"bob-{stem}", other_password), 401)
         assert sign_in(c, f"bob-{stem}").status_code == 200
 
 
@@ -204,7 +199,7 @@ def test_login_failures_look_the_same_for_unknown_users_and_wrong_passwords(serv
         unknown = sign_in(c, unique("ghost"), "not the password")
         unknown_right_password = sign_in(c, unique("ghost"), PASSWORD)
         assert COOKIE not in c.cookies
-    error = check_error(wrong, 401)
+    error = assert_error(wrong, 401)
     assert wrong.status_code == unknown.status_code == unknown_right_password.status_code
     assert wrong.content == unknown.content == unknown_right_password.content
     assert "password" in error["message"] or "credentials" in error["message"]
@@ -223,11 +218,11 @@ def test_five_failures_for_a_username_from_one_address_then_429_with_retry_after
     attacker = own_address()
     with client(server, attacker) as c:
         for _ in range(5):  # SANDBAR_LOGIN_MAX_FAILURES defaults to 5
-            check_error(sign_in(c, name, "guess-guess"), 401)
+            assert_error(sign_in(c, name, "guess-guess"), 401)
         # Even the right password is refused now: no telling whether a guess was right.
         for password in ("guess-guess", PASSWORD):
             limited = sign_in(c, name, password)
-            error = check_error(limited, 429, "rate_limited")
+            error = assert_error(limited, 429, "rate_limited")
             assert 1 <= int(limited.headers["retry-after"]) <= 300
             assert error["message"]
             assert COOKIE not in c.cookies
@@ -255,10 +250,10 @@ def test_a_username_guessed_from_many_addresses_is_limited_in_the_end(server):
     for _ in range(25):  # 25 addresses, 4 guesses each: under each one's limit of 5
         with client(server) as c:
             for _ in range(4):
-                check_error(sign_in(c, name, "guess-guess"), 401)
+                assert_error(sign_in(c, name, "guess-guess"), 401)
     with client(server) as elsewhere:
         r = sign_in(elsewhere, name, PASSWORD)
-        check_error(r, 429, "rate_limited")
+        assert_error(r, 429, "rate_limited")
         assert 1 <= int(r.headers["retry-after"]) <= 300
 
 
@@ -267,9 +262,9 @@ def test_unknown_usernames_are_limited_the_same_way(server):
     ghost = unique("ghost")
     with client(server) as c:
         for _ in range(5):
-            check_error(sign_in(c, ghost, "guess-guess"), 401)
+            assert_error(sign_in(c, ghost, "guess-guess"), 401)
         r = sign_in(c, ghost, "guess-guess")
-        check_error(r, 429, "rate_limited")
+        assert_error(r, 429, "rate_limited")
         assert int(r.headers["retry-after"]) >= 1
 
 
@@ -278,10 +273,10 @@ def test_a_success_clears_the_username_failures(server):
     with client(server) as c:
         assert sign_up(c, name).status_code == 201
         for _ in range(4):
-            check_error(sign_in(c, name, "typo-typo"), 401)
+            assert_error(sign_in(c, name, "typo-typo"), 401)
         assert sign_in(c, name).status_code == 200
         for _ in range(4):
-            check_error(sign_in(c, name, "typo-typo"), 401)
+            assert_error(sign_in(c, name, "typo-typo"), 401)
         assert sign_in(c, name).status_code == 200
 
 
@@ -294,19 +289,19 @@ def test_a_client_address_gets_a_larger_allowance_then_is_limited(server):
     address = own_address()
     with client(server, address) as c:
         for _ in range(5):
-            check_error(sign_in(c, unique("spray"), "guess-guess"), 401)
+            assert_error(sign_in(c, unique("spray"), "guess-guess"), 401)
         assert sign_in(c, real).status_code == 200
         failures = 5
         while failures < 200:
             r = sign_in(c, unique("spray"), "guess-guess")
             if r.status_code == 429:
                 break
-            check_error(r, 401)
+            assert_error(r, 401)
             failures += 1
-        check_error(r, 429, "rate_limited")
+        assert_error(r, 429, "rate_limited")
         assert int(r.headers["retry-after"]) >= 1
         # Every sign-in from the address is refused now, the right password too.
-        check_error(sign_in(c, real), 429, "rate_limited")
+        assert_error(sign_in(c, real), 429, "rate_limited")
     # Other addresses are not.
     with client(server) as c:
         assert sign_in(c, real).status_code == 200
@@ -331,13 +326,13 @@ def test_logout_clears_the_cookie_and_revokes_the_token(server):
         )
         assert attrs.get("path") == "/" and "domain" not in attrs
         assert COOKIE not in c.cookies
-        check_error(c.get("/api/auth/me"), 401, "unauthenticated")
+        assert_error(c.get("/api/auth/me"), 401, "unauthenticated")
     # The token itself is revoked, not merely forgotten by the client: replayed, it fails.
     with as_token(server, token) as replay:
-        check_error(replay.get("/api/auth/me"), 401, "unauthenticated")
-        check_error(replay.get("/api/workspaces"), 401)
-        check_error(replay.post("/api/workspaces", json={"name": "after logout"}), 401)
-        check_error(replay.post("/api/auth/logout"), 401)
+        assert_error(replay.get("/api/auth/me"), 401, "unauthenticated")
+        assert_error(replay.get("/api/workspaces"), 401)
+        assert_error(replay.post("/api/workspaces", json={"name": "after logout"}), 401)
+        assert_error(replay.post("/api/auth/logout"), 401)
     # The password still works: a new session.
     with client(server) as c:
         assert sign_in(c, name).status_code == 200
@@ -351,11 +346,11 @@ def test_logout_revokes_only_that_session(server):
         assert sign_in(phone, name).status_code == 200
         assert phone.post("/api/auth/logout").status_code == 204
         assert laptop.get("/api/auth/me").status_code == 200
-        check_error(phone.get("/api/auth/me"), 401)
+        assert_error(phone.get("/api/auth/me"), 401)
 
 
 def test_logout_without_a_session_is_401(anonymous):
-    check_error(anonymous.post("/api/auth/logout"), 401)
+    assert_error(anonymous.post("/api/auth/logout"), 401)
 
 
 # --- who is calling -------------------------------------------------------------------
@@ -378,8 +373,8 @@ def test_logout_without_a_session_is_401(anonymous):
 def test_me_without_a_valid_session_is_401(server, cookie):
     headers = {} if cookie is None else {"cookie": f"{COOKIE}={cookie}"}
     with httpx.Client(base_url=server, timeout=30, headers=headers) as c:
-        check_error(c.get("/api/auth/me"), 401, "unauthenticated")
-        check_error(c.get("/api/workspaces"), 401)
+        assert_error(c.get("/api/auth/me"), 401, "unauthenticated")
+        assert_error(c.get("/api/workspaces"), 401)
 
 
 def test_a_tampered_token_is_401(server):
@@ -389,7 +384,7 @@ def test_a_tampered_token_is_401(server):
     flipped = token[:-1] + ("A" if token[-1] != "A" else "B")
     for bad in (flipped, token[:-1], token + "x", token.upper(), f" {token}x"):
         with as_token(server, bad) as c:
-            check_error(c.get("/api/auth/me"), 401)
+            assert_error(c.get("/api/auth/me"), 401)
     with as_token(server, token) as c:
         assert c.get("/api/auth/me").status_code == 200
 
@@ -422,15 +417,15 @@ def test_cross_origin_writes_are_refused(new_user, server):
     for origin in foreign_origins(server):
         name = unique("csrf")
         h = {"origin": origin}
-        check_error(c.post("/api/workspaces", json={"name": name}, headers=h), 403, "cross_origin")
-        check_error(c.delete(f"/api/workspaces/{wid}", headers=h), 403, "cross_origin")
+        assert_error(c.post("/api/workspaces", json={"name": name}, headers=h), 403, "cross_origin")
+        assert_error(c.delete(f"/api/workspaces/{wid}", headers=h), 403, "cross_origin")
         r = c.post(
             f"/api/workspaces/{wid}/sandboxes", json={"name": "s", "type": "opencode"}, headers=h
         )
-        check_error(r, 403, "cross_origin")
+        assert_error(r, 403, "cross_origin")
         r = c.put(f"/api/workspaces/{wid}/members/{alice.id}", json={"role": "guest"}, headers=h)
-        check_error(r, 403, "cross_origin")
-        check_error(c.post("/api/auth/logout", headers=h), 403, "cross_origin")
+        assert_error(r, 403, "cross_origin")
+        assert_error(c.post("/api/auth/logout", headers=h), 403, "cross_origin")
         assert name not in workspace_names(c)
     # Nothing changed: the workspace is there, alice still owns it, still signed in.
     r = c.get(f"/api/workspaces/{wid}")
@@ -448,12 +443,12 @@ def test_cross_origin_sign_in_and_sign_up_are_refused(server):
         r = c.post(
             "/api/auth/register", json={"username": name, "password": PASSWORD}, headers=evil
         )
-        check_error(r, 403, "cross_origin")
+        assert_error(r, 403, "cross_origin")
         assert not r.headers.get_list("set-cookie")
         assert sign_up(c, name).status_code == 201  # the name was not taken by the refusal
     with client(server) as c:
         r = c.post("/api/auth/login", json={"username": name, "password": PASSWORD}, headers=evil)
-        check_error(r, 403, "cross_origin")
+        assert_error(r, 403, "cross_origin")
         assert not r.headers.get_list("set-cookie")
 
 
@@ -499,7 +494,7 @@ def secrets_of_a_user(server) -> Iterator[dict[str, Any]]:
         user_id = r.json()["id"]
         first, _ = session_cookie(r)
         assert c.post("/api/workspaces", json={"name": "secrets"}).status_code == 201
-        check_error(sign_in(c, name, wrong), 401)
+        assert_error(sign_in(c, name, wrong), 401)
         r = sign_in(c, name, password)
         assert r.status_code == 200
         second, _ = session_cookie(r)

@@ -5,7 +5,6 @@ never a stack trace."""
 from __future__ import annotations
 
 import json
-import re
 import socket
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,36 +20,12 @@ from hypothesis import strategies as st
 
 from projections.view import EVENTS_TABLE
 from tests.conftest import PASSWORD, ServerProcess, User, register
+from tests.errors import assert_error
 
 MIB = 1024 * 1024
-CODE = re.compile(r"[a-z][a-z0-9_]*")
-TRACE_MARKS = ("Traceback", 'File "', "Exception", "psycopg", "pydantic", ".py")
 
 
 # --- helpers --------------------------------------------------------------------------
-
-
-def check_error(
-    r: httpx.Response, status: int | set[int], code: str | None = None, field: str | None = None
-) -> dict[str, Any]:
-    """``r`` is an error answer with ``status`` in docs/api.md's shape; returns its error object."""
-    statuses = {status} if isinstance(status, int) else status
-    where = f"{r.request.method} {r.request.url.path}"
-    assert r.status_code in statuses, f"{where}: {r.status_code} {r.text[:500]}"
-    assert r.headers.get("content-type", "").startswith("application/json"), (where, r.headers)
-    body = r.json()
-    assert set(body) == {"error"}, (where, body)
-    error = body["error"]
-    assert {"code", "message"} <= set(error) <= {"code", "message", "field"}, (where, error)
-    assert isinstance(error["code"], str) and CODE.fullmatch(error["code"]), (where, error)
-    assert isinstance(error["message"], str) and error["message"].strip(), (where, error)
-    for mark in TRACE_MARKS:
-        assert mark not in r.text, (where, r.text)
-    if code is not None:
-        assert error["code"] == code, (where, error)
-    if field is not None:
-        assert error.get("field") == field, (where, error)
-    return error
 
 
 def no_crash(r: httpx.Response) -> None:
@@ -58,7 +33,7 @@ def no_crash(r: httpx.Response) -> None:
     where = f"{r.request.method} {r.request.url.path}"
     assert r.status_code < 500, f"{where}: {r.status_code} {r.text[:500]}"
     if r.status_code >= 400:
-        check_error(r, r.status_code)
+        assert_error(r, r.status_code)
 
 
 def raw(
@@ -208,13 +183,13 @@ MALFORMED = [
 @pytest.mark.parametrize("content", MALFORMED, ids=range(len(MALFORMED)))
 def test_malformed_json_is_400(world, route, content):
     r = raw(world.client(route), route.method, world.path(route), content)
-    check_error(r, 400)
+    assert_error(r, 400)
 
 
 @pytest.mark.parametrize("route", ROUTES, ids=ROUTE_IDS)
 def test_malformed_json_code(world, route):
     r = raw(world.client(route), route.method, world.path(route), b'{"name":')
-    check_error(r, 400, "malformed_json")
+    assert_error(r, 400, "malformed_json")
 
 
 NOT_OBJECTS = [b"[]", b'[{"name": "x"}]', b'"name"', b"1", b"1.5", b"true", b"false", b"null"]
@@ -224,14 +199,14 @@ NOT_OBJECTS = [b"[]", b'[{"name": "x"}]', b'"name"', b"1", b"1.5", b"true", b"fa
 @pytest.mark.parametrize("content", NOT_OBJECTS, ids=[c.decode() for c in NOT_OBJECTS])
 def test_json_that_is_not_an_object_is_400(world, route, content):
     r = raw(world.client(route), route.method, world.path(route), content)
-    check_error(r, 400)
+    assert_error(r, 400)
 
 
 @pytest.mark.parametrize("route", ROUTES, ids=ROUTE_IDS)
 @pytest.mark.parametrize("content", [None, b""], ids=["none", "empty"])
 def test_missing_body_is_400(world, route, content):
     r = raw(world.client(route), route.method, world.path(route), content)
-    check_error(r, 400, "missing_body")
+    assert_error(r, 400, "missing_body")
 
 
 # --- fields ---------------------------------------------------------------------------
@@ -258,7 +233,7 @@ def wrong_type_cases() -> list[tuple[Route, str, Any]]:
 def test_wrong_types_are_422_naming_the_field(world, route, field, value):
     body = world.body(route, **{field: value})
     r = world.client(route).request(route.method, world.path(route), json=body)
-    check_error(r, 422, field=field)
+    assert_error(r, 422, field=field)
 
 
 @pytest.mark.parametrize(
@@ -270,7 +245,7 @@ def test_missing_fields_are_422_naming_the_field(world, route, field):
     body = world.body(route)
     del body[field]
     r = world.client(route).request(route.method, world.path(route), json=body)
-    check_error(r, 422, "missing_field", field)
+    assert_error(r, 422, "missing_field", field)
 
 
 @pytest.mark.parametrize("route", ROUTES, ids=ROUTE_IDS)
@@ -280,7 +255,7 @@ def test_unknown_fields_are_422_naming_the_field(world, route, extra):
         pytest.skip("a known field of this route")
     body = world.body(route, **{extra: "x"})
     r = world.client(route).request(route.method, world.path(route), json=body)
-    error = check_error(r, 422, "unknown_field")
+    error = assert_error(r, 422, "unknown_field")
     if extra:
         assert error["field"] == extra
 
@@ -288,7 +263,7 @@ def test_unknown_fields_are_422_naming_the_field(world, route, extra):
 def test_only_the_wrong_fields_are_named(world):
     """Several problems at once: still one clear error, naming one of the bad fields."""
     r = world.owner.client.post("/api/workspaces", json={"name": 5, "colour": "red"})
-    error = check_error(r, 422)
+    error = assert_error(r, 422)
     assert error["field"] in {"name", "colour"}
 
 
@@ -322,7 +297,7 @@ NAME_ROUTES = [r for r in ROUTES if "name" in r.body]
 def test_names_out_of_range_are_422(world, route, name):
     content = ascii_json(world.body(route, name=name))
     r = raw(world.client(route), route.method, world.path(route), content)
-    check_error(r, 422, field="name")
+    assert_error(r, 422, field="name")
 
 
 GOOD_NAMES = [
@@ -382,7 +357,7 @@ def test_register_bad_usernames_are_422(world, username):
         "/api/auth/register",
         ascii_json({"username": username, "password": PASSWORD}),
     )
-    check_error(r, 422, field="username")
+    assert_error(r, 422, field="username")
 
 
 def test_usernames_are_lower_cased_and_trimmed(world):
@@ -409,7 +384,7 @@ def test_register_bad_passwords_are_422(world, password):
     r = world.anonymous.post(
         "/api/auth/register", json={"username": unique("pw"), "password": password}
     )
-    check_error(r, 422, field="password")
+    assert_error(r, 422, field="password")
 
 
 @pytest.mark.parametrize("password", ["x" * 8, "x" * 256, "        ", "日本語のパスワード"])
@@ -440,7 +415,7 @@ BAD_EMAILS = [
 def test_register_bad_emails_are_422(world, email):
     body = ascii_json({"username": unique("mail"), "password": PASSWORD, "email": email})
     r = raw(world.anonymous, "POST", "/api/auth/register", body)
-    check_error(r, 422, field="email")
+    assert_error(r, 422, field="email")
 
 
 def test_email_is_optional_and_trimmed(world):
@@ -501,7 +476,7 @@ def test_unknown_roles_are_422(world, route, role):
         world.path(route),
         ascii_json(world.body(route, role=role)),
     )
-    error = check_error(r, 422, field="role")
+    error = assert_error(r, 422, field="role")
     assert "owner" in error["message"]  # the message says what is allowed
 
 
@@ -516,7 +491,7 @@ def test_unknown_sandbox_types_are_422(world, kind):
         f"/api/workspaces/{world.workspace}/sandboxes",
         ascii_json({"name": "s", "type": kind}),
     )
-    error = check_error(r, 422, field="type")
+    error = assert_error(r, 422, field="type")
     assert "opencode" in error["message"]
 
 
@@ -575,7 +550,7 @@ ID_ROUTES: list[tuple[str, str, str, dict[str, Any] | None]] = [
 def test_non_uuid_ids_are_422_naming_the_field(world, method, path, field, body, bad):
     url = path.format(bad=bad, wid=world.workspace, mid=world.other.id)
     r = world.owner.client.request(method, url, json=body)
-    check_error(r, 422, field=field)
+    assert_error(r, 422, field=field)
 
 
 @pytest.mark.parametrize(
@@ -586,7 +561,7 @@ def test_non_uuid_ids_are_422_naming_the_field(world, method, path, field, body,
 def test_unknown_uuids_are_404(world, method, path, field, body):
     url = path.format(bad=uuid.uuid4(), wid=world.workspace, mid=world.other.id)
     r = world.owner.client.request(method, url, json=body)
-    check_error(r, 404)
+    assert_error(r, 404)
 
 
 def test_ids_are_checked_after_sign_in(world, server):
@@ -594,7 +569,7 @@ def test_ids_are_checked_after_sign_in(world, server):
     with httpx.Client(base_url=server, timeout=30) as nobody:
         for method, path, _, body in ID_ROUTES:
             url = path.format(bad="nope", wid=world.workspace, mid=world.other.id)
-            check_error(nobody.request(method, url, json=body), 401)
+            assert_error(nobody.request(method, url, json=body), 401)
 
 
 # --- size, media type, routes, methods ------------------------------------------------
@@ -607,7 +582,7 @@ def test_body_over_a_mebibyte_with_content_length_is_413(world, route):
     big = ascii_json(world.body(route, name="x" * MIB))
     r = raw(world.client(route), route.method, world.path(route), big)
     assert r.request.headers["content-length"] == str(len(big))
-    check_error(r, 413, "body_too_large")
+    assert_error(r, 413, "body_too_large")
 
 
 @pytest.mark.parametrize("route", SIZE_ROUTES, ids=[r.name for r in SIZE_ROUTES])
@@ -621,7 +596,7 @@ def test_body_over_a_mebibyte_chunked_is_413(world, route):
     r = raw(world.client(route), route.method, world.path(route), chunks())
     assert "content-length" not in r.request.headers
     assert r.request.headers["transfer-encoding"] == "chunked"
-    check_error(r, 413, "body_too_large")
+    assert_error(r, 413, "body_too_large")
 
 
 def http_exchange(server: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
@@ -673,18 +648,18 @@ def test_the_cap_is_exactly_a_mebibyte(world):
     prefix, suffix = b'{"name": "', b'"}'
     exact = prefix + b"x" * (MIB - len(prefix) - len(suffix)) + suffix
     assert len(exact) == MIB
-    check_error(raw(c, "POST", "/api/workspaces", exact), 422, field="name")
+    assert_error(raw(c, "POST", "/api/workspaces", exact), 422, field="name")
     over = prefix + b"x" * (MIB + 1 - len(prefix) - len(suffix)) + suffix
-    check_error(raw(c, "POST", "/api/workspaces", over), 413, "body_too_large")
+    assert_error(raw(c, "POST", "/api/workspaces", over), 413, "body_too_large")
     # Whitespace counts too: 1 MiB of padding around a small valid object.
     padded = b'{"name": "ok"}' + b" " * MIB
-    check_error(raw(c, "POST", "/api/workspaces", padded), 413, "body_too_large")
+    assert_error(raw(c, "POST", "/api/workspaces", padded), 413, "body_too_large")
 
 
 def test_the_server_still_answers_after_oversize_bodies(world):
     for _ in range(3):
         big = b" " * (2 * MIB)
-        check_error(raw(world.owner.client, "POST", "/api/workspaces", big), 413)
+        assert_error(raw(world.owner.client, "POST", "/api/workspaces", big), 413)
     assert world.owner.client.get("/api/workspaces").status_code == 200
 
 
@@ -706,7 +681,7 @@ WRONG_MEDIA = [
 @pytest.mark.parametrize(("media", "content"), WRONG_MEDIA, ids=[str(m) for m, _ in WRONG_MEDIA])
 def test_wrong_content_type_is_415(world, route, media, content):
     r = raw(world.client(route), route.method, world.path(route), content, media)
-    check_error(r, 415, "unsupported_media_type")
+    assert_error(r, 415, "unsupported_media_type")
 
 
 @pytest.mark.parametrize(
@@ -735,7 +710,7 @@ def test_json_content_type_variants_are_accepted(world, media):
 def test_unknown_routes_are_404_json(world, method, path):
     url = path.format(wid=world.workspace)
     r = world.owner.client.request(method, url, json={"name": "x"} if method == "POST" else None)
-    check_error(r, 404)
+    assert_error(r, 404)
 
 
 @pytest.mark.parametrize(
@@ -762,7 +737,7 @@ def test_unknown_routes_are_404_json(world, method, path):
 def test_wrong_methods_are_405_json(world, method, path):
     url = path.format(wid=world.workspace, mid=world.other.id, sid=world.sandbox)
     r = world.owner.client.request(method, url)
-    check_error(r, 405)
+    assert_error(r, 405)
     assert r.headers.get("allow"), "a 405 says which methods are allowed"
     assert method not in r.headers["allow"]
 
@@ -779,7 +754,7 @@ def test_wrong_methods_are_405_json(world, method, path):
 def test_405_allow_lists_every_method_of_the_path(world, path, methods):
     url = path.format(wid=world.workspace, mid=world.other.id, sid=world.sandbox)
     r = world.owner.client.request("PATCH", url)
-    check_error(r, 405)
+    assert_error(r, 405)
     allowed = {m.strip() for m in r.headers.get("allow", "").split(",")} - {"HEAD", ""}
     assert allowed == methods, r.headers.get("allow")
 
@@ -814,7 +789,7 @@ def test_errors_carry_no_trace_even_for_odd_requests(world):
         c.post("/api/workspaces?name=x", json={"name": "ok"}),
     ]
     for r in odd[:-1]:
-        check_error(r, {400, 422})
+        assert_error(r, {400, 422})
     assert odd[-1].status_code == 201  # an unknown query parameter is ignored
 
 
@@ -885,7 +860,7 @@ def test_odd_passwords_get_an_answer_not_a_crash(isolated, password):
     if "\u0000" in password:
         no_crash(r)
     else:
-        check_error(r, 422, field="password")
+        assert_error(r, 422, field="password")
 
 
 ODD_EMAILS = [
@@ -902,7 +877,7 @@ def test_register_emails_with_control_characters_are_422(isolated, email):
     body = ascii_json({"username": unique("mail"), "password": PASSWORD, "email": email})
     with fresh(isolated.url) as c:
         r = raw(c, "POST", "/api/auth/register", body)
-    check_error(r, 422, field="email")
+    assert_error(r, 422, field="email")
 
 
 @pytest.mark.parametrize("email", ODD_EMAILS[:3], ids=["nul", "trailing-nul", "surrogate"])
@@ -938,7 +913,7 @@ def test_login_with_odd_values_never_crashes(isolated, field, value):
     transport = httpx.HTTPTransport(local_address=address)
     with httpx.Client(base_url=isolated.url, transport=transport, timeout=30) as c:
         r = raw(c, "POST", "/api/auth/login", ascii_json(body))
-    check_error(r, {401, 422})
+    assert_error(r, {401, 422})
 
 
 BAD_MEMBER_USERNAMES = ["nul\u0000name", "surrogate\ud800", "x" * 10_000, "", "bad name"]
@@ -951,7 +926,7 @@ def test_add_member_odd_usernames_never_crash(isolated, username):
     """No such user can exist: a 404 or a 422 naming the username, never a 5xx."""
     body = ascii_json({"username": username, "role": "guest"})
     r = raw(isolated.owner.client, "POST", f"/api/workspaces/{isolated.workspace}/members", body)
-    error = check_error(r, {404, 422})
+    error = assert_error(r, {404, 422})
     if r.status_code == 422:
         assert error["field"] == "username"
 

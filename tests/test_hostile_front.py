@@ -19,6 +19,7 @@ from interfaces.bootstrap import Sandbar
 from tests.conftest import ServerProcess, User, record, register, running
 from tests.front_client import Reader, request
 from tests.upstream import TestAgent
+from tests.waiting import wait_until
 
 PER_CLIENT = 20
 
@@ -147,13 +148,19 @@ def test_a_client_busy_on_every_connection_gets_no_more(capped: Setup) -> None:
     try:
         for sock in busy:
             sock.sendall(request("GET", capped.host, "/late?after=5", auth))
-        deadline = time.monotonic() + 20
-        while True:  # once the server has taken all of them in, no answer
-            with _connect(capped) as newest:
-                newest.sendall(request("GET", "localhost", "/healthz"))
-                if _closed(newest) == b"":
-                    break
-            assert time.monotonic() < deadline, "a client took more than its share"
+
+        def newest() -> bytes:
+            with _connect(capped) as sock:
+                sock.sendall(request("GET", "localhost", "/healthz"))
+                return _closed(sock)
+
+        wait_until(  # once the server has taken all of them in, no answer
+            newest,
+            until=lambda answer: answer == b"",
+            timeout=20,
+            interval=0.01,
+            what="a new connection refused (a client took more than its share)",
+        )
         for sock in busy:
             assert Reader(sock).answer().body == b"late"
     finally:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +21,19 @@ import pytest
 from websockets.sync.client import connect as ws_connect
 
 from interfaces.bootstrap import Sandbar
-from tests.conftest import ROOT, ServerProcess, User, free_port, record, register, running
+from tests.conftest import (
+    ROOT,
+    ServerProcess,
+    User,
+    free_port,
+    record,
+    register,
+    running,
+    settled,
+)
 from tests.test_tunnel import AgentProcess, Local, agent_cli, new_code
 from tests.upstream import TestAgent
+from tests.waiting import wait_until
 
 COMMON = """
 worker_processes 1;
@@ -85,11 +94,12 @@ def front(server_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) 
             stderr=(folder / "stderr.log").open("wb"),
         )
         try:
-            deadline = time.monotonic() + 15
-            while not _answers(port):
+
+            def started() -> bool:
                 assert proc.poll() is None, (folder / "error.log").read_text()
-                assert time.monotonic() < deadline, "nginx did not start"
-                time.sleep(0.05)
+                return _answers(port)
+
+            wait_until(started, timeout=15, what="nginx answering")
             yield Front(port, sandbar)
         finally:
             proc.terminate()
@@ -123,10 +133,7 @@ def test_api_and_sandboxes_share_nginx_kept_alive_connections(
     )
     with sandbox:
         # Alternate, so nginx hands the same few upstream connections to both hosts.
-        deadline = time.monotonic() + 10
-        while sandbox.get("/echo").status_code != 200:  # (the server hears of the start)
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        settled(lambda: sandbox.get("/echo"), 200)  # (the server hears of the start)
         for n in range(30):
             me = owner.client.get("/api/auth/me")
             assert me.status_code == 200 and me.json()["username"] == owner.username
@@ -161,10 +168,7 @@ def test_the_ticket_flow_through_nginx(
         base_url=f"http://127.0.0.1:{front.port}", headers={"host": host}, timeout=30
     )
     with browser:
-        deadline = time.monotonic() + 10
-        while (first := browser.get("/echo")).status_code != 302:
-            assert time.monotonic() < deadline, first.text
-            time.sleep(0.05)
+        first = settled(lambda: browser.get("/echo"), 302)
         to_api = urlsplit(first.headers["location"])
         assert to_api.netloc == f"localhost:{front.port}"  # nginx's, as the browser sees it
         second = owner.client.get(f"{to_api.path}?{to_api.query}")

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from tests.conftest import User
+from tests.errors import assert_error
 
 PERSONAS = ("anonymous", "stranger", "guest", "developer", "maintainer", "owner")
 
@@ -136,10 +137,10 @@ CELLS = [(a, p, s) for a, row in EXPECTED.items() for p, s in zip(PERSONAS, row,
 )
 def test_matrix(world: World, action: str, persona: str, status: int) -> None:
     r = _call(world, persona, action)
-    assert r.status_code == status, r.text
     if status >= 400:
-        error = r.json()["error"]
-        assert isinstance(error["code"], str) and isinstance(error["message"], str)
+        assert_error(r, status)
+    else:
+        assert r.status_code == status, r.text
 
 
 def test_a_member_may_leave(world: World) -> None:
@@ -153,15 +154,15 @@ def test_a_member_may_leave(world: World) -> None:
 def test_the_last_owner_stays(world: World) -> None:
     owner, wid = world.owner, world.workspace
     url = f"/api/workspaces/{wid}/members/{owner.id}"
-    assert owner.client.put(url, json={"role": "guest"}).json()["error"]["code"] == "last_owner"
-    assert owner.client.delete(url).status_code == 409
+    assert_error(owner.client.put(url, json={"role": "guest"}), 409, "last_owner")
+    assert_error(owner.client.delete(url), 409, "last_owner")
     # With a second owner, either can step down, but not both.
     second = world.maintainer
     r = owner.client.put(f"/api/workspaces/{wid}/members/{second.id}", json={"role": "owner"})
     assert r.status_code == 200
     assert owner.client.put(url, json={"role": "developer"}).status_code == 200
     r = second.client.put(f"/api/workspaces/{wid}/members/{second.id}", json={"role": "guest"})
-    assert r.status_code == 409
+    assert_error(r, 409, "last_owner")
     roles = {
         m["username"]: m["role"] for m in second.client.get(f"/api/workspaces/{wid}/members").json()
     }
@@ -173,20 +174,19 @@ def test_membership_rules(world: World) -> None:
     owner, wid = world.owner, world.workspace
     members = f"/api/workspaces/{wid}/members"
     again = owner.client.post(members, json={"username": world.guest.username, "role": "guest"})
-    assert again.status_code == 409
+    assert_error(again, 409, "already_member")
     bad = owner.client.post(members, json={"username": world.stranger.username, "role": "boss"})
-    assert bad.status_code == 422
-    assert bad.json()["error"]["field"] == "role"
+    assert_error(bad, 422, "invalid_field", field="role")
     nobody = owner.client.post(members, json={"username": "no-such-user", "role": "guest"})
-    assert nobody.status_code == 404
+    assert_error(nobody, 404, "user_not_found")
     r = owner.client.delete(f"{members}/{world.stranger.id}")
-    assert r.status_code == 404
+    assert_error(r, 404, "member_not_found")
 
     # A removed member loses access on the very next request, and can be added again.
     guest = world.guest
     assert owner.client.delete(f"{members}/{guest.id}").status_code == 204
-    assert guest.client.get(f"/api/workspaces/{wid}").status_code == 404
-    assert guest.client.get(f"/api/sandboxes/{world.sandbox}").status_code == 404
+    assert_error(guest.client.get(f"/api/workspaces/{wid}"), 404, "workspace_not_found")
+    assert_error(guest.client.get(f"/api/sandboxes/{world.sandbox}"), 404)
     back = owner.client.post(members, json={"username": guest.username, "role": "developer"})
     assert back.status_code == 201
     assert back.json()["role"] == "developer"
