@@ -273,8 +273,7 @@ def test_streamed_events_pass_as_they_come(
 
 def test_a_slow_api_times_out_cleanly(make_box: Callable[[], Box]) -> None:
     box = make_box()
-    started = time.monotonic()
-    r = httpx.post(  # the stand-in waits 6 s; the proxy's timeout here is 3 s
+    r = httpx.post(  # the stand-in waits 6 s, then answers 200; the proxy's timeout here is 3 s
         f"{box.url}/v1/messages",
         json={
             "model": "m",
@@ -284,8 +283,7 @@ def test_a_slow_api_times_out_cleanly(make_box: Callable[[], Box]) -> None:
         headers={"x-api-key": box.token},
         timeout=30,
     )
-    assert r.status_code == 504 and r.json()["error"]["type"] == "api_error"
-    assert time.monotonic() - started < 6
+    assert r.status_code == 504 and r.json()["error"]["type"] == "api_error"  # (before the 200)
 
 
 def test_an_answer_that_stops_coming_is_cut_cleanly(make_box: Callable[[], Box]) -> None:
@@ -302,7 +300,6 @@ def test_an_answer_that_stops_coming_is_cut_cleanly(make_box: Callable[[], Box])
         if first == "api":
             conn.request("GET", "/healthz")
             assert conn.getresponse().read() == b'{"status":"ok"}'
-        started = time.monotonic()
         conn.request(
             "POST", "/proxy/anthropic/v1/messages", body, {**headers, "x-standin-gap-ms": "5000"}
         )
@@ -311,8 +308,8 @@ def test_an_answer_that_stops_coming_is_cut_cleanly(make_box: Callable[[], Box])
         with pytest.raises(http.client.IncompleteRead) as cut:
             r.read()
         assert b"message_start" in cut.value.partial  # what came before the silence
-        assert b"message_stop" not in cut.value.partial
-        assert time.monotonic() - started < 5.0, first  # (before the next event)
+        # Cut before the next event (it comes 5 s after the first): only the first came.
+        assert cut.value.partial.count(b"event: ") == 1, (first, cut.value.partial)
         conn.close()
     assert usage_of(box, 2)["requests"] == 2
 

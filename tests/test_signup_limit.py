@@ -7,6 +7,7 @@ import uuid
 import httpx
 
 from tests.conftest import FAST_HASHING, PASSWORD, ServerProcess
+from tests.errors import assert_error
 
 
 def test_signups_per_address_are_limited(make_database, tmp_path):
@@ -28,8 +29,7 @@ def test_signups_per_address_are_limited(make_database, tmp_path):
 
             assert [sign_up().status_code for _ in range(3)] == [201, 201, 201]
             refused = sign_up()
-            assert refused.status_code == 429
-            assert refused.json()["error"]["code"] == "rate_limited"
+            assert_error(refused, 429, "rate_limited")
             assert int(refused.headers["retry-after"]) > 0
         # Another address is not affected.
         other = httpx.HTTPTransport(local_address="127.0.0.7")
