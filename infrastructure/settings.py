@@ -100,6 +100,12 @@ class Settings:
     # Local agents.
     agent_code_ttl: int = 600  # seconds a one-time agent code is good for
     agent_registrations_per_window: int = 30  # per client address, per login_window
+    # Local agents' tunnels (``sandbar agent connect`` reads the same variables).
+    tunnel_ping_every: float = 5.0  # seconds between heartbeat PINGs, at both ends
+    tunnel_dead_after: float = 15.0  # seconds without a PING answered: the tunnel is dead
+    tunnel_stall_after: float = 15.0  # seconds an agent may take nothing it is sent
+    tunnel_offline_grace: float = 3.0  # seconds away before the sandbox is recorded offline
+    tunnel_backoff_cap: float = 30.0  # the agent's longest wait between two dials
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sandbox_api_url", self.sandbox_api_url.rstrip("/"))

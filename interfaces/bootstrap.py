@@ -40,6 +40,7 @@ if TYPE_CHECKING:  # (the proxy's modules are loaded by a server alone)
     from interfaces.proxy.anthropic import AnthropicApi
     from interfaces.proxy.directory import Directory
     from interfaces.proxy.gate import Gate
+    from interfaces.tunnel.server import Tunnels
 
 
 @dataclass
@@ -123,6 +124,29 @@ class Sandbar:
             base_url=settings.anthropic_base_url,
             key=settings.anthropic_api_key or "",
             timeout=settings.anthropic_timeout,
+        )
+
+    def tunnels(self) -> Tunnels:
+        """The local agents' tunnels of a server process, given what they use. Timings
+        that cannot work together stop start-up."""
+        from interfaces.tunnel.link import Heartbeat
+        from interfaces.tunnel.server import Timing, Tunnels
+
+        settings = self.settings
+        try:
+            timing = Timing(
+                Heartbeat(settings.tunnel_ping_every, settings.tunnel_dead_after),
+                stall_after=settings.tunnel_stall_after,
+                grace=settings.tunnel_offline_grace,
+            )
+        except ValueError as e:
+            raise SystemExit(f"SANDBAR_TUNNEL_*: {e}") from None
+        trusted = (a.strip() for a in settings.trusted_proxies.split(","))
+        return Tunnels(
+            self.local_agents,
+            self.changes,
+            timing=timing,
+            trusted_proxies=[a for a in trusted if a],
         )
 
     def close(self) -> None:

@@ -213,12 +213,18 @@ def test_websocket_pings_from_an_agent_that_never_reads(
 
 
 def test_an_agent_that_does_not_read_holds_uploads_back_then_loses_its_tunnel(
-    hostile_server: ServerProcess, tmp_path: Path
+    server_env: dict[str, str], tmp_path: Path
 ) -> None:
     """The agent opens every window wide, takes an upload's stream and stops reading
     (answering Sandbar's heartbeat blindly): Sandbar stops taking the browser's body
-    after a bounded amount (it took all of it into memory before), and ends the tunnel."""
-    local = own_local(hostile_server, 9, tmp_path)
+    after a bounded amount (it took all of it into memory before), and ends the tunnel
+    (once it has taken nothing for SANDBAR_TUNNEL_STALL_AFTER: 1 s here, not 15)."""
+    quick = {"SANDBAR_TUNNEL_STALL_AFTER": "1", "SANDBAR_TUNNEL_OFFLINE_GRACE": "0.5"}
+    with running({**server_env, **quick}, tmp_path / "server.log") as server:
+        _upload_to_an_agent_that_does_not_read(own_local(server, 9, tmp_path))
+
+
+def _upload_to_an_agent_that_does_not_read(local: Local) -> None:
     agent = dial(local)
     agent.settle(window=MAX_WINDOW)
     local.wait_status("running")
@@ -252,7 +258,7 @@ def test_an_agent_that_does_not_read_holds_uploads_back_then_loses_its_tunnel(
     except OSError:
         pass  # (the tunnel ended and took the request with it)
     assert sent < 48 * 1024 * 1024, f"{sent} of {size} bytes taken"
-    local.wait_status("offline", timeout=60)  # the tunnel ended
+    local.wait_status("offline", timeout=10)  # the tunnel ended (no later than 15 + 3 s)
     stop.set()
     browser.close()
     agent.close()

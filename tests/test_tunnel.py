@@ -26,7 +26,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 
-from tests.conftest import ROOT, ServerProcess, User, free_port, register, running
+from tests.conftest import ROOT, ServerProcess, User, free_port, register, run_sandbar, running
 from tests.terminals import terminal_round_trip
 from tests.upstream import TestAgent
 
@@ -39,15 +39,27 @@ def tunnel_server(
         yield proc
 
 
-class AgentProcess:
-    """``sandbar agent connect`` as a user runs it."""
+# Short clocks for the tests that wait on them (README's settings table has the defaults:
+# a PING every 5 s, dead after 15 s, stalled after 15 s, offline after 3 s away).
+QUICK_HEARTBEAT = {"SANDBAR_TUNNEL_PING_EVERY": "0.5", "SANDBAR_TUNNEL_DEAD_AFTER": "1.5"}
+QUICK_TUNNELS = {
+    **QUICK_HEARTBEAT,
+    "SANDBAR_TUNNEL_STALL_AFTER": "1",
+    "SANDBAR_TUNNEL_OFFLINE_GRACE": "0.5",
+}
 
-    def __init__(self, config: Path, sandbox_id: str, *extra: str) -> None:
+
+class AgentProcess:
+    """``sandbar agent connect`` as a user runs it (``env``: more of its environment)."""
+
+    def __init__(
+        self, config: Path, sandbox_id: str, *extra: str, env: dict[str, str] | None = None
+    ) -> None:
         self.sandbox_id = sandbox_id
         self.log = config.with_suffix(f".{time.monotonic_ns()}.log")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "interfaces.cli.main", "agent", "connect", sandbox_id, *extra],
-            env={**os.environ, "SANDBAR_AGENT_CONFIG": str(config)},
+            env={**os.environ, "SANDBAR_AGENT_CONFIG": str(config), **(env or {})},
             cwd=ROOT,
             stdout=self.log.open("wb"),
             stderr=subprocess.STDOUT,
@@ -440,30 +452,35 @@ def test_opencode_on_the_agents_machine(
         agent.stop()
 
 
-def test_heartbeats_find_a_frozen_agent(make_local: Callable[..., Local]) -> None:
+def test_heartbeats_find_a_frozen_agent(
+    server_env: dict[str, str], agent_app: tuple[TestAgent, int], tmp_path: Path
+) -> None:
     """No TCP error will say so when the agent's machine just stops answering: the
-    tunnel's heartbeat does (PING unanswered for 15 s)."""
-    local = make_local()
-    agent = local.connect()
+    tunnel's heartbeat does (a PING unanswered for SANDBAR_TUNNEL_DEAD_AFTER seconds:
+    1.5 here, where the default of 15 would outlast the wait)."""
+    server = ServerProcess({**server_env, **QUICK_TUNNELS}, tmp_path / "server.log").start()
+    agent: AgentProcess | None = None
     try:
+        local, agent = own_agent(server, agent_app[1], tmp_path)
         local.wait_status("running")
         agent.proc.send_signal(signal.SIGSTOP)
-        started = time.monotonic()
-        local.wait_status("offline", timeout=40)
-        assert time.monotonic() - started < 30
+        local.wait_status("offline", timeout=10)
         with local.client() as client:
             assert client.get("/echo").status_code == 502
     finally:
-        agent.proc.send_signal(signal.SIGCONT)
-        agent.stop()
+        if agent is not None:
+            agent.proc.send_signal(signal.SIGCONT)
+            agent.stop()
+        server.stop()
 
 
 def own_agent(
-    server: ServerProcess, target_port: int, tmp_path: Path
+    server: ServerProcess, target_port: int, tmp_path: Path, env: dict[str, str] | None = None
 ) -> tuple[Local, AgentProcess]:
-    """A local sandbox on a server of the test's own, and its agent connected."""
+    """A local sandbox on a server of the test's own, and its agent connected (``env``:
+    more of the agent's environment)."""
     local = own_local(server, target_port, tmp_path)
-    return local, AgentProcess(local.config, local.id)
+    return local, AgentProcess(local.config, local.id, env=env)
 
 
 def own_local(server: ServerProcess, target_port: int, tmp_path: Path) -> Local:
@@ -493,14 +510,15 @@ def test_heartbeats_find_a_frozen_sandbar(
     server_env: dict[str, str], agent_app: tuple[TestAgent, int], tmp_path: Path
 ) -> None:
     """The other way round: Sandbar's machine stops answering; the agent's heartbeat
-    says so and the agent dials again (rather than wait for ever on a silent socket)."""
+    says so and the agent dials again (rather than wait for ever on a silent socket).
+    The agent reads its heartbeat from its environment: 1.5 s here, not 15."""
     server = ServerProcess(server_env, tmp_path / "server.log").start()
     agent: AgentProcess | None = None
     try:
-        local, agent = own_agent(server, agent_app[1], tmp_path)
+        local, agent = own_agent(server, agent_app[1], tmp_path, env=QUICK_HEARTBEAT)
         local.wait_status("running")
         server.proc.send_signal(signal.SIGSTOP)
-        wait_output(agent, "no heartbeat", 40)
+        wait_output(agent, "no heartbeat for 1.5 s", 10)
     finally:
         server.proc.send_signal(signal.SIGCONT)
         if agent is not None:
@@ -623,12 +641,14 @@ def test_agents_come_back_after_sandbar_restarts(
     server_env: dict[str, str], agent_app: tuple[TestAgent, int], tmp_path: Path
 ) -> None:
     """Stopping Sandbar tells its agents to dial again (1012), not to give up: once it
-    is back on the same address, the sandbox is reachable again."""
+    is back on the same address, the sandbox is reachable again. (The agent waits at
+    most half a second between dials here, not up to 30 s.)"""
     server = ServerProcess(server_env, tmp_path / "server.log").start()
     again: ServerProcess | None = None
     agent: AgentProcess | None = None
     try:
-        local, agent = own_agent(server, agent_app[1], tmp_path)
+        quick = {"SANDBAR_TUNNEL_BACKOFF_CAP": "0.5"}
+        local, agent = own_agent(server, agent_app[1], tmp_path, env=quick)
         local.wait_status("running")
         server.stop()
         wait_output(agent, "reconnecting", 20)
@@ -682,3 +702,29 @@ def test_many_downloads_at_once_keep_the_tunnel_up(make_local: Callable[..., Loc
         assert "disconnected" not in agent.output()
     finally:
         agent.stop()
+
+
+def test_tunnel_clocks_that_cannot_work_stop_the_agent_and_the_server(
+    server_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A heartbeat that calls a link dead before its next PING is due would end every
+    tunnel: ``sandbar agent connect`` and ``sandbar serve`` both refuse it, in one line
+    that names the settings, rather than start and flap."""
+    bad = {"SANDBAR_TUNNEL_PING_EVERY": "20", "SANDBAR_TUNNEL_DEAD_AFTER": "15"}
+    config = tmp_path / "agents.json"
+    sandbox_id = "00000000-0000-0000-0000-000000000000"
+    registration = {"server": "http://127.0.0.1:9", "tunnel_token": "t", "target": "http://x"}
+    config.write_text(json.dumps({sandbox_id: registration}))
+    agent = subprocess.run(
+        [sys.executable, "-m", "interfaces.cli.main", "agent", "connect", sandbox_id],
+        env={**os.environ, "SANDBAR_AGENT_CONFIG": str(config), **bad},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert agent.returncode == 1, agent.stdout + agent.stderr
+    assert "SANDBAR_TUNNEL_*" in agent.stderr and "Traceback" not in agent.stderr, agent.stderr
+    served = run_sandbar("serve", "--port", str(free_port()), env={**server_env, **bad}, timeout=60)
+    assert served.returncode == 1, served.stdout + served.stderr
+    assert "SANDBAR_TUNNEL_*" in served.stderr and "Traceback" not in served.stderr

@@ -15,6 +15,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -26,6 +27,7 @@ from interfaces.tunnel.link import (
     HEADERS,
     RST_STREAM,
     WINDOW,
+    Heartbeat,
     Link,
     Pipe,
     frame_head,
@@ -585,3 +587,39 @@ def test_frames_that_cross_a_streams_end_are_not_control_frames() -> None:
         assert await goaway(agent) == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
 
     asyncio.run(run())
+
+
+def test_a_link_finds_by_its_heartbeat_a_peer_that_stopped_answering() -> None:
+    """A peer that answers PINGs keeps the link up through many heartbeats; once it stops
+    answering, the link ends after ``dead_after``. Each end is given its heartbeat (the
+    settings, the agent's environment), so that this takes a fraction of a second."""
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        heartbeat = Heartbeat(every=0.05, dead_after=0.2)
+        pings, silent, answered = 0, False, asyncio.Event()
+        agent: Link | None = None
+
+        def to_agent(data: bytes) -> None:
+            nonlocal pings
+            pings += data.count(b"sandbar!")  # (the PINGs' payload)
+            if pings >= 4 * heartbeat.dead_after / heartbeat.every:
+                answered.set()
+            if not silent:
+                loop.call_soon(agent.receive, data)  # type: ignore[union-attr]
+
+        link = Link(to_agent, client_side=True, heartbeat=heartbeat)
+        agent = Link(lambda data: loop.call_soon(link.receive, data), client_side=False)
+        await asyncio.wait_for(answered.wait(), 30)
+        assert not link.closed.done(), link.closed.result()  # four times dead_after, answered
+        silent = True
+        assert await asyncio.wait_for(link.closed, 30) == "no heartbeat for 0.2 s"
+        agent.close("done")
+
+    asyncio.run(run())
+
+
+def test_a_heartbeat_that_cannot_work_is_refused() -> None:
+    for every, dead_after in [(0.0, 1.0), (-1.0, 1.0), (2.0, 1.0), (float("nan"), 1.0)]:
+        with pytest.raises(ValueError, match="heartbeat"):
+            Heartbeat(every, dead_after)

@@ -28,7 +28,7 @@ import httpx
 from interfaces.cli.output import table
 
 if TYPE_CHECKING:
-    from interfaces.tunnel.agent import Registration
+    from interfaces.tunnel.agent import Pace, Registration
 
 
 def config_path() -> Path:
@@ -178,6 +178,7 @@ def _connect(args: argparse.Namespace) -> int:
             f"the registration of {sandbox_id} in {config_path()} is incomplete:"
             " register the agent again"
         ) from None
+    pace = _pace()
     server = None
     # SIGTERM ends the command as Ctrl-C does, from the start: whatever it started stops.
     signal.signal(signal.SIGTERM, _terminated)
@@ -186,10 +187,30 @@ def _connect(args: argparse.Namespace) -> int:
             server = _start_opencode(saved, args.opencode)
             if not _wait_ready(saved, server):
                 return 1
-        return _stay_connected(registration)
+        return _stay_connected(registration, pace)
     finally:
         if server is not None:
             _stop(server)
+
+
+def _pace() -> Pace:
+    """The tunnel's clocks, from the ``SANDBAR_TUNNEL_*`` variables Sandbar reads too (one
+    name and one default for each, in README's settings table): the environment, like
+    ``SANDBAR_AGENT_CONFIG``, is where a service manager or a test sets them, and no
+    option shows them in ``--help`` as if a user had to choose. Sandbar's other settings
+    mean nothing here and are not read."""
+    from infrastructure.settings import Settings
+    from interfaces.tunnel.agent import Pace
+    from interfaces.tunnel.link import Heartbeat
+
+    settings = Settings.from_env(
+        {k: v for k, v in os.environ.items() if k.startswith("SANDBAR_TUNNEL_")}
+    )
+    try:
+        heartbeat = Heartbeat(settings.tunnel_ping_every, settings.tunnel_dead_after)
+        return Pace(heartbeat, backoff_cap=settings.tunnel_backoff_cap)
+    except ValueError as e:
+        raise SystemExit(f"SANDBAR_TUNNEL_*: {e}") from None
 
 
 def _terminated(signum: int, frame: object) -> None:
@@ -206,11 +227,11 @@ def _stop(server: subprocess.Popen[bytes]) -> None:
         server.wait(timeout=10)
 
 
-def _stay_connected(registration: Registration) -> int:
+def _stay_connected(registration: Registration, pace: Pace) -> int:
     from interfaces.tunnel.agent import Stop, run
 
     loop = asyncio.new_event_loop()
-    main = loop.create_task(run(registration, _say))
+    main = loop.create_task(run(registration, _say, pace))
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, main.cancel)
     try:

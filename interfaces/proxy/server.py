@@ -48,7 +48,7 @@ class SandboxProxy:
         self.is_sandbox_host = sandbar.addresses.is_sandbox_host
         self.gate: Gate = sandbar.gate()
         self.pool = Pool()
-        self.tunnels = Tunnels(sandbar)
+        self.tunnels: Tunnels = sandbar.tunnels()
         self.hot_path: HotPath | None = None  # set by whoever serves it
         self.streams: Counter[UUID] = Counter()
         settings = sandbar.settings

@@ -3,7 +3,9 @@ to the local target (opencode on 127.0.0.1:4096, say) and pipe bytes both ways, 
 pace each side reads. Reconnects with capped exponential backoff and full jitter (and
 no sooner than Sandbar's Retry-After); stops for good when Sandbar says the agent was
 replaced, its sandbox deleted or its registrant no longer a developer, or refuses its
-token. The token goes in the Authorization header, never in the URL."""
+token. The token goes in the Authorization header, never in the URL. Its clocks (the
+heartbeat, the longest wait between dials) are a ``Pace``, which ``sandbar agent
+connect`` reads from the same ``SANDBAR_TUNNEL_*`` variables Sandbar does."""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.frames import DATA_OPCODES, Frame, Opcode
 from websockets.protocol import Event, State
 
-from interfaces.tunnel.link import Link, Pipe
+from interfaces.tunnel.link import DEFAULT_HEARTBEAT, Heartbeat, Link, Pipe
 from interfaces.tunnel.server import GONE, REPLACED, REVOKED
 
 BACKOFF_START = 0.5
@@ -30,6 +32,21 @@ BACKOFF_CAP = 30.0
 RETRY_AFTER_CAP = 300.0  # seconds: the most a Retry-After is heeded
 STABLE_AFTER = 10.0  # a connection that lived this long resets the backoff
 CLOSE_WAIT = 2.0  # seconds to wait for Sandbar's close frame once the tunnel has ended
+
+
+@dataclass(frozen=True)
+class Pace:
+    """The agent's clocks: its link's heartbeat (so that it finds alone a Sandbar that
+    stopped answering) and the longest wait between two dials."""
+
+    heartbeat: Heartbeat = DEFAULT_HEARTBEAT
+    backoff_cap: float = BACKOFF_CAP
+
+    def __post_init__(self) -> None:
+        if self.backoff_cap <= 0:
+            raise ValueError(
+                f"the longest wait between dials ({self.backoff_cap:g} s) must be above 0"
+            )
 
 
 class Stop(Exception):
@@ -269,7 +286,11 @@ def _target(url: str) -> tuple[str, int]:
     return (host or rest).strip("[]"), int(port) if port.isdigit() else 80
 
 
-async def serve_once(registration: Registration, say: Callable[[str], None]) -> Ended:
+async def serve_once(
+    registration: Registration,
+    say: Callable[[str], None],
+    heartbeat: Heartbeat = DEFAULT_HEARTBEAT,
+) -> Ended:
     """One connection, until it ends. Raises Stop when retrying is futile."""
     host, port = _target(registration.target)
     try:
@@ -306,6 +327,7 @@ async def serve_once(registration: Registration, say: Callable[[str], None]) -> 
             client_side=False,
             on_request=lambda stream_id, _headers: TargetPipe(link, stream_id, host, port),
             on_backlog=websocket.hold_reading,
+            heartbeat=heartbeat,
         )
         websocket.attach(link)
         say(f"connected: forwarding to {registration.target}")
@@ -329,14 +351,15 @@ async def serve_once(registration: Registration, say: Callable[[str], None]) -> 
         return Ended((rcvd.reason if rcvd is not None else "") or reason, lasted)
 
 
-async def run(registration: Registration, say: Callable[[str], None]) -> None:
+async def run(registration: Registration, say: Callable[[str], None], pace: Pace = Pace()) -> None:
     """Stay connected: reconnect with capped exponential backoff and full jitter."""
-    delay = BACKOFF_START
+    start = min(BACKOFF_START, pace.backoff_cap)
+    delay = start
     while True:
-        ended = await serve_once(registration, say)
+        ended = await serve_once(registration, say, pace.heartbeat)
         if ended.lasted > STABLE_AFTER:  # (a dial that only timed out is no stable connection)
-            delay = BACKOFF_START
+            delay = start
         wait = max(random.uniform(0, delay), ended.wait_at_least)  # noqa: S311 - jitter
         say(f"disconnected ({ended.reason}); reconnecting in {wait:.1f} s")
         await asyncio.sleep(wait)
-        delay = min(delay * 2, BACKOFF_CAP)
+        delay = min(delay * 2, pace.backoff_cap)

@@ -41,6 +41,7 @@ import struct
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import h2.config
 import h2.connection
@@ -62,8 +63,8 @@ MAX_MESSAGE = 1024 * 1024  # bytes per WebSocket message
 # A WINDOW_UPDATE goes back for a stream once half its window is passed on (as h2 does),
 # for the connection once this much is.
 CONNECTION_ACK = 64 * 1024 * 1024
-PING_EVERY = 5.0  # seconds
-DEAD_AFTER = 15.0  # seconds without a ping answered: the link is dead
+PING_EVERY = 5.0  # seconds (the default: see Heartbeat)
+DEAD_AFTER = 15.0  # seconds without a ping answered: the link is dead (the default)
 # Frames that carry nothing a stream needs, per tunnel: this many at once, refilled at
 # CALM_RATE a second (a well-behaved peer sends a handful a minute).
 CALM_BURST = 1000
@@ -120,6 +121,27 @@ class Calm:
             return False
         self._tokens -= 1
         return True
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """How often a link PINGs its peer (``every`` seconds), and how long it goes without
+    an answer before it calls the link dead (``dead_after``): no TCP error says that a
+    machine stopped answering. Each end keeps its own, set where the link is made
+    (Sandbar's settings, the agent's environment), so that tests can take seconds."""
+
+    every: float = PING_EVERY
+    dead_after: float = DEAD_AFTER
+
+    def __post_init__(self) -> None:
+        if not 0 < self.every <= self.dead_after:
+            raise ValueError(
+                f"a tunnel's heartbeat needs 0 < ping every ({self.every:g} s)"
+                f" <= dead after ({self.dead_after:g} s)"
+            )
+
+
+DEFAULT_HEARTBEAT = Heartbeat()
 
 
 class TunnelBusy(Exception):
@@ -203,7 +225,8 @@ class Link:
     (a transport's write, say: what it holds is bounded by the streams' windows, and
     nothing is pumped while ``pause_output`` holds it). ``on_backlog(True)`` says that
     frames wait for a later turn (stop reading the socket), ``on_backlog(False)`` that
-    they are read (read on)."""
+    they are read (read on). It PINGs the peer as ``heartbeat`` says, and ends once the
+    peer stops answering."""
 
     def __init__(
         self,
@@ -212,6 +235,7 @@ class Link:
         client_side: bool,
         on_request: Callable[[int, list[tuple[bytes, bytes]]], Pipe | None] | None = None,
         on_backlog: Callable[[bool], None] | None = None,
+        heartbeat: Heartbeat = DEFAULT_HEARTBEAT,
     ) -> None:
         config = h2.config.H2Configuration(client_side=client_side, header_encoding=None)
         self.conn = h2.connection.H2Connection(config=config)
@@ -260,6 +284,7 @@ class Link:
         self._flush_scheduled = False
         self._loop = asyncio.get_running_loop()
         self.closed: asyncio.Future[str] = self._loop.create_future()
+        self._heartbeat_pace = heartbeat
         self._last_pong = time.monotonic()
         self._heartbeats = self._loop.create_task(self._heartbeat())
         self._flush_soon()
@@ -677,10 +702,11 @@ class Link:
             self._write(data[start : start + MAX_MESSAGE])
 
     async def _heartbeat(self) -> None:
+        pace = self._heartbeat_pace
         while True:
-            await asyncio.sleep(PING_EVERY)
-            if time.monotonic() - self._last_pong > DEAD_AFTER:
-                self.close(f"no heartbeat for {DEAD_AFTER:g} s")
+            await asyncio.sleep(pace.every)
+            if time.monotonic() - self._last_pong > pace.dead_after:
+                self.close(f"no heartbeat for {pace.dead_after:g} s")
                 return
             with contextlib.suppress(h2.exceptions.ProtocolError):
                 self.conn.ping(b"sandbar!")

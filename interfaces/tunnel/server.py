@@ -5,15 +5,19 @@ to the subdomain proxy like TCP connections to the agent.
 
 One tunnel per sandbox: a second connection replaces the first (closed with
 ``REPLACED``, so that agent stops instead of reconnecting). The sandbox goes ``running``
-when its tunnel connects and ``offline`` once it has stayed away for ``GRACE`` seconds (a
-quick redial records nothing); deleting the sandbox closes its tunnel (``GONE``), and so
-does its registrant losing the developer role (``REVOKED``).
+when its tunnel connects and ``offline`` once it has stayed away for ``Timing.grace``
+seconds (a quick redial records nothing); deleting the sandbox closes its tunnel
+(``GONE``), and so does its registrant losing the developer role (``REVOKED``).
 
 The agent is treated as hostile: dials are limited (interfaces/tunnel/dials.py), the
 link counts control frames (WebSocket PING and PONG too), the socket's reading pauses
 while the link has frames waiting, and writes toward an agent that does not read pause the
-streams; one that takes none of it for ``STALL_AFTER`` seconds, or lets ``MAX_BUFFERED`` bytes
-pile up, loses its tunnel."""
+streams; one that takes none of it for ``Timing.stall_after`` seconds, or lets
+``MAX_BUFFERED`` bytes pile up, loses its tunnel.
+
+``Tunnels`` is given what it uses (the local agents' use case, the change feed, the
+timings and trusted proxies of the settings) by the composition root,
+interfaces/bootstrap.py."""
 
 from __future__ import annotations
 
@@ -21,7 +25,9 @@ import asyncio
 import logging
 import weakref
 from collections import deque
-from typing import Any, cast
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID
 
 from websockets.datastructures import Headers
@@ -30,9 +36,12 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from interfaces.bootstrap import Sandbar
 from interfaces.tunnel.dials import Dials
-from interfaces.tunnel.link import DEAD_AFTER, MAX_MESSAGE, Link, Pipe
+from interfaces.tunnel.link import DEAD_AFTER, DEFAULT_HEARTBEAT, MAX_MESSAGE, Heartbeat, Link, Pipe
+
+if TYPE_CHECKING:  # (the agent imports this module's close codes: it needs neither)
+    from application.local_agents import LocalAgents
+    from infrastructure.changes import ChangeFeed
 
 log = logging.getLogger(__name__)
 # websockets says "connection open" and the like at INFO: the tunnel's own lines say more.
@@ -50,6 +59,7 @@ RESTARTING = 1012  # Sandbar is shutting down: dial again
 CLOSE_WAIT = 2.0  # seconds the agent has to answer a close frame
 GRACE = 3.0  # seconds a tunnel may be away before its sandbox is recorded offline
 STALL_AFTER = DEAD_AFTER  # seconds the agent may take nothing of what it is sent
+# (GRACE and STALL_AFTER are the defaults: see Timing.)
 MAX_BUFFERED = 32 * 1024 * 1024  # bytes waiting for an agent that does not read
 # Bytes of WebSocket given to the parser per turn of the loop: as many as hold about
 # WS_FRAMES_PER_TURN frames (parsing one costs some 10 us: 64 KiB of empty frames held
@@ -141,9 +151,38 @@ class StreamTransport(Pipe):
             self._protocol.connection_lost(exc)
 
 
+@dataclass(frozen=True)
+class Timing:
+    """The tunnels' clocks on Sandbar's side (``SANDBAR_TUNNEL_*`` in the settings): the
+    links' heartbeat, how long an agent may take nothing it is sent (``stall_after``),
+    and how long a tunnel may be away before its sandbox is recorded offline (``grace``)."""
+
+    heartbeat: Heartbeat = DEFAULT_HEARTBEAT
+    stall_after: float = STALL_AFTER
+    grace: float = GRACE
+
+    def __post_init__(self) -> None:
+        if self.stall_after <= 0 or self.grace < 0:
+            raise ValueError(
+                f"a tunnel's stall limit ({self.stall_after:g} s) must be above 0 and its"
+                f" offline grace ({self.grace:g} s) at least 0"
+            )
+
+
 class Tunnels:
-    def __init__(self, sandbar: Sandbar) -> None:
-        self._sb = sandbar
+    """The live tunnels of this process, one per sandbox, and the endpoint agents dial."""
+
+    def __init__(
+        self,
+        agents: LocalAgents,
+        changes: ChangeFeed,
+        *,
+        timing: Timing = Timing(),
+        trusted_proxies: Iterable[str] = (),
+    ) -> None:
+        self._agents = agents
+        self._changes = changes
+        self.timing = timing
         self._links: dict[UUID, Link] = {}
         self._watching = False
         self._check_task: asyncio.Task[None] | None = None
@@ -154,8 +193,7 @@ class Tunnels:
             weakref.WeakValueDictionary()
         )
         self._later: set[asyncio.Task[None]] = set()  # offline writes after their grace
-        trusted = sandbar.settings.trusted_proxies
-        self._trusted = frozenset(a.strip() for a in trusted.split(",") if a.strip())
+        self._trusted = frozenset(trusted_proxies)
 
     def open_stream(self, sandbox_id: UUID, protocol: asyncio.Protocol) -> StreamTransport | None:
         """A new stream to the sandbox's agent, connected to ``protocol``; None when its
@@ -192,7 +230,7 @@ class Tunnels:
         if wait:
             connection.refuse(429, "this agent dialled too often", wait)
             return
-        agents = self._sb.local_agents
+        agents = self._agents
         if not await asyncio.to_thread(agents.may_connect, sandbox_id, token.strip()):
             self._dials.wrong_token(client, sandbox_id)
             connection.refuse(403, "unknown sandbox or token")
@@ -244,16 +282,16 @@ class Tunnels:
             lock = self._status_locks[sandbox_id] = asyncio.Lock()
         async with lock:
             link = self._links.get(sandbox_id)
-            agents = self._sb.local_agents
+            agents = self._agents
             live = link is not None and not link.closed.done()
             await asyncio.to_thread(agents.connected if live else agents.disconnected, sandbox_id)
 
     def _settle_later(self, sandbox_id: UUID) -> None:
-        """Record the sandbox offline if its agent is still away after GRACE seconds: an
+        """Record the sandbox offline if its agent is still away after the grace: an
         agent that dials again at once costs no event."""
 
         async def later() -> None:
-            await asyncio.sleep(GRACE)
+            await asyncio.sleep(self.timing.grace)
             if sandbox_id not in self._links:
                 await self._settle(sandbox_id)
 
@@ -273,8 +311,8 @@ class Tunnels:
             return
         self._watching = True
         loop = asyncio.get_running_loop()
-        self._sb.changes.subscribe(lambda: loop.call_soon_threadsafe(self._check_soon))
-        self._sb.changes.start()
+        self._changes.subscribe(lambda: loop.call_soon_threadsafe(self._check_soon))
+        self._changes.start()
 
     def _check_soon(self) -> None:
         if not self._links:
@@ -285,7 +323,7 @@ class Tunnels:
         self._check_task = asyncio.get_running_loop().create_task(self._check())
 
     async def _check(self) -> None:
-        unserved = self._sb.local_agents.unserved
+        unserved = self._agents.unserved
         while True:
             self._check_again = False
             for sandbox_id, link in list(self._links.items()):
@@ -439,7 +477,8 @@ class TunnelConnection(asyncio.Protocol):
             self._link.pause_output(True)
         if self._stall is None and self._transport is not None:
             self._stall_size = self._transport.get_write_buffer_size()
-            self._stall = asyncio.get_running_loop().call_later(STALL_AFTER, self._stalled)
+            stall_after = self._tunnels.timing.stall_after
+            self._stall = asyncio.get_running_loop().call_later(stall_after, self._stalled)
 
     def resume_writing(self) -> None:
         if self._stall is not None:
@@ -467,7 +506,12 @@ class TunnelConnection(asyncio.Protocol):
         if response.status_code != 101 or self._transport is None:
             self._close_soon(0)
             return None
-        self._link = Link(self._write, client_side=True, on_backlog=self._backlog)
+        self._link = Link(
+            self._write,
+            client_side=True,
+            on_backlog=self._backlog,
+            heartbeat=self._tunnels.timing.heartbeat,
+        )
         self._ws.link = self._link
         self._hold("handshake", False)
         return self._link
@@ -515,7 +559,8 @@ class TunnelConnection(asyncio.Protocol):
             self.pause_writing()  # a slow reader, but a reader: it has taken some
             return
         if self._link is not None:
-            self._link.close(f"the agent does not read what it is sent ({STALL_AFTER:g} s)")
+            stall_after = self._tunnels.timing.stall_after
+            self._link.close(f"the agent does not read what it is sent ({stall_after:g} s)")
         if self._transport is not None:
             self._transport.abort()
 
