@@ -9,7 +9,6 @@ import http.client
 import itertools
 import json
 import socket
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -599,10 +598,21 @@ def test_a_token_limit_reached_through_another_server_stops_a_lease(
             second.append(ask(other.url, box))
         assert second[-1] == 429 and second.count(200) > 0, second
         after: list[int] = []
-        for _ in range(10):  # a sandbox's pace (each answer is written meanwhile)
+
+        def ask_first() -> list[int]:
             after.append(ask(api_server.url, box))
-            time.sleep(0.15)
-        assert after.count(200) <= 1 and after[-1] == 429, after
+            # A sandbox's pace: each answer's usage is written before the next is asked.
+            usage_of(box, len(first) + second.count(200) + after.count(200))
+            return after
+
+        wait_until(
+            ask_first,
+            until=lambda after: after[-1] == 429,
+            timeout=15,
+            interval=0,
+            what="the first server refusing",
+        )
+        assert after.count(200) <= 1, after
     finally:
         other.stop()
     passed = len(first) + second.count(200) + after.count(200)

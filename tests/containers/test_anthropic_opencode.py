@@ -6,7 +6,6 @@ see it: not in any answer, the event log, the server's log, or the container."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import httpx
@@ -20,6 +19,7 @@ from tests.containers.conftest import (
     wait_for,
 )
 from tests.upstream import serving
+from tests.waiting import wait_until
 
 
 def test_opencode_asks_the_api_through_the_proxy(
@@ -72,10 +72,12 @@ def test_opencode_asks_the_api_through_the_proxy(
 
             # The usage opencode's calls made is recorded for the workspace.
             wid = status["workspace_id"]
-            deadline = time.monotonic() + 10
-            while not (usage := alice.client.get(f"/api/workspaces/{wid}/usage").json())["days"]:
-                assert time.monotonic() < deadline, usage
-                time.sleep(0.1)
+            usage = wait_until(
+                lambda: alice.client.get(f"/api/workspaces/{wid}/usage").json(),
+                until=lambda usage: usage["days"],
+                interval=0.1,
+                what="opencode's usage recorded",
+            )
             assert usage["days"][0]["requests"] == len(asked)
 
             # Nowhere to be seen: the container, the answers, the log of events.
