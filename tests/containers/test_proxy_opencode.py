@@ -11,7 +11,6 @@ import json
 import socket
 import struct
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from tests.conftest import ServerProcess, User, register
 from tests.containers.conftest import make_sandbox, make_workspace, wait_for
 from tests.containers.test_lifecycle import recorded_address
 from tests.terminals import terminal_round_trip
+from tests.waiting import wait_until
 
 
 @dataclass
@@ -239,8 +239,15 @@ class WireTap:
             if port in self.ports and payload:
                 self.payloads.append(payload)
 
+    def wait_to_see(self, *marks: bytes) -> None:
+        """Until the payloads hold each of ``marks``: packets are read in the order they
+        came, so what was sent before them has been read too."""
+        wait_until(
+            lambda: all(mark in b"".join(self.payloads) for mark in marks),
+            what="the tap seeing each request",
+        )
+
     def stop(self) -> bytes:
-        time.sleep(0.3)  # what was sent is in the socket's queue by now
         self._stop.set()
         self._thread.join()
         self.sock.close()
@@ -272,14 +279,14 @@ def test_sandbar_credentials_never_reach_opencode(box: OpenBox) -> None:
         own = {"cookie": jar, "origin": f"http://{box.host}"}
         with box.websocket(f"/pty/{pty_id}/connect", own) as ws:
             ws.recv(timeout=10)  # the terminal's opening message: the handshake went through
+        tap.wait_to_see(*(probe.encode() for probe in probes))
     finally:
         wire = tap.stop()
     with box.client(**box.bearer()) as client:
         client.delete(f"/pty/{pty_id}")
 
-    # The tap saw these requests: the agent's own cookies pass, with its own credential.
-    for probe in probes:
-        assert probe.encode() in wire, "the tap did not see the request"
+    # The tap saw these requests (waited for above): the agent's own cookies pass, with
+    # its own credential.
     password = DerivedSecrets(box.server.env["SANDBAR_SECRET_KEY"].encode()).upstream_credential(
         uuid.UUID(box.id)
     )
