@@ -516,7 +516,7 @@ def test_without_an_engine_the_reason_says_what_to_do_and_the_log_says_it_once(
         both = (creating, started)
         rows = wait_until(
             lambda: {s: alice.client.get(f"/api/sandboxes/{s}").json() for s in both},
-            until=lambda rows: rows[creating]["status"] == "failed" and rows[started]["error"],
+            until=lambda rows: rows[creating]["status"] == "failed" and rows[started].get("error"),
             timeout=30,
             what="the one failed and the other's reason",
         )
