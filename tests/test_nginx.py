@@ -31,7 +31,7 @@ from tests.conftest import (
     running,
     settled,
 )
-from tests.test_tunnel import AgentProcess, Local, agent_cli, new_code
+from tests.test_tunnel import AgentProcess, own_local
 from tests.upstream import TestAgent
 from tests.waiting import wait_until
 
@@ -186,17 +186,8 @@ def test_the_ticket_flow_through_nginx(
 def test_an_agent_dials_its_tunnel_through_nginx(
     front: Front, agent_app: tuple[TestAgent, int], tmp_path: Path
 ) -> None:
-    owner = register(front.url, "agent")
-    wid = owner.client.post("/api/workspaces", json={"name": "laptops"}).json()["id"]
-    config = tmp_path / "agents.json"
-    done = agent_cli(
-        config, "register", "--server", front.url, "--code", new_code(owner, wid),
-        "--name", "behind-nginx", "--target", f"http://127.0.0.1:{agent_app[1]}",
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    sid = next(iter(json.loads(config.read_text())))
-    local = Local(sid, owner, wid, config, front.sandbar)
-    local.token = owner.client.post(f"/api/sandboxes/{sid}/access-tokens").json()["token"]
+    local = own_local(front.sandbar, agent_app[1], tmp_path, via=front.url)
+    owner, config, sid = local.owner, local.config, local.id
     agent = AgentProcess(config, sid)
     try:
         local.wait_status("running", timeout=30)

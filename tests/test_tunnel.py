@@ -483,13 +483,17 @@ def own_agent(
     return local, AgentProcess(local.config, local.id, env=env)
 
 
-def own_local(server: ServerProcess, target_port: int, tmp_path: Path) -> Local:
-    """A local sandbox on a server of the test's own, registered here."""
-    owner = register(server.url, "owner")
+def own_local(
+    server: ServerProcess, target_port: int, tmp_path: Path, via: str | None = None
+) -> Local:
+    """A local sandbox on a server of the test's own, registered here (through ``via``,
+    a front proxy's URL, when given: the agent then dials through it too)."""
+    url = via or server.url
+    owner = register(url, "owner")
     wid = owner.client.post("/api/workspaces", json={"name": "home"}).json()["id"]
     config = tmp_path / "agents.json"
     done = agent_cli(
-        config, "register", "--server", server.url, "--code", new_code(owner, wid),
+        config, "register", "--server", url, "--code", new_code(owner, wid),
         "--name", "desk", "--target", f"http://127.0.0.1:{target_port}",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
