@@ -44,10 +44,6 @@ class Exchange:
         self._early_size = 0
         self._request_done = False
         self._chunked_upload = header(request.headers, b"transfer-encoding") is not None
-        # No body to come (most GETs): an answer of the proxy's own keeps the connection.
-        self._bodiless = not self._chunked_upload and (
-            header(request.headers, b"content-length") in (None, b"0")
-        )
         self._responded = False
         self._chunked_response = False
         self._streaming: UUID | None = None
@@ -318,8 +314,15 @@ class Exchange:
 
     # Ending
 
+    def _bodiless(self) -> bool:
+        """No body to come (most GETs): an answer of the proxy's own keeps the connection.
+        (Asked only when the proxy answers, not on every request.)"""
+        return not self._chunked_upload and (
+            header(self.request.headers, b"content-length") in (None, b"0")
+        )
+
     def _answer(self, answer: Answer) -> None:
-        if not (self._request_done or self._bodiless):
+        if not (self._request_done or self._bodiless()):
             self.keep_alive = False  # do not read a body we will not forward
         headers = list(answer.headers)
         if header(headers, b"content-length") is None:

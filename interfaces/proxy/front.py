@@ -31,12 +31,11 @@ from collections import deque
 from typing import Any, TypeAlias
 
 import httptools
-import orjson
 
 from interfaces.proxy import http1
 from interfaces.proxy.api_exchange import ApiExchange, Application
 from interfaces.proxy.exchange import HIGH_WATER, Exchange
-from interfaces.proxy.gate import Answer, Request
+from interfaces.proxy.gate import Refused, Request
 from interfaces.proxy.headers import Headers, header
 from interfaces.proxy.server import SandboxProxy
 from interfaces.proxy.upstream import Upstream
@@ -46,12 +45,12 @@ MAX_HEAD = 64 * 1024  # request line and headers
 SLICE = 16 * 1024  # bytes parsed at a time, so a full queue stops the parse soon
 MAX_BACKLOG = 1024 * 1024  # read after the queue filled, before the pause took effect
 TUNNEL_PATH = PATH_PREFIX.encode()
-NO_WEBSOCKET = "WebSockets are served on sandbox hosts and the tunnel's path only"
-
-
-def _json_error(code: str, message: str) -> tuple[Headers, bytes]:
-    body = orjson.dumps({"error": {"code": code, "message": message}})
-    return [(b"content-type", b"application/json")], body
+NO_WEBSOCKET = Refused(
+    404,
+    "not_found",
+    "Not found",
+    "WebSockets are served on sandbox hosts and the tunnel's path only",
+)
 
 
 class _Malformed(Exception):
@@ -76,11 +75,8 @@ class TunnelHandOff:
 
     def start(self) -> None:
         request = self.request
-        parts = [request.method, b" ", request.target, b" HTTP/1.1\r\n"]
-        for name, value in request.headers:
-            parts += [name, b": ", value, b"\r\n"]
-        parts.append(b"\r\n")
-        self._inner = self.front.hand_off_tunnel(b"".join(parts))
+        handshake = http1.request_head(request.method, request.target, request.headers)
+        self._inner = self.front.hand_off_tunnel(handshake)
         early, self._early = self._early, []
         for data in early:
             self._inner.data_received(data)
@@ -393,7 +389,7 @@ class FrontProtocol(asyncio.Protocol):
             exchange = TunnelHandOff(self, request)
         elif websocket:
             exchange = Exchange(self, request, keep_alive)
-            exchange.preset = Answer(404, *_json_error("not_found", NO_WEBSOCKET))
+            exchange.preset = NO_WEBSOCKET.answer(request)
         else:
             request.websocket = False
             exchange = ApiExchange(self, self._application, request, keep_alive, version)
