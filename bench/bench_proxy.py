@@ -63,9 +63,9 @@ from infrastructure.settings import Settings  # noqa: E402
 from interfaces.bootstrap import Sandbar, build  # noqa: E402
 from interfaces.cli.output import table  # noqa: E402
 from tests.conftest import FAST_HASHING, ServerProcess, free_port, register  # noqa: E402
+from tests.nginx_server import NGINX, nginx  # noqa: E402
 from tests.upstream import TestAgent, serving  # noqa: E402
 
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 WRK = shutil.which("wrk") or "/usr/bin/wrk"
 CURL = shutil.which("curl") or "/usr/bin/curl"
 SMALL = b"x" * 99 + b"\n"  # the 100-byte file
@@ -86,25 +86,6 @@ def say(message: str) -> None:
 
 # The upstream and nginx as a reverse proxy.
 
-NGINX_COMMON = """
-worker_processes 1;
-daemon off;
-user root;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  client_body_temp_path {dir}/body;
-  proxy_temp_path {dir}/proxy;
-  fastcgi_temp_path {dir}/fastcgi;
-  uwsgi_temp_path {dir}/uwsgi;
-  scgi_temp_path {dir}/scgi;
-  keepalive_requests 1000000;
-  keepalive_timeout 75s;
-{body}
-}}
-"""
 
 UPSTREAM = """
   sendfile on;
@@ -132,42 +113,6 @@ REVERSE = """
     }}
   }}
 """
-
-
-def port_answers(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-@contextmanager
-def nginx(folder: Path, body: str, port: int) -> Iterator[subprocess.Popen[bytes]]:
-    """An nginx of its own (master and one worker) in ``folder``, listening on ``port``."""
-    folder.mkdir(parents=True)
-    conf = folder / "nginx.conf"
-    conf.write_text(NGINX_COMMON.format(dir=folder, body=body))
-    proc = subprocess.Popen(
-        [NGINX, "-p", str(folder), "-c", str(conf), "-e", str(folder / "error.log")],
-        stdout=subprocess.DEVNULL,
-        stderr=(folder / "stderr.log").open("wb"),
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while not port_answers(port):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log = (folder / "error.log").read_text(errors="replace")
-                raise RuntimeError(f"nginx did not start:\n{log}")
-            time.sleep(0.05)
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 # Sandbar, with sandboxes routed to arbitrary upstreams.

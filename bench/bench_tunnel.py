@@ -83,7 +83,6 @@ from bench.bench_proxy import (  # noqa: E402
     BIG_MIB,
     CURL,
     MIB,
-    NGINX,
     SMALL,
     UPSTREAM,
     WRK,
@@ -94,8 +93,6 @@ from bench.bench_proxy import (  # noqa: E402
     check_proxied,
     curl,
     machine_load,
-    nginx,
-    port_answers,
     reset_peak,
     rotated,
     sandbar_serving,
@@ -108,6 +105,7 @@ from bench.bench_proxy import (  # noqa: E402
 from interfaces.cli.output import table  # noqa: E402
 from interfaces.tunnel.link import CONNECTION_WINDOW, WINDOW  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
+from tests.nginx_server import NGINX, nginx, port_answers  # noqa: E402
 from tests.upstream import TestAgent, serving  # noqa: E402
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"

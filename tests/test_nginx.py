@@ -31,26 +31,9 @@ from tests.conftest import (
     running,
     settled,
 )
+from tests.nginx_server import nginx
 from tests.test_tunnel import AgentProcess, own_local
 from tests.upstream import TestAgent
-from tests.waiting import wait_until
-
-COMMON = """
-worker_processes 1;
-daemon off;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-  access_log off;
-  client_body_temp_path {dir}/body;
-  proxy_temp_path {dir}/proxy;
-  fastcgi_temp_path {dir}/fastcgi;
-  uwsgi_temp_path {dir}/uwsgi;
-  scgi_temp_path {dir}/scgi;
-{site}
-}}
-"""
 
 
 @dataclass
@@ -63,21 +46,13 @@ class Front:
         return f"http://localhost:{self.port}"
 
 
-def _answers(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def front(server_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Front]:
     found = subprocess.run(
         [str(ROOT / "scripts/nginx.sh")], capture_output=True, text=True, timeout=1800
     )
     assert found.returncode == 0, found.stderr
-    nginx = found.stdout.strip()
+    binary = found.stdout.strip()
     folder = tmp_path_factory.mktemp("nginx")
     env = {**server_env, "SANDBAR_TRUSTED_PROXIES": "127.0.0.1"}
     with running(env, folder / "sandbar.log") as sandbar:
@@ -86,24 +61,8 @@ def front(server_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) 
         assert "server 127.0.0.1:8080;" in site and "listen 80;" in site
         site = site.replace("server 127.0.0.1:8080;", f"server 127.0.0.1:{sandbar.port};")
         site = site.replace("listen 80;", f"listen 127.0.0.1:{port};")
-        conf = folder / "nginx.conf"
-        conf.write_text(COMMON.format(dir=folder, site=site))
-        proc = subprocess.Popen(
-            [nginx, "-p", str(folder), "-c", str(conf), "-e", str(folder / "error.log")],
-            stdout=subprocess.DEVNULL,
-            stderr=(folder / "stderr.log").open("wb"),
-        )
-        try:
-
-            def started() -> bool:
-                assert proc.poll() is None, (folder / "error.log").read_text()
-                return _answers(port)
-
-            wait_until(started, timeout=15, what="nginx answering")
+        with nginx(folder / "nginx", site, port, binary):
             yield Front(port, sandbar)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
 
 
 def _sandbox_routed_to(sandbar: Sandbar, owner: User, port: int) -> str:
