@@ -90,6 +90,7 @@ HEAD_BYTES = 8 * 1024
 DEFAULT_BASELINE = "940734d"
 DEFAULT_BASELINE_DIR = Path("/tmp/sandbar-base")  # noqa: S108 - a checkout, not a temp file
 MEASURES = ("refused", "slow", "pipelined", "flood", "speed")
+KINDS = ("proxy", "tunnel", "healthz", "me")  # what speed measures
 TARGETS = {
     "refused_rss_growth_mib": 5.0,  # under
     "slow_healthz_p99_ms": 100.0,  # under
@@ -659,10 +660,12 @@ def speed_side(stack: Stack, upstream_port: int) -> SpeedSide:
     )
 
 
-def speed(sides: dict[str, SpeedSide], rounds: int, seconds: float) -> dict[str, Any]:
+def speed(
+    sides: dict[str, SpeedSide], rounds: int, seconds: float, kinds: tuple[str, ...] = KINDS
+) -> dict[str, Any]:
     names = tuple(sides)
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {
-        kind: {n: [] for n in names} for kind in ("proxy", "tunnel", "healthz", "me")
+        kind: {n: [] for n in names} for kind in kinds
     }
 
     def one(side: SpeedSide, kind: str, span: float) -> dict[str, Any]:
@@ -710,7 +713,7 @@ def speed(sides: dict[str, SpeedSide], rounds: int, seconds: float) -> dict[str,
             }
             for n in names
         }
-        if "baseline" in by:
+        if "baseline" in by and "current" in by:
             pairs = list(zip(by["current"], by["baseline"], strict=True))
             out[kind]["ratio"] = statistics.median(c["rps"] / b["rps"] for c, b in pairs)
             out[kind]["cpu_ratio"] = statistics.median(
@@ -751,8 +754,14 @@ def main() -> int:
     parser.add_argument(
         "--only", default=",".join(MEASURES), help=f"some of {','.join(MEASURES)} (default all)"
     )
+    parser.add_argument(
+        "--kinds", default=",".join(KINDS), help=f"speed: some of {','.join(KINDS)} (default all)"
+    )
     args = parser.parse_args()
     only = set(args.only.split(","))
+    kinds = tuple(k for k in KINDS if k in args.kinds.split(","))
+    if not kinds or set(args.kinds.split(",")) - set(KINDS):
+        parser.error(f"--kinds takes some of {','.join(KINDS)}")
     if not only <= set(MEASURES):
         parser.error(f"--only takes some of {','.join(MEASURES)}")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
@@ -789,7 +798,7 @@ def main() -> int:
                     if baseline is not None:
                         base = stacks.enter_context(serving(baseline, server_url, folder / "base"))
                         sides["baseline"] = speed_side(base, up_port)
-                    results["speed"] = speed(sides, rounds, seconds)
+                    results["speed"] = speed(sides, rounds, seconds, kinds)
                     tracebacks.update({n: s.stack.tracebacks() for n, s in sides.items()})
             if only - {"speed"}:
                 with serving(current, server_url, folder / "hostile") as stack:

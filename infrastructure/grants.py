@@ -44,7 +44,10 @@ class Grant:
 
     def valid_for(self, sandbox_id: UUID, now: float) -> bool:
         """Whether it opens ``sandbox_id`` at ``now`` (``time.time()``)."""
-        return self.session_alive and self.sandbox_id == sandbox_id and now < self.expires_at
+        # (.int: a UUID compares in Python code, and this runs for every proxied request)
+        return (
+            self.session_alive and self.sandbox_id.int == sandbox_id.int and now < self.expires_at
+        )
 
 
 class Grants:

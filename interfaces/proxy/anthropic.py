@@ -27,7 +27,7 @@ from interfaces.proxy.anthropic_errors import Refused
 from interfaces.proxy.anthropic_paths import Endpoints
 from interfaces.proxy.exchange import Exchange
 from interfaces.proxy.gate import Admit, Answer, Request
-from interfaces.proxy.headers import HOP_BY_HOP, Headers, header
+from interfaces.proxy.headers import HOP_BY_HOP, Headers, Index, header
 from interfaces.proxy.upstream import TLS
 from interfaces.proxy.usage_parser import UsageTap
 
@@ -130,7 +130,7 @@ class AnthropicExchange(Exchange):
 
     def _decide_now(self) -> Admit | Answer | None:
         try:
-            counted = self._api.admission.admit_now(self.request.headers)
+            counted = self._api.admission.admit_now(self.request.index)
         except Refused as r:
             return r.answer()
         if counted is None:
@@ -139,7 +139,7 @@ class AnthropicExchange(Exchange):
 
     async def _decide(self) -> Admit | Answer:
         try:
-            counted = await self._api.admission.admit(self.request.headers)
+            counted = await self._api.admission.admit(self.request.index)
         except Refused as r:
             return r.answer()
         decision = self._admitted(counted)
@@ -176,9 +176,9 @@ class AnthropicExchange(Exchange):
             else:
                 self._answer(self._api.too_large().answer())
 
-    def response_head(self, status: int, headers: Headers, upgraded: bool) -> None:
-        self._tap = UsageTap(header(headers, b"content-type") or b"")
-        super().response_head(status, headers, upgraded)
+    def response_head(self, status: int, headers: Headers, index: Index, upgraded: bool) -> None:
+        self._tap = UsageTap(index.get(b"content-type") or b"")
+        super().response_head(status, headers, index, upgraded)
         if not self._done:
             self._await_answer()  # the body, too, must keep coming (streams send pings)
 

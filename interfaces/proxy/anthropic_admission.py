@@ -24,7 +24,7 @@ from application.opening import GONE
 from application.usage import Usage
 from interfaces.proxy import anthropic_errors as errors
 from interfaces.proxy.directory import MISS, Directory
-from interfaces.proxy.headers import Headers, bearer, header
+from interfaces.proxy.headers import Index, bearer
 
 log = logging.getLogger("interfaces.proxy.anthropic")  # (the proxy's log, as before the split)
 
@@ -65,7 +65,7 @@ class Admission:
         self.max_body = max_body
         self._tokens: dict[bytes, Any] = {}
 
-    def admit_now(self, headers: Headers) -> Counted | None:
+    def admit_now(self, headers: Index) -> Counted | None:
         """``admit``, if it can be decided without waiting; else None."""
         sandbox_id = self._sandbox(headers)
         route = self._directory.peek_route(sandbox_id)
@@ -78,7 +78,7 @@ class Admission:
         self._note(sandbox_id)
         return Counted(workspace_id, sandbox_id, day)
 
-    async def admit(self, headers: Headers) -> Counted:
+    async def admit(self, headers: Index) -> Counted:
         """The call's workspace, sandbox and day, once it is counted; else Refused."""
         sandbox_id = self._sandbox(headers)
         try:
@@ -101,14 +101,14 @@ class Admission:
         """A counted call has ended, having used ``counts`` tokens."""
         self._usage.record(counted.workspace_id, counted.sandbox_id, counted.day, counts)
 
-    def check_length(self, headers: Headers) -> None:
+    def check_length(self, headers: Index) -> None:
         """Refused if the call announces a body over the limit (or a length that is not
         one)."""
-        length = header(headers, b"content-length")
+        length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body):
             raise errors.too_large(self.max_body)
 
-    def _check(self, route: dict[str, Any] | None, headers: Headers) -> UUID:
+    def _check(self, route: dict[str, Any] | None, headers: Index) -> UUID:
         """The sandbox's workspace, if its call may go on; else Refused."""
         if route is None or route["status"] in GONE:
             raise errors.token_gone()
@@ -120,8 +120,8 @@ class Admission:
         workspace_id: UUID = route["workspace_id"]
         return workspace_id
 
-    def _sandbox(self, headers: Headers) -> UUID:
-        token = header(headers, b"x-api-key")
+    def _sandbox(self, headers: Index) -> UUID:
+        token = headers.get(b"x-api-key")
         if token is None:
             token = bearer(headers)
         sandbox_id = None

@@ -13,7 +13,7 @@ from uuid import UUID
 
 from interfaces.proxy import http1
 from interfaces.proxy.gate import AGENT_OFFLINE, Admit, Answer, Refused, Request
-from interfaces.proxy.headers import Headers, header, to_agent, to_browser
+from interfaces.proxy.headers import Headers, Index, header, to_agent, to_browser
 from interfaces.proxy.upstream import Upstream
 from interfaces.tunnel.link import TunnelBusy
 
@@ -43,7 +43,7 @@ class Exchange:
         self._early: list[bytes] = []  # WebSocket bytes that came before the agent's 101
         self._early_size = 0
         self._request_done = False
-        self._chunked_upload = header(request.headers, b"transfer-encoding") is not None
+        self._chunked_upload = b"transfer-encoding" in request.index
         self._responded = False
         self._chunked_response = False
         self._streaming: UUID | None = None
@@ -167,7 +167,7 @@ class Exchange:
         self._held = []
         self._held_size = 0
         self.front.resume_reading("body")
-        if (header(request.headers, b"expect") or b"").lower() == b"100-continue":
+        if (request.index.get(b"expect") or b"").lower() == b"100-continue":
             self.front.write(http1.CONTINUE)
         self._await_answer()
         data = b"".join(parts)
@@ -180,6 +180,7 @@ class Exchange:
         """The request's headers as the agent gets them."""
         return to_agent(
             self.request.headers,
+            self.request.index,
             credential=admit.credential,
             client=self.front.client_address,
             proto=self.front.proxy.proto,
@@ -232,11 +233,11 @@ class Exchange:
 
     # Response, toward the browser (the Sink of the agent connection)
 
-    def response_head(self, status: int, headers: Headers, upgraded: bool) -> None:
+    def response_head(self, status: int, headers: Headers, index: Index, upgraded: bool) -> None:
         self._cancel_timer()
         self._responded = True
         if upgraded:
-            out = to_browser(headers, upgrade=True)
+            out = to_browser(headers, index, upgrade=True)
             self.front.write(http1.response_head(101, out))
             assert self._upstream is not None and self._admit is not None
             for data in self._early:
@@ -246,9 +247,10 @@ class Exchange:
             self.front.resume_reading("upgrade")
             self._count_stream()
             return
-        out = to_browser(headers)
+        out = to_browser(headers, index)
         bodiless = self.request.method == b"HEAD" or status in (204, 304)
-        if not bodiless and header(headers, b"content-length") is None:
+        length = index.get(b"content-length")
+        if not bodiless and length is None:
             out.append((b"transfer-encoding", b"chunked"))
             self._chunked_response = True
             self._count_stream()
@@ -256,7 +258,7 @@ class Exchange:
             self.keep_alive = False
             out.append((b"connection", b"close"))
         self.front.write(http1.response_head(status, out))
-        if not bodiless and (header(headers, b"content-length") or b"0") != b"0":
+        if not bodiless and (length or b"0") != b"0":
             # Sent with the body's first bytes: one write, not two, for most answers.
             self.front.hold()
 
@@ -318,7 +320,7 @@ class Exchange:
         """No body to come (most GETs): an answer of the proxy's own keeps the connection.
         (Asked only when the proxy answers, not on every request.)"""
         return not self._chunked_upload and (
-            header(self.request.headers, b"content-length") in (None, b"0")
+            self.request.index.get(b"content-length") in (None, b"0")
         )
 
     def _answer(self, answer: Answer) -> None:

@@ -36,7 +36,7 @@ from interfaces.proxy import http1
 from interfaces.proxy.api_exchange import ApiExchange, Application
 from interfaces.proxy.exchange import HIGH_WATER, Exchange
 from interfaces.proxy.gate import Refused, Request
-from interfaces.proxy.headers import Headers, header
+from interfaces.proxy.headers import Headers, Index
 from interfaces.proxy.server import SandboxProxy
 from interfaces.proxy.upstream import Upstream
 from interfaces.tunnel.server import PATH_PREFIX, TunnelConnection
@@ -45,6 +45,9 @@ MAX_HEAD = 64 * 1024  # request line and headers
 SLICE = 16 * 1024  # bytes parsed at a time, so a full queue stops the parse soon
 MAX_BACKLOG = 1024 * 1024  # read after the queue filled, before the pause took effect
 TUNNEL_PATH = PATH_PREFIX.encode()
+# Headers a request may carry once only (RFC 9112 3.2; h11 refuses a second
+# Transfer-Encoding too).
+_SINGLE = frozenset({b"host", b"transfer-encoding"})
 NO_WEBSOCKET = Refused(
     404,
     "not_found",
@@ -146,6 +149,7 @@ class FrontProtocol(asyncio.Protocol):
         # The request being parsed.
         self._url = b""
         self._headers: Headers = []
+        self._index: Index = {}  # each header's first value
         self._head_size = 0  # exact, from the parser's callbacks
         self._in_head = False
         self._partial_head = 0  # bytes read of a head the parser has not finished
@@ -346,6 +350,7 @@ class FrontProtocol(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._url = b""
         self._headers = []
+        self._index = {}
         self._head_size = 0
         self._partial_head = 0
         self._in_head = self._began = True
@@ -359,23 +364,29 @@ class FrontProtocol(asyncio.Protocol):
             raise _Malformed(414)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.lower(), value))
+        name = name.lower()
+        self._headers.append((name, value))
         self._head_size += len(name) + len(value)
         if self._head_size > MAX_HEAD:
             raise _Malformed(431)
+        if name not in self._index:
+            self._index[name] = value
+        elif name in _SINGLE:
+            raise _Malformed(400)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._head_since = None
         parser = self._parser
         version = parser.get_http_version()
-        host, target = self._route_of(self._url, self._headers, version)
+        index = self._index
+        host, target = self._route_of(self._url, self._headers, index, version)
         sandbox = self.proxy.gate.sandbox_of(host)
         upgrade = parser.should_upgrade()
-        websocket = upgrade and (header(self._headers, b"upgrade") or b"").lower() == b"websocket"
+        websocket = upgrade and (index.get(b"upgrade") or b"").lower() == b"websocket"
         keep_alive = parser.should_keep_alive()
         method = parser.get_method()
-        request = Request(host, method, target, self._headers, websocket, sandbox)
+        request = Request(host, method, target, self._headers, index, websocket, sandbox)
         exchange: QueuedExchange
         if sandbox is not None or self.proxy.is_sandbox_host(host):
             if upgrade and not websocket:
@@ -402,22 +413,22 @@ class FrontProtocol(asyncio.Protocol):
             exchange.start()
 
     @staticmethod
-    def _route_of(url: bytes, headers: Headers, version: str) -> tuple[str, bytes]:
+    def _route_of(url: bytes, headers: Headers, index: Index, version: str) -> tuple[str, bytes]:
         """The request's host and its target in origin-form (RFC 9112, 3.2: an
         absolute-form target's authority wins over ``Host``; HTTP/1.1 needs exactly one
-        ``Host``). Refused as h11 refuses: a request line with no HTTP/1.x version, and a
-        transfer coding other than ``chunked`` alone (RFC 9112, 6.1)."""
-        if version not in ("1.1", "1.0"):
+        ``Host``, and a second is refused as it is parsed). Refused as h11 refuses: a
+        request line with no HTTP/1.x version, and a transfer coding other than
+        ``chunked`` alone, once (RFC 9112, 6.1)."""
+        if version != "1.1" and version != "1.0":
             raise _Malformed(400)
-        hosts = []
-        for name, value in headers:
-            if name == b"host":
-                hosts.append(value)
-            elif name == b"transfer-encoding" and value.strip().lower() != b"chunked":
+        host = index.get(b"host")
+        if host is None:
+            if version != "1.0":
                 raise _Malformed(400)
-        if len(hosts) > 1 or (not hosts and version != "1.0"):
+            host = b""
+        coding = index.get(b"transfer-encoding")
+        if coding is not None and coding.strip().lower() != b"chunked":
             raise _Malformed(400)
-        host = hosts[0] if hosts else b""
         target = url
         if not url.startswith(b"/"):
             scheme, sep, rest = url.partition(b"://")
@@ -430,6 +441,7 @@ class FrontProtocol(asyncio.Protocol):
             host = authority
             target = path if path.startswith(b"/") else b"/" + path
             headers[:] = [(n, v) for n, v in headers if n != b"host"] + [(b"host", host)]
+            index[b"host"] = host
         return host.decode("latin-1"), target
 
     def on_body(self, body: bytes) -> None:

@@ -34,7 +34,7 @@ from infrastructure.agents import upstream_headers
 from interfaces.addresses import Addresses, encoded_next, safe_next
 from interfaces.proxy import pages
 from interfaces.proxy.directory import MISS, Directory
-from interfaces.proxy.headers import Headers, bearer, cookie, header
+from interfaces.proxy.headers import Headers, Index, bearer, cookie
 
 GRANT_COOKIE = b"sandbar_sandbox"  # "__Host-" in front of it over https
 TICKET_PATH = b"/_sandbar/ticket"
@@ -51,12 +51,13 @@ class Request:
     method: bytes
     target: bytes  # path and query, as sent
     headers: Headers
+    index: Index  # each header's first value
     websocket: bool
     sandbox: tuple[str, UUID] | None  # (host label, sandbox id) parsed from the host
 
     @property
     def wants_html(self) -> bool:
-        return not self.websocket and b"text/html" in (header(self.headers, b"accept") or b"")
+        return not self.websocket and b"text/html" in (self.index.get(b"accept") or b"")
 
 
 @dataclass
@@ -190,7 +191,7 @@ class Gate:
         self._upstream_secret = upstream_secret
         self._redeem_ticket = redeem
         self._resume_sandbox = resume
-        self._credentials: dict[UUID, tuple[bytes, bytes]] = {}
+        self._credentials: dict[int, tuple[bytes, bytes]] = {}  # by UUID.int: a C hash
         self.cookie_name = grant_cookie_name(public_scheme)
         self._cookie_attrs = f"; Path=/; HttpOnly; SameSite=Lax; Max-Age={grant_ttl}"
         if cookie_secure or public_scheme == "https":
@@ -237,7 +238,7 @@ class Gate:
         if route is None or route["host"] != label or route["status"] in GONE:
             return NOT_FOUND
         writes = request.websocket or request.method not in SAFE_METHODS
-        origin = header(request.headers, b"origin") if writes else None
+        origin = request.index.get(b"origin") if writes else None
         if origin is not None and origin.lower() != self._own_origin(request.host, label):
             return CROSS_ORIGIN
         if request.target.startswith(TICKET_PATH) and not request.websocket:
@@ -289,11 +290,12 @@ class Gate:
 
     def _credential(self, route: Route) -> tuple[bytes, bytes]:
         sandbox_id = route["sandbox_id"]
-        credential = self._credentials.get(sandbox_id)
+        credential = self._credentials.get(sandbox_id.int)
         if credential is None:
             secret = self._upstream_secret(sandbox_id)
             ((name, value),) = upstream_headers(route["type"], secret).items()
-            credential = self._credentials.setdefault(sandbox_id, (name.encode(), value.encode()))
+            credential = (name.encode(), value.encode())
+            credential = self._credentials.setdefault(sandbox_id.int, credential)
         return credential
 
     # The full way: may read the database, redeem a ticket, resume a sandbox.
@@ -333,9 +335,11 @@ class Gate:
     def _token(self, request: Request) -> tuple[str | None, bool]:
         """The grant a request presents (a Bearer token, else the host's cookie), and
         whether it came as a Bearer token."""
-        presented = bearer(request.headers)
+        presented = bearer(request.index)
         if presented:
             return presented.decode("latin-1"), True
+        if b"cookie" not in request.index:
+            return None, False
         return cookie(request.headers, self.cookie_name), False
 
     async def _redeem(self, request: Request, sandbox_id: UUID) -> Answer | Refused:

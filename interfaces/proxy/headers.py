@@ -47,6 +47,8 @@ _COOKIE_CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _UPGRADE = [(b"connection", b"upgrade"), (b"upgrade", b"websocket")]
 
 Headers = list[tuple[bytes, bytes]]
+# Each name's first value, made as the head is parsed: a lookup instead of a scan.
+Index = dict[bytes, bytes]
 
 
 def _drop(base: frozenset[bytes], headers: Headers) -> frozenset[bytes]:
@@ -94,9 +96,9 @@ def cookie(headers: Headers, name: bytes) -> str | None:
     return None
 
 
-def bearer(headers: Headers) -> bytes | None:
+def bearer(index: Index) -> bytes | None:
     """The token of an ``Authorization: Bearer`` header, if there is one."""
-    auth = header(headers, b"authorization")
+    auth = index.get(b"authorization")
     if auth and auth[:7].lower() == b"bearer ":
         return auth[7:].strip()
     return None
@@ -111,6 +113,7 @@ def header(headers: Headers, name: bytes) -> bytes | None:
 
 def to_agent(
     headers: Headers,
+    index: Index,
     *,
     credential: tuple[bytes, bytes],
     client: bytes,
@@ -124,11 +127,11 @@ def to_agent(
     headers of a ``trusted`` client (Sandbar's own front proxy) are kept and extended;
     anyone else's are replaced."""
     if trusted:
-        forwarded = header(headers, b"x-forwarded-for")
+        forwarded = index.get(b"x-forwarded-for")
         client = forwarded + b", " + client if forwarded else client
-        proto = header(headers, b"x-forwarded-proto") or proto
-        host = header(headers, b"x-forwarded-host") or host
-    drop = _drop(_DROPPED, headers)
+        proto = index.get(b"x-forwarded-proto") or proto
+        host = index.get(b"x-forwarded-host") or host
+    drop = _drop(_DROPPED, headers) if b"connection" in index else _DROPPED
     out: Headers = []
     for name, value in headers:
         if name in drop:
@@ -163,9 +166,11 @@ def _host_only(set_cookie: bytes) -> bytes | None:
     return b";".join([pair, *kept])
 
 
-def to_browser(headers: Headers, upgrade: bool = False) -> Headers:
+def to_browser(headers: Headers, index: Index, upgrade: bool = False) -> Headers:
     """The response headers the browser sees (an accepted upgrade says so again)."""
-    drop = _drop(_HOP_BY_HOP_AND_CLOSE, headers)
+    drop = _HOP_BY_HOP_AND_CLOSE
+    if b"connection" in index:
+        drop = _drop(drop, headers)
     out: Headers = list(_UPGRADE) if upgrade else []
     for name, value in headers:
         if name in drop:

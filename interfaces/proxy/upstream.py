@@ -17,7 +17,7 @@ from typing import Protocol
 
 import httptools
 
-from interfaces.proxy.headers import Headers
+from interfaces.proxy.headers import Headers, Index
 
 TLS = "https://"  # a target so named is reached over TLS
 MAX_IDLE = 64  # idle connections kept per agent address
@@ -41,7 +41,9 @@ class _Stop(Exception):
 class Sink(Protocol):
     def cork(self) -> None: ...
     def uncork(self) -> None: ...
-    def response_head(self, status: int, headers: Headers, upgraded: bool) -> None: ...
+    def response_head(
+        self, status: int, headers: Headers, index: Index, upgraded: bool
+    ) -> None: ...
     def response_body(self, data: bytes) -> None: ...
     def response_end(self) -> None: ...
     def upstream_failed(self, reason: str) -> None: ...
@@ -66,6 +68,7 @@ class Upstream(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._sink: Sink | None = None
         self._headers: Headers = []
+        self._index: Index = {}  # each response header's first value
         self._status = 0
         self._head_only = False
         self._upgrade = False
@@ -93,6 +96,7 @@ class Upstream(asyncio.Protocol):
             return
         self._sink = sink
         self._headers = []
+        self._index = {}
         self._status = 0
         self._head_seen = False
         self._head_only = head_only
@@ -229,7 +233,9 @@ class Upstream(asyncio.Protocol):
             raise _Stop  # a message after the answer's end: nobody asked for it
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.lower(), value))
+        name = name.lower()
+        self._headers.append((name, value))
+        self._index.setdefault(name, value)
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
@@ -246,6 +252,7 @@ class Upstream(asyncio.Protocol):
                 if _claims_body(headers):
                     raise _Refusal(f"the agent's {status} answer claims a body")
                 self._headers = []
+                self._index = {}
                 self._head_bytes = 0
                 self._interim = True
                 return
@@ -255,11 +262,13 @@ class Upstream(asyncio.Protocol):
         self._status = status
         self._head_seen = True
         self._keep_alive = self._parser.should_keep_alive()  # only known while parsing
-        self._framed = any(n in (b"content-length", b"transfer-encoding") for n, _ in headers)
-        if status == 204:  # (a server must not send its length: RFC 9110 8.6)
+        index = self._index
+        self._framed = b"content-length" in index or b"transfer-encoding" in index
+        if status == 204 and b"content-length" in index:  # (RFC 9110 8.6: it must not)
             headers = [(n, v) for n, v in headers if n != b"content-length"]
+            index = {n: v for n, v in index.items() if n != b"content-length"}
         if self._sink is not None:
-            self._sink.response_head(status, headers, status == 101)
+            self._sink.response_head(status, headers, index, status == 101)
         if self._head_only:
             # The parser cannot know a HEAD answer has no body: end here, and do not
             # reuse the connection.
@@ -420,7 +429,7 @@ class Stream:
     def uncork(self) -> None:
         pass
 
-    def response_head(self, status: int, headers: Headers, upgraded: bool) -> None:
+    def response_head(self, status: int, headers: Headers, index: Index, upgraded: bool) -> None:
         if not self._head.done():
             self._head.set_result((status, headers))
 
