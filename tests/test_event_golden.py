@@ -116,13 +116,16 @@ def test_every_event_decodes_as_it_did(golden: Loaded, log: EventLog) -> None:
 
 
 def test_the_aggregates_fold_as_they_did(golden: Loaded, log: EventLog) -> None:
+    """Replaying the old events gives each aggregate the state it had then, as its class
+    today upcasts that state (what loading a snapshot taken then gives): an attribute
+    leaves an aggregate only through an upcaster that drops it from old snapshots too."""
     folded = record.folded(record.decode(log.mapper, golden.rows))
     assert folded.keys() == golden.expected["aggregates"].keys()
     for key, states in golden.expected["aggregates"].items():
         assert len(folded[key]) == len(states), key
         for now, then in zip(folded[key], states, strict=True):
             assert now["class"] == then["class"], key
-            assert kept(now["state"], then["state"]), (then["class"], key)
+            assert kept(now["state"], record.upcast(then)), (then["class"], key)
 
 
 def kept(now: dict[str, Any], then: dict[str, Any]) -> bool:

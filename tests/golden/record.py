@@ -83,16 +83,36 @@ def described(events: Iterable[Any]) -> list[dict[str, Any]]:
 
 
 def folded(events: Iterable[Any]) -> dict[str, list[dict[str, Any]]]:
-    """Every aggregate as its own event handlers leave it after each of its events."""
+    """Every aggregate as its own event handlers leave it after each of its events, with
+    the class version whose shape that state has."""
     aggregates: dict[UUID, Any] = {}
     states: dict[str, list[dict[str, Any]]] = {}
     for e in events:
         aggregate = aggregates[e.originator_id] = e.mutate(aggregates.get(e.originator_id))
         state = {k: v for k, v in vars(aggregate).items() if k != "_pending_events"}
+        cls = type(aggregate)
         states.setdefault(str(e.originator_id), []).append(
-            {"class": type(aggregate).__qualname__, "state": plain(state)}
+            {
+                "class": cls.__qualname__,
+                "class_version": getattr(cls, "class_version", 1),
+                "state": plain(state),
+            }
         )
     return states
+
+
+def upcast(folded_state: Mapping[str, Any]) -> dict[str, Any]:
+    """A folded state (an entry of ``folded``) as the aggregate's class today reads it: put
+    through the class's own upcasters (``upcast_v1_v2``...), which the library runs on a
+    snapshot of that older shape. From a log whose entries say no class version, as from
+    a snapshot that says none: version 1."""
+    cls = {a.__qualname__: a for a in AGGREGATES}[folded_state["class"]]
+    state = dict(folded_state["state"])
+    version = folded_state.get("class_version", 1)
+    while version < getattr(cls, "class_version", 1):
+        getattr(cls, f"upcast_v{version}_v{version + 1}")(state)
+        version += 1
+    return plain(state)
 
 
 def views(snapshot: Mapping[str, list[tuple[Any, ...]]]) -> dict[str, list[Any]]:
