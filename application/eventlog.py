@@ -25,10 +25,16 @@ A = TypeVar("A")
 MAX_ATTEMPTS = 40
 
 
+class StaleRead(IntegrityError):
+    """Raised by a check in a save's transaction: what the command read to decide has
+    changed since (a version conflict by another name), so the command runs again."""
+
+
 class EventLog(Application[UUID]):
     name = "Sandbar"
-    # A workspace gains an event per sandbox made in it and is loaded by every create
-    # and delete: snapshots keep that load short.
+    # Workspaces made before sandboxes stopped giving them an event (docs/design.md, "The
+    # workspace boundary") hold one per sandbox made in them: snapshots keep loading
+    # those short. A workspace made since gains events only from its owners and limits.
     snapshotting_intervals: ClassVar[dict[type, int]] = {Workspace: 50}
 
     def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:

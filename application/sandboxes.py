@@ -59,8 +59,12 @@ class Sandboxes:
                     type=sandbox_type.value,
                     kind=kind.value,
                 )
-                workspace.attach_sandbox(sandbox.id)
             writes = side_writes(sandbox.id) if side_writes else []
+            # The workspace is saved without an event: the save checks it is still at the
+            # version read, so a deletion committed meanwhile refuses this creation (and
+            # the command, run again, finds the workspace gone). Creations do not move
+            # the workspace's version, so they neither conflict with one another nor
+            # make the workspace longer to load.
             self._log.save(sandbox, workspace, checks=[guard], side_writes=writes)
             return sandbox
 

@@ -10,7 +10,7 @@ from uuid import UUID
 from application import validation
 from application.access import Access
 from application.errors import Forbidden, NotFound, rule_conflicts
-from application.eventlog import EventLog
+from application.eventlog import EventLog, StaleRead
 from application.ports import GrantStore, ReadModel, Row
 from domain import roles
 from domain.base import acting_as
@@ -64,13 +64,21 @@ class Workspaces:
 
         def command() -> None:
             workspace = self._workspace(workspace_id)
-            sandboxes = [self._log.find(s, Sandbox) for s in workspace.sandbox_ids]
+            found = self._reads.live_sandbox_ids(workspace_id)
+            sandboxes = [self._log.find(s, Sandbox) for s in found]
             with acting_as(actor):
                 workspace.delete()
                 live = [s for s in sandboxes if s is not None and s.is_live]
                 for sandbox in live:
                     sandbox.delete()  # (at once when the engine holds nothing of it)
-            self._log.save(workspace, *live, checks=[guard])
+            # A sandbox made after the views were read here would outlive the workspace:
+            # checked again under the save's lock (its creation, committed first, is in
+            # the views by then), the command runs again and deletes it too.
+            deleting = {s.id for s in live}
+            none_left = self._reads.live_sandboxes_check(
+                workspace_id, lambda now: _none_but(now, deleting)
+            )
+            self._log.save(workspace, *live, checks=[guard, none_left])
 
         self._log.retrying(command)
 
@@ -174,3 +182,9 @@ class Workspaces:
             "role": saved.role,
             "added_at": saved.modified_on,
         }
+
+
+def _none_but(live: set[UUID], deleting: set[UUID]) -> None:
+    """Refuse a workspace's deletion that would leave a live sandbox in it."""
+    if live - deleting:
+        raise StaleRead("a sandbox was made in the workspace while it was being deleted")

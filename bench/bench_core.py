@@ -245,7 +245,7 @@ def read_your_writes(env: dict[str, str], samples: int) -> dict[str, Any]:
 def fill(sandbar: Sandbar, units: int, per_save: int = 100) -> UUID:
     """A log with every kind of event the views read: per unit a user (3 events), a
     workspace with its owner and the new user as a member whose role then changes, and a
-    sandbox requested then deleted (11 events). Returns one workspace's id."""
+    sandbox requested then deleted (10 events). Returns one workspace's id."""
     owner = uuid.uuid4()
     with acting_as(owner):
         first = [
@@ -270,7 +270,6 @@ def fill(sandbar: Sandbar, units: int, per_save: int = 100) -> UUID:
                 m_user = Membership(workspace_id=ws.id, user_id=uid, role="developer")
                 m_user.change_role(Role.guest)
                 sb = Sandbox(workspace_id=ws.id, name="s", type="opencode", kind=Kind.cloud.value)
-                ws.attach_sandbox(sb.id)
                 sb.request_deletion()
             workspaces.append(ws)
             members += [m_owner, m_user]

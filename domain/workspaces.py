@@ -2,13 +2,20 @@
 
 A Membership is one aggregate per (workspace, user), its id derived from both, so it is
 also the index that keeps a user from being a member twice. The Workspace aggregate holds
-the set of owners and the sandboxes made in it: every change to ownership and every new
-sandbox is saved with a Workspace event, so two concurrent commands that would together
-leave no owner, or add a sandbox to a workspace being deleted, conflict on its version.
+its lifecycle and the set of owners: every change to ownership is saved with a Workspace
+event, so two concurrent commands that would together leave no owner conflict on its
+version.
+
+It does not hold its sandboxes (docs/design.md, "The workspace boundary"): a sandbox's
+creation saves the Workspace unchanged, so the save checks the workspace is still at the
+version read (not deleted meanwhile) without the workspace growing with every sandbox;
+the deletion finds the live sandboxes in the views, and checks in its transaction that
+no other was made meanwhile.
 """
 
 from __future__ import annotations
 
+from typing import Any
 from uuid import UUID, uuid5
 
 from eventsourcing.domain import event
@@ -19,7 +26,8 @@ from domain.roles import Role
 
 
 class Workspace(SandbarAggregate):
-    class_version = 1  # of its snapshots' state, as each event's below
+    # Of its snapshots' state, as each event's below. 2: no more ``sandbox_ids``.
+    class_version = 2
 
     # Declared events (docs/architecture.md, "Changing an event"); their names are their
     # stored topics.
@@ -36,6 +44,8 @@ class Workspace(SandbarAggregate):
         class_version = 1
         user_id: UUID
 
+    # No longer recorded (a sandbox's creation no longer gives its workspace an event);
+    # declared so the logs that hold it still decode. It changes no state now.
     class SandboxAttached(SandbarAggregate.Event):
         class_version = 1
         sandbox_id: UUID
@@ -57,8 +67,12 @@ class Workspace(SandbarAggregate):
     def __init__(self, name: str, owner_id: UUID) -> None:
         self.name = name
         self.owner_ids: list[UUID] = [owner_id]
-        self.sandbox_ids: list[UUID] = []
         self.deleted = False
+
+    @staticmethod
+    def upcast_v1_v2(state: dict[str, Any]) -> None:
+        """A snapshot taken when the workspace listed its sandboxes: the list goes."""
+        state.pop("sandbox_ids", None)
 
     def check_live(self) -> None:
         if self.deleted:
@@ -84,14 +98,6 @@ class Workspace(SandbarAggregate):
     @event(OwnershipRevoked)
     def _ownership_revoked(self, user_id: UUID) -> None:
         self.owner_ids = [u for u in self.owner_ids if u != user_id]
-
-    def attach_sandbox(self, sandbox_id: UUID) -> None:
-        self.check_live()
-        self._sandbox_attached(sandbox_id=sandbox_id)
-
-    @event(SandboxAttached)
-    def _sandbox_attached(self, sandbox_id: UUID) -> None:
-        self.sandbox_ids = [*self.sandbox_ids, sandbox_id]
 
     def set_limits(self, daily_requests: int | None, daily_tokens: int | None) -> None:
         self.check_live()

@@ -139,3 +139,25 @@ class ReadModelQueries:
     def cloud_sandboxes(self) -> list[Row]:
         """Every cloud sandbox not yet deleted (for the container worker)."""
         return self._all(f"{_SANDBOX} WHERE kind = 'cloud' ORDER BY created_at", ())
+
+    # A workspace's live sandboxes (neither deleting nor deleted: a deleted one has no
+    # row), for the cascade of its deletion.
+    _LIVE_SANDBOXES = (
+        "SELECT id FROM sandbar_sandboxes WHERE workspace_id = %s AND status <> 'deleting'"
+    )
+
+    def live_sandbox_ids(self, workspace_id: UUID) -> list[UUID]:
+        return [r["id"] for r in self._all(self._LIVE_SANDBOXES, (workspace_id,))]
+
+    @classmethod
+    def live_sandboxes_check(
+        cls, workspace_id: UUID, check: Callable[[set[UUID]], object]
+    ) -> Callable[[Any], None]:
+        """``check`` the workspace's live sandboxes as a save's transaction sees them:
+        under the events table's lock, every save committed before is in the views."""
+
+        def run(curs: Any) -> None:
+            curs.execute(cls._LIVE_SANDBOXES, (workspace_id,), prepare=True)
+            check({r["id"] for r in curs.fetchall()})
+
+        return run

@@ -156,7 +156,6 @@ W_EVENTS = [
     "Membership.RoleChanged",  # bob -> guest
     "Membership.Added",  # carol, maintainer
     "Sandbox.Requested",
-    "Workspace.SandboxAttached",
     "Sandbox.DeletionRequested",
     "Sandbox.Deleted",
 ]
@@ -189,9 +188,7 @@ def test_log_table_lists_the_events_in_log_order(history, server_env):
     times = [datetime.fromisoformat(r["TIME"]) for r in w_rows]
     assert times == sorted(times)
 
-    created, owner, bob_added, bob_changed, carol_added, requested, attached, asked, deleted = (
-        w_rows
-    )
+    created, owner, bob_added, bob_changed, carol_added, requested, asked, deleted = w_rows
     assert h.wid.startswith(created["AGGREGATE"])
     assert "name=Audit team" in created["DETAILS"]
     assert f"owner={h.alice.username}" in created["DETAILS"]  # a username, not an id
@@ -204,7 +201,6 @@ def test_log_table_lists_the_events_in_log_order(history, server_env):
     assert "role=maintainer" in carol_added["DETAILS"]
     assert h.sid.startswith(requested["AGGREGATE"])
     assert "name=s1" in requested["DETAILS"] and "type=opencode" in requested["DETAILS"]
-    assert h.wid.startswith(attached["AGGREGATE"]) and h.sid in attached["DETAILS"]
     assert asked["AGGREGATE"] == deleted["AGGREGATE"] == requested["AGGREGATE"]
     for row in w_rows:
         assert row["ACTOR"] == h.alice.username
@@ -231,7 +227,7 @@ def test_log_json_one_object_per_line(history, server_env):
     assert {r["workspace_id"] for r in records} == {h.wid}
 
     bob_membership = str(Membership.create_id(UUID(h.wid), UUID(h.bob.id)))
-    created, owner, bob_added, bob_changed, carol_added, requested, attached, _, deleted = records
+    created, owner, bob_added, bob_changed, carol_added, requested, _, deleted = records
     assert created["aggregate_id"] == h.wid
     assert created["actor"] == h.alice.id
     assert created["fields"] == {"name": "Audit team", "owner_id": h.alice.id}
@@ -243,7 +239,6 @@ def test_log_json_one_object_per_line(history, server_env):
     assert carol_added["fields"]["user_id"] == h.carol.id
     assert requested["aggregate_id"] == h.sid
     assert requested["fields"]["name"] == "s1"
-    assert attached["fields"] == {"sandbox_id": h.sid}
     assert deleted["aggregate_id"] == h.sid
     for r in records:
         assert h.t0 - MS <= datetime.fromisoformat(r["time"]) <= h.t_end
@@ -318,7 +313,7 @@ def test_log_filters_by_time(history, server_env):
         return events_of(log_json(ok("audit", "log", *args, env=server_env)))
 
     assert between(h.t1, h.t2) == ["Membership.RoleChanged", "Membership.Added"]
-    assert between(h.t2, h.t3) == ["Sandbox.Requested", "Workspace.SandboxAttached"]
+    assert between(h.t2, h.t3) == ["Sandbox.Requested"]
     assert between(h.t3, None) == ["Sandbox.DeletionRequested", "Sandbox.Deleted"]
     assert between(None, h.t1) == W_EVENTS[:3]
     assert between(None, h.t0) == []

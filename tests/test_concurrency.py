@@ -23,7 +23,7 @@ import pytest
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.utils import get_topic
 
-from application.errors import Forbidden
+from application.errors import Forbidden, NotFound
 from domain.sandboxes import Sandbox, Status
 from domain.users import User as UserAggregate
 from domain.users import Username
@@ -468,18 +468,23 @@ def test_sandboxes_created_while_the_workspace_is_deleted_are_all_deleting(
 
     ws = sandbar.log.find(UUID(wid), Workspace)
     assert ws is not None and ws.deleted
-    attached = {str(s) for s in ws.sandbox_ids}
-    assert answered <= attached
-    # Every sandbox ever requested for this workspace is attached to it...
+    # Every sandbox ever requested for this workspace (the log says which)...
     requested = {
         str(e.originator_id)
         for _, e in log_events_of_type(sandbar, Sandbox.Requested)
         if str(e.workspace_id) == wid
     }
-    assert requested == attached
-    # ...and none is left live: none was given a container (no worker runs), so each one
-    # is deleted with the workspace (aggregate and view).
-    for sid in attached:
+    assert answered <= requested
+    # ...was requested before the workspace's deletion, and none is left live: none was
+    # given a container (no worker runs), so each one is deleted with the workspace
+    # (aggregate and view).
+    (deleted_at,) = [
+        n for n, e in log_events(sandbar, UUID(wid)) if isinstance(e, Workspace.Deleted)
+    ]
+    for sid in requested:
+        made_at = log_events(sandbar, UUID(sid))[0][0]
+        assert made_at < deleted_at, f"{sid} was requested after its workspace was deleted"
+    for sid in requested:
         sandbox = sandbar.log.find(UUID(sid), Sandbox)
         assert sandbox is not None and sandbox.status is Status.deleted, (sid, sandbox.status)
         assert sandbar.reads.sandbox(UUID(sid)) is None
@@ -618,8 +623,71 @@ def test_a_sandbox_created_just_before_its_workspace_is_deleted_is_answered_as_c
     sandbar.workspaces.delete(a, ws)
     held.release()
 
-    attached = sandbar.log.find(ws, Workspace).sandbox_ids
-    assert len(attached) == 1
-    assert sandbar.log.find(attached[0], Sandbox).status is Status.deleted  # (no container)
+    made = requested_in(sandbar, ws)
+    assert len(made) == 1
+    assert sandbar.log.find(made[0], Sandbox).status is Status.deleted  # (no container)
     assert held.error is None, f"the sandbox was created but answered {held.error!r}"
-    assert held.result["id"] == attached[0]
+    assert held.result["id"] == made[0]
+
+
+def requested_in(sandbar: Sandbar, ws: UUID) -> list[UUID]:
+    """The sandboxes the log says were ever requested in ``ws``."""
+    return [
+        e.originator_id
+        for _, e in log_events_of_type(sandbar, Sandbox.Requested)
+        if e.workspace_id == ws
+    ]
+
+
+def test_a_creation_decided_before_its_workspace_was_deleted_is_refused(
+    sandbar: Sandbar, accounts: Callable[[int], list[UUID]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A's creation has read the workspace (live) and is about to save; the workspace is
+    deleted meanwhile. The creation must not commit a sandbox into the deleted workspace:
+    its save conflicts, and run again it finds the workspace gone."""
+    (a,) = accounts(1)
+    ws = sandbar.workspaces.create(a, "held")["id"]
+    held = Held(monkeypatch, sandbar.log, "save")  # the workspace read, the sandbox made
+    held.start(lambda: sandbar.sandboxes.create(a, ws, "s", "opencode"))
+    sandbar.workspaces.delete(a, ws)
+    held.release()
+
+    assert isinstance(held.error, NotFound), held.error or held.result
+    assert held.error.code == "workspace_not_found"
+    assert requested_in(sandbar, ws) == []
+    assert sandbar.reads.sandboxes(ws) == []
+
+
+def test_a_deletion_decided_before_a_sandbox_was_made_deletes_it_too(
+    sandbar: Sandbar, accounts: Callable[[int], list[UUID]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The workspace's deletion has read its live sandboxes (one) and is about to save; a
+    second sandbox is made meanwhile. The deletion must not leave that one live in a
+    deleted workspace: its save conflicts, and run again it deletes both."""
+    (a,) = accounts(1)
+    ws = sandbar.workspaces.create(a, "held")["id"]
+    first = sandbar.sandboxes.create(a, ws, "first", "opencode")["id"]
+    held = Held(monkeypatch, sandbar.log, "save")  # the live sandboxes read
+    held.start(lambda: sandbar.workspaces.delete(a, ws))
+    second = sandbar.sandboxes.create(a, ws, "second", "opencode")["id"]
+    held.release()
+
+    assert held.error is None, held.error
+    assert sandbar.log.find(ws, Workspace).deleted
+    assert set(requested_in(sandbar, ws)) == {first, second}
+    for sid in (first, second):
+        assert sandbar.log.find(sid, Sandbox).status is Status.deleted, sid  # (no container)
+    assert sandbar.reads.sandboxes(ws) == []
+
+
+def test_creations_in_one_workspace_leave_its_version_alone(
+    sandbar: Sandbar, accounts: Callable[[int], list[UUID]]
+) -> None:
+    """A sandbox's creation gives its workspace no event: a full workspace loads as fast
+    as an empty one, and creations in it do not conflict with one another."""
+    (a,) = accounts(1)
+    ws = sandbar.workspaces.create(a, "flat")["id"]
+    for i in range(3):
+        sandbar.sandboxes.create(a, ws, f"s{i}", "opencode")
+    assert sandbar.log.find(ws, Workspace).version == 1
+    assert [type(e).__name__ for _, e in log_events(sandbar, ws)] == ["Created"]

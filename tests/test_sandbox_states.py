@@ -226,7 +226,7 @@ PEOPLE = 5
 
 @given(
     st.lists(
-        st.tuples(st.sampled_from(["grant", "revoke", "attach"]), st.integers(0, PEOPLE - 1)),
+        st.tuples(st.sampled_from(["grant", "revoke", "limits"]), st.integers(0, PEOPLE - 1)),
         max_size=60,
     ),
     st.integers(0, 60),
@@ -237,31 +237,29 @@ def test_revoking_ownership_never_leaves_no_owner(
     people = [uuid4() for _ in range(PEOPLE)]
     workspace = Workspace(name="w", owner_id=people[0])
     model: list[UUID] = [people[0]]
-    sandboxes: list[UUID] = []
     for i, (op, who) in enumerate(steps):
         if i == delete_at:
             workspace.delete()
             assert workspace.deleted
         pending = len(workspace.pending_events)
-        before = (list(workspace.owner_ids), list(workspace.sandbox_ids), workspace.version)
+        before = (list(workspace.owner_ids), workspace.daily_requests, workspace.version)
         try:
             if op == "grant":
                 workspace.grant_ownership(people[who])
             elif op == "revoke":
                 workspace.revoke_ownership(people[who])
             else:
-                sid = uuid4()
-                workspace.attach_sandbox(sid)
+                workspace.set_limits(who, None)
         except LastOwner:
             assert op == "revoke"
             assert model == [people[who]]
-            assert (list(workspace.owner_ids), list(workspace.sandbox_ids), workspace.version) == (
+            assert (list(workspace.owner_ids), workspace.daily_requests, workspace.version) == (
                 before
             )
             assert len(workspace.pending_events) == pending
         except DomainError:
             assert workspace.deleted  # only a deleted workspace refuses anything else
-            assert (list(workspace.owner_ids), list(workspace.sandbox_ids), workspace.version) == (
+            assert (list(workspace.owner_ids), workspace.daily_requests, workspace.version) == (
                 before
             )
         else:
@@ -270,14 +268,11 @@ def test_revoking_ownership_never_leaves_no_owner(
                 model.append(people[who])
             elif op == "revoke" and people[who] in model:
                 model.remove(people[who])
-            elif op == "attach":
-                sandboxes.append(sid)
-            changed = (list(workspace.owner_ids), list(workspace.sandbox_ids)) != before[:2]
+            changed = op == "limits" or list(workspace.owner_ids) != before[0]
             assert len(workspace.pending_events) == pending + int(changed)
         assert workspace.owner_ids, "a workspace was left without an owner"
         assert len(set(workspace.owner_ids)) == len(workspace.owner_ids)
         assert workspace.owner_ids == model
-        assert workspace.sandbox_ids == sandboxes
 
     folded: Workspace | None = None
     for e in workspace.collect_events():
