@@ -89,7 +89,7 @@ class ProjectingRecorder(PostgresApplicationRecorder):
                         for check in checks:
                             check(curs)
                         if ids:
-                            self.read_model.apply_inline(curs, projected_events, max(ids))
+                            self.read_model.apply_inline(curs, projected_events, ids)
                         for write in side_writes:
                             write(curs)
                 except Exception as e:  # raised after the pipeline closes, as the library does

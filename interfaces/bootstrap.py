@@ -15,6 +15,7 @@ from application.sandboxes import Sandboxes
 from application.sign_in import ExternalSignIn
 from application.throttle import LoginThrottle, RateLimit
 from application.usage import Usage
+from application.workspace_log import WorkspaceLog
 from application.workspaces import Workspaces
 from infrastructure import oidc
 from infrastructure.activity import ActivityTable
@@ -35,6 +36,7 @@ from infrastructure.usage import UsageTable
 from interfaces.addresses import Addresses
 from projections.queries import ReadModelQueries
 from projections.view import ReadModelView
+from projections.workspace_log_queries import WorkspaceLogQueries
 
 if TYPE_CHECKING:  # (the proxy's modules are loaded by a server alone)
     from interfaces.proxy.anthropic import AnthropicApi
@@ -61,6 +63,7 @@ class Sandbar:
     usage: Usage
     sign_in: ExternalSignIn
     local_agents: LocalAgents
+    workspace_log: WorkspaceLog
 
     def container_worker(self) -> ContainerWorker:
         """The process manager for cloud sandboxes (run it with ``.run(stop_event)``)."""
@@ -242,4 +245,5 @@ def _build(settings: Settings, url: str) -> Sandbar:
             default_requests=settings.anthropic_daily_requests,
             default_tokens=settings.anthropic_daily_tokens,
         ),
+        workspace_log=WorkspaceLog(WorkspaceLogQueries(datastore), access),
     )

@@ -15,10 +15,11 @@ from psycopg import Cursor
 from domain.sandboxes import EVENT_STATUS, HOST_PREFIXES, Kind, Sandbox, SandboxType, Status
 from domain.users import User
 from domain.workspaces import Membership, Workspace
+from projections import workspace_log
 
 # Bump when a table's shape or a handler's meaning changes: the views are then
 # dropped and rebuilt from the log on the next start.
-VERSION = 2
+VERSION = 3  # 3: the workspace log (projections/workspace_log.py)
 
 TABLES: dict[str, tuple[str, str]] = {
     # name: (columns, primary key used to order rows when comparing)
@@ -54,12 +55,15 @@ TABLES: dict[str, tuple[str, str]] = {
         "updated_at timestamptz NOT NULL",
         "sandbox_id",
     ),
+    # Each workspace's events with the view rows they left (projections/workspace_log.py).
+    workspace_log.TABLE: (workspace_log.COLUMNS, "position"),
 }
 
 INDEXES = (
     "CREATE INDEX IF NOT EXISTS sandbar_members_user_idx ON sandbar_members (user_id)",
     "CREATE INDEX IF NOT EXISTS sandbar_sandboxes_workspace_idx "
     "ON sandbar_sandboxes (workspace_id, created_at)",
+    *workspace_log.INDEXES,
 )
 
 

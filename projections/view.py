@@ -13,7 +13,7 @@ from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
 from psycopg import Cursor
 from psycopg.sql import SQL, Composed, Identifier
 
-from projections import read_model
+from projections import read_model, workspace_log
 
 # Name of the upstream application in tracking rows (its events table is sandbar_events).
 APPLICATION_NAME = "Sandbar"
@@ -61,14 +61,15 @@ class ReadModelView(PostgresTrackingRecorder):
         ).format(Identifier(self.tracking_table_name))
 
     # Keeping up with the log.
-    def apply_inline(self, curs: Cursor[Any], events: Sequence[Any], last_id: int) -> None:
-        """Called in the transaction that records ``events``, after their insert.
+    def apply_inline(self, curs: Cursor[Any], events: Sequence[Any], ids: Sequence[int]) -> None:
+        """Called in the transaction that records ``events``, after their insert;
+        ``ids`` are their positions in the log, in the same order.
 
-        Saves are serialized by the events table's lock, so ``last_id`` only grows: the
+        Saves are serialized by the events table's lock, so positions only grow: the
         tracking row is set without reading it back (no extra round trip)."""
-        for event in events:
-            read_model.apply(curs, event)
-        curs.execute(self._advance_tracking, (APPLICATION_NAME, last_id), prepare=True)
+        for event, position in zip(events, ids, strict=bool(events)):
+            workspace_log.project(curs, event, position, read_model.apply)
+        curs.execute(self._advance_tracking, (APPLICATION_NAME, max(ids)), prepare=True)
 
     # Start-up: make the tables current with this code's version and the log.
     def ensure_current(self, decode: Decode) -> None:
@@ -143,7 +144,8 @@ class ReadModelView(PostgresTrackingRecorder):
                 break
             with conn.pipeline():
                 for row in rows:
-                    read_model.apply(curs, decode(_notification(row)))
+                    event = decode(_notification(row))
+                    workspace_log.project(curs, event, row["notification_id"], read_model.apply)
             last = rows[-1]["notification_id"]
             done += len(rows)
             if progress is not None:

@@ -100,7 +100,12 @@ def test_the_views_are_those_the_log_was_written_with(golden: Loaded, log: Event
     view = log.recorder.read_model
     assert isinstance(view, ReadModelView)
     assert view.rebuild(log.mapper.to_domain_event).events == len(golden.rows)
-    assert record.views(view.snapshot()) == golden.expected["views"]
+    expected = golden.expected["views"]
+    # (A view added since is built from the same log; the ones the version had must match.)
+    views = {t: rows for t, rows in record.views(view.snapshot()).items() if t in expected}
+    assert views == expected
+    added = set(record.views(view.snapshot())) - set(expected)
+    assert added <= {"sandbar_workspace_log"}, added
 
 
 def test_every_event_decodes_as_it_did(golden: Loaded, log: EventLog) -> None:

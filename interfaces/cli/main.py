@@ -23,7 +23,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from interfaces.bootstrap import build
-    from interfaces.http.app import create_app
+    from interfaces.http.app import create_app, stream_hub
     from interfaces.proxy.server import SandboxProxy
 
     sandbar = build(Settings.from_env())
@@ -37,8 +37,9 @@ def _serve(args: argparse.Namespace) -> int:
             target=sandbar.container_worker().run, args=(stop,), name="sandbar-worker"
         )
         worker.start()
+    hub = stream_hub(sandbar)
     config = uvicorn.Config(
-        create_app(sandbar, proxy),
+        create_app(sandbar, proxy, hub),
         # Sandbox hosts are answered at the protocol level; the rest reaches the API.
         http=proxy.protocol(),  # type: ignore[arg-type]
         log_level=args.log_level,
@@ -51,13 +52,26 @@ def _serve(args: argparse.Namespace) -> int:
     gc.collect()
     gc.freeze()
     try:
-        uvicorn.Server(config).run(sockets=sockets)
+        _server_ending_streams(config, hub.close).run(sockets=sockets)
     finally:
         stop.set()
         if worker is not None:
             worker.join(timeout=30)
         sandbar.close()
     return 0
+
+
+def _server_ending_streams(config: Any, end_streams: Any) -> Any:
+    """uvicorn's server, ending the live event streams as it shuts down: a stream never
+    completes by itself, and the shutdown waits for every response to."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: Any = None) -> None:
+            end_streams()
+            await super().shutdown(sockets)
+
+    return Server(config)
 
 
 def _raise_file_limit(connections: int) -> None:

@@ -17,16 +17,23 @@ from interfaces.http import (
     responses,
     routes_agents,
     routes_auth,
+    routes_log,
     routes_sandboxes,
     routes_usage,
     routes_workspaces,
 )
+from interfaces.http.event_stream import StreamHub
 from interfaces.http.guard import RequestGuard
 from interfaces.proxy.server import SandboxProxy
 from interfaces.version import VERSION
 
 
-def create_app(sandbar: Sandbar, proxy: SandboxProxy | None = None) -> ASGIApp:
+def create_app(
+    sandbar: Sandbar, proxy: SandboxProxy | None = None, hub: StreamHub | None = None
+) -> ASGIApp:
+    """The API; ``hub`` wakes its live event streams (the server closes it on shutdown,
+    so that open streams do not hold the shutdown)."""
+
     @asynccontextmanager
     async def lifespan(_api: FastAPI) -> AsyncIterator[None]:
         yield
@@ -40,12 +47,14 @@ def create_app(sandbar: Sandbar, proxy: SandboxProxy | None = None) -> ASGIApp:
         default_response_class=present.JSON,
     )
     api.state.sandbar = sandbar
+    api.state.stream_hub = hub or stream_hub(sandbar)
     errors.install(api)
     api.include_router(routes_auth.router)
     api.include_router(routes_workspaces.router)
     api.include_router(routes_sandboxes.router)
     api.include_router(routes_usage.router)
     api.include_router(routes_agents.router)
+    api.include_router(routes_log.router)
 
     @api.get("/healthz", tags=["health"], response_model=responses.Health)
     def healthz() -> dict[str, str]:
@@ -55,3 +64,11 @@ def create_app(sandbar: Sandbar, proxy: SandboxProxy | None = None) -> ASGIApp:
     proxy = proxy or SandboxProxy(sandbar)
     proxy.hot_path = sandbar.anthropic_api(proxy.gate.directory)  # (the front answers it)
     return guarded
+
+
+def stream_hub(sandbar: Sandbar) -> StreamHub:
+    """The hub of a server's live event streams, woken by every save to the log."""
+    reads = sandbar.workspace_log.reads
+    hub = StreamHub(reads.latest, reads.workspaces_since)
+    sandbar.changes.subscribe(hub.changed)
+    return hub

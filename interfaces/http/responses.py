@@ -142,6 +142,30 @@ class Usage(Shape):
     days: list[UsageDay]
 
 
+class LogEntry(Shape):
+    position: int = Field(description="its place in the log: the cursor, and the SSE id")
+    time: str = Time()
+    event: str = Field(description="what happened, e.g. Sandbox.Paused")
+    actor: str = Field(description="who did it: a user id, or system")
+    actor_name: str | None = Field(description="the actor's username (null: system)")
+    kind: str = Field(description="workspace, member or sandbox")
+    id: str = Field(description="the id of what it changed (a member's user id)")
+    item: dict[str, Any] | None = Field(
+        description="that thing after the event: a Sandbox, a Member, or the workspace's"
+        " id, name and created_at (null: gone)"
+    )
+
+
+class WorkspaceAt(Shape):
+    at: str = Time()
+    position: int = Field(description="the last event that went in (0: none)")
+    workspace: dict[str, Any] | None = Field(
+        description="its id, name and created_at (null: not yet made, or deleted)"
+    )
+    members: list[Member]
+    sandboxes: list[Sandbox]
+
+
 class Health(Shape):
     status: str
 

@@ -1,0 +1,96 @@
+"""Reads of the workspace log view (projections/workspace_log.py): what happened in a workspace
+past a position, a page of its history, and its members and sandboxes at a moment."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.postgres import PostgresDatastore
+
+from projections.workspace_log import TABLE
+
+Row = dict[str, Any]
+# Each row with its actor's username (null for "system", or a user id no longer known).
+_COLUMNS = (
+    "position, workspace_id, aggregate_id, kind, event, actor, subject, time, item,"
+    " (SELECT u.username FROM sandbar_users u WHERE u.id = CASE WHEN actor ~"
+    " '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' THEN actor::uuid END)"
+    " AS actor_name"
+)
+
+
+class WorkspaceLogQueries:
+    def __init__(self, datastore: PostgresDatastore) -> None:
+        self._db = datastore
+
+    def _all(self, sql: str, params: tuple[Any, ...]) -> list[Row]:
+        with self._db.get_connection() as conn:
+            return conn.execute(sql, params, prepare=True).fetchall()
+
+    def head(self, workspace_id: UUID) -> int:
+        """The position of the workspace's latest event (0: none)."""
+        rows = self._all(
+            f"SELECT coalesce(max(position), 0) AS p FROM {TABLE} WHERE workspace_id = %s",
+            (workspace_id,),
+        )
+        return int(rows[0]["p"])
+
+    def latest(self) -> int:
+        """The position of the latest event of any workspace (0: none)."""
+        rows = self._all(f"SELECT coalesce(max(position), 0) AS p FROM {TABLE}", ())
+        return int(rows[0]["p"])
+
+    def workspaces_since(self, position: int, limit: int) -> list[Row]:
+        """(position, workspace_id) of the events past ``position``, oldest first."""
+        return self._all(
+            f"SELECT position, workspace_id FROM {TABLE} WHERE position > %s"
+            " ORDER BY position LIMIT %s",
+            (position, limit),
+        )
+
+    def since(self, workspace_id: UUID, position: int, limit: int) -> list[Row]:
+        """The workspace's events past ``position``, oldest first."""
+        return self._all(
+            f"SELECT {_COLUMNS} FROM {TABLE} WHERE workspace_id = %s AND position > %s"
+            " ORDER BY position LIMIT %s",
+            (workspace_id, position, limit),
+        )
+
+    def page(
+        self,
+        workspace_id: UUID,
+        before: int | None,
+        limit: int,
+        person: UUID | None = None,
+        kind: str | None = None,
+    ) -> list[Row]:
+        """Newest first: events before ``before`` (all, if None), by or about ``person``,
+        of ``kind`` (``sandbox``, ``member``, ``workspace``, or an event's name such as
+        ``Sandbox.Paused``)."""
+        where = ["workspace_id = %s"]
+        params: list[Any] = [workspace_id]
+        if before is not None:
+            where.append("position < %s")
+            params.append(before)
+        if person is not None:
+            where.append("(actor = %s OR subject = %s)")
+            params += [str(person), str(person)]
+        if kind is not None:
+            where.append("(kind = %s OR event = %s)")
+            params += [kind, kind]
+        return self._all(
+            f"SELECT {_COLUMNS} FROM {TABLE} WHERE {' AND '.join(where)}"
+            " ORDER BY position DESC LIMIT %s",
+            (*params, limit),
+        )
+
+    def as_at(self, workspace_id: UUID, at: datetime) -> list[Row]:
+        """The last event of each of the workspace's aggregates (itself, its members,
+        its sandboxes) up to ``at``: its item is that thing as it then was (null: gone)."""
+        return self._all(
+            f"SELECT DISTINCT ON (aggregate_id) {_COLUMNS} FROM {TABLE}"
+            " WHERE workspace_id = %s AND time <= %s ORDER BY aggregate_id, position DESC",
+            (workspace_id, at),
+        )
