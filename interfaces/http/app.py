@@ -26,6 +26,7 @@ from interfaces.http.event_stream import StreamHub
 from interfaces.http.guard import RequestGuard
 from interfaces.proxy.server import SandboxProxy
 from interfaces.version import VERSION
+from interfaces.web import console
 
 
 def create_app(
@@ -45,6 +46,8 @@ def create_app(
         summary="Run AI coding agents in sandboxes, opened from the browser.",
         version=VERSION,
         default_response_class=present.JSON,
+        docs_url=None,  # (served by the console, from files of its own: interfaces/web)
+        redoc_url=None,
     )
     api.state.sandbar = sandbar
     api.state.stream_hub = hub or stream_hub(sandbar)
@@ -60,7 +63,8 @@ def create_app(
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    guarded = RequestGuard(api, max_body=sandbar.settings.max_body_bytes)
+    console.install(api)
+    guarded = RequestGuard(console.PagePolicy(api), max_body=sandbar.settings.max_body_bytes)
     proxy = proxy or SandboxProxy(sandbar)
     proxy.hot_path = sandbar.anthropic_api(proxy.gate.directory)  # (the front answers it)
     return guarded
