@@ -19,15 +19,23 @@ function short(n) {
   return String(n);
 }
 
+// The smallest of 4, 1, 2 or 5 times a power of ten that is at least n (axis ends).
+function niceCeiling(n) {
+  if (n <= 4) return 4;
+  const power = 10 ** Math.floor(Math.log10(n));
+  return [1, 2, 5, 10].map((m) => m * power).find((v) => v >= n);
+}
+
 // days: ["2026-11-07", ...]; series: [{name, values: [n per day]}]
-export function stackedBars(title, days, series) {
-  const width = 720;
-  const height = 240;
+// width: the room it has, in CSS pixels (its text keeps its size on a phone).
+export function stackedBars(title, days, series, room = 960) {
+  const width = Math.round(Math.max(320, Math.min(960, room)));
+  const height = 220;
   const left = 48;
   const bottom = 28;
   const top = 12;
   const totals = days.map((_, i) => series.reduce((s, x) => s + x.values[i], 0));
-  const max = Math.max(1, ...totals);
+  const max = niceCeiling(Math.max(...totals, 0));
   const plotH = height - top - bottom;
   const step = (width - left - 8) / Math.max(1, days.length);
   const barW = Math.max(2, step * 0.7);
@@ -55,8 +63,10 @@ export function stackedBars(title, days, series) {
       rect.append(el("title", {}, `${day} · ${s.name}: ${v.toLocaleString()}`));
       svg.append(rect);
     });
-    if (i % 7 === 0 || i === days.length - 1) {
-      const label = el("text", { x: x + barW / 2, y: height - 8, "text-anchor": "middle", class: "axis" });
+    const every = width < 600 ? 14 : 7;
+    if ((days.length - 1 - i) % every === 0) { // (a week or two apart, today last)
+      const last = i === days.length - 1;
+      const label = el("text", { x: last ? x + barW : x + barW / 2, y: height - 8, "text-anchor": last ? "end" : "middle", class: "axis" });
       label.textContent = day.slice(5);
       svg.append(label);
     }

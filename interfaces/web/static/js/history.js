@@ -61,7 +61,7 @@ export async function history(ctx) {
     h("strong", {}, e.actor_name || e.actor), " ",
     WORDS[e.event] || e.event, ": ", h("span", {}, what(e)), " ",
     h("button", { type: "button", class: "link small", "aria-label": `Show the workspace as it was at ${when(e.time)}`,
-      onclick: () => { moment.value = localValue(e.time); showAt(new Date(e.time).toISOString()); } }, "as it was then"));
+      onclick: () => { moment.value = localValue(e.time); showAt(e.time); } }, "as it was then"));
 
   const load = async (from) => {
     error.textContent = "";
@@ -117,7 +117,7 @@ export async function history(ctx) {
       replace(then, h("p", { class: "error" }, explain(e)));
     }
   }
-  const atForm = h("form", { class: "row", "aria-label": "As it was at", onsubmit: (event) => {
+  const atForm = h("form", { class: "row", "aria-label": "Choose a moment", onsubmit: (event) => {
     event.preventDefault();
     const d = new Date(moment.value);
     if (Number.isNaN(d.getTime())) return;

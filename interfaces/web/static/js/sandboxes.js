@@ -124,7 +124,7 @@ export async function sandboxes(ctx) {
     const type = h("select", { name: "type" },
       h("option", { value: "opencode" }, "opencode"), h("option", { value: "openclaw" }, "openclaw"));
     form = h("form", {
-      class: "row", "aria-label": "New sandbox",
+      class: "row", "aria-label": "Create a sandbox",
       onsubmit: async (event) => {
         event.preventDefault();
         error.textContent = "";

@@ -59,12 +59,12 @@ export async function usage(ctx) {
     const requests = h("input", { type: "number", min: 0, name: "daily_requests", value: limits.own.daily_requests ?? "", placeholder: "default" });
     const tokensIn = h("input", { type: "number", min: 0, name: "daily_tokens", value: limits.own.daily_tokens ?? "", placeholder: "default" });
     const number = (input) => (input.value === "" ? null : Number(input.value));
-    form = h("form", { class: "row", "aria-label": "Daily limits", onsubmit: async (event) => {
+    form = h("form", { class: "row", "aria-label": "Set the daily limits", onsubmit: async (event) => {
       event.preventDefault();
       error.textContent = "";
       try {
         const set = await api("PUT", `/api/workspaces/${wid}/limits`, { daily_requests: number(requests), daily_tokens: number(tokensIn) });
-        announce(`Limits saved: ${limitText(set.daily_requests)} requests, ${limitText(set.daily_tokens)} tokens a day.`);
+        announce(`Limits saved: requests a day, ${limitText(set.daily_requests)}; tokens a day, ${limitText(set.daily_tokens)}.`);
         await usage(ctx);
       } catch (e) {
         error.textContent = explain(e);
@@ -72,11 +72,23 @@ export async function usage(ctx) {
     } }, field("Requests a day", requests, "empty: the default"), field("Tokens a day", tokensIn, "empty: the default"),
     h("button", { type: "submit" }, "Save limits"));
   }
+  // Drawn for the room there is (and again when it changes), so the text stays legible.
+  const charts = h("div", {});
+  let drawnFor = 0;
+  const drawCharts = () => {
+    const room = panel.clientWidth - 20;
+    if (Math.abs(room - drawnFor) < 40) return;
+    drawnFor = room;
+    replace(charts,
+      h("figure", {}, h("figcaption", {}, `Requests a day, last ${DAYS} days`), stackedBars("Requests a day", days, series("requests"), room)),
+      h("figure", {}, h("figcaption", {}, `Tokens a day, last ${DAYS} days`), stackedBars("Tokens a day", days, series("tokens"), room)));
+  };
+  new ResizeObserver(drawCharts).observe(panel);
   replace(panel,
     h("h2", { id: "panel-title" }, "Usage and limits"),
-    h("p", {}, `In force: ${limitText(limits.daily_requests)} requests and ${limitText(limits.daily_tokens)} tokens a day.`),
+    h("p", {}, `In force: requests a day, ${limitText(limits.daily_requests)}; tokens a day, ${limitText(limits.daily_tokens)}.`),
     form, error,
-    h("figure", {}, h("figcaption", {}, `Requests a day, last ${DAYS} days`), stackedBars("Requests a day", days, series("requests"))),
-    h("figure", {}, h("figcaption", {}, `Tokens a day, last ${DAYS} days`), stackedBars("Tokens a day", days, series("tokens"))),
+    charts,
     ids.length ? [legend, totals] : h("p", { class: "muted" }, "No request through the Anthropic proxy in these days."));
+  drawCharts();
 }

@@ -56,7 +56,7 @@ export async function workspaces(session, go) {
   replace(list, rows.map(card));
   replace(main,
     h("h1", {}, "Workspaces"),
-    h("form", { class: "row", onsubmit: create, "aria-label": "New workspace" },
+    h("form", { class: "row", onsubmit: create, "aria-label": "Create a workspace" },
       field("New workspace", name), h("button", { type: "submit" }, "Create")),
     error,
     rows.length ? list : h("p", { class: "muted" }, "No workspace yet: create one above."));
