@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+import orjson
 from eventsourcing.postgres import PostgresDatastore
 
 from projections.workspace_log import TABLE
@@ -25,9 +26,16 @@ class WorkspaceLogQueries:
     def __init__(self, datastore: PostgresDatastore) -> None:
         self._db = datastore
 
-    def _all(self, sql: str, params: tuple[Any, ...]) -> list[Row]:
+    def _all(self, sql: str, params: tuple[Any, ...], text_items: bool = False) -> list[Row]:
+        """The rows; ``text_items``: the query sends ``item`` as text, decoded here by
+        orjson (several times faster than the driver's json for a thousand rows)."""
         with self._db.get_connection() as conn:
-            return conn.execute(sql, params, prepare=True).fetchall()
+            rows = conn.execute(sql, params, prepare=True).fetchall()
+        if text_items:
+            for row in rows:
+                if row["item"] is not None:
+                    row["item"] = orjson.loads(row["item"])
+        return rows
 
     def head(self, workspace_id: UUID) -> int:
         """The position of the workspace's latest event (0: none)."""
@@ -88,9 +96,14 @@ class WorkspaceLogQueries:
 
     def as_at(self, workspace_id: UUID, at: datetime) -> list[Row]:
         """The last event of each of the workspace's aggregates (itself, its members,
-        its sandboxes) up to ``at``: its item is that thing as it then was (null: gone)."""
+        its sandboxes) up to ``at``: its item is that thing as it then was (null: gone).
+        (The last positions are found on the narrow columns first, then only those rows
+        are read whole.)"""
         return self._all(
-            f"SELECT DISTINCT ON (aggregate_id) {_COLUMNS} FROM {TABLE}"
-            " WHERE workspace_id = %s AND time <= %s ORDER BY aggregate_id, position DESC",
+            f"SELECT position, kind, aggregate_id, item::text AS item FROM {TABLE}"
+            " WHERE position IN ("
+            f" SELECT DISTINCT ON (aggregate_id) position FROM {TABLE}"
+            "  WHERE workspace_id = %s AND time <= %s ORDER BY aggregate_id, position DESC)",
             (workspace_id, at),
+            text_items=True,
         )
