@@ -55,6 +55,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.bench_core import fresh_database, pct, postgres_server, write_results  # noqa: E402
 from bench.bench_proxy import cpu_seconds  # noqa: E402
+from bench.rounds import abba, even_rounds  # noqa: E402
 from infrastructure.settings import Settings  # noqa: E402
 from infrastructure.usage import IDLE_SECONDS  # noqa: E402
 from interfaces.bootstrap import Sandbar, build  # noqa: E402
@@ -403,7 +404,7 @@ def run_rounds(
     firsts[max(CONCURRENCY), PACE_MS] = []
     proxied = 0
     for i in range(rounds):
-        order = SIDES if i % 2 == 0 else SIDES[::-1]  # ABBA: drift hits both sides alike
+        order = abba(SIDES, i)  # drift hits both sides alike
         for (mode, conns), results in loads.items():
             one: dict[str, dict[str, Any]] = {}
             for side in order:
@@ -530,7 +531,9 @@ def warm_up(targets: dict[str, Target]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer, shorter rounds (a smoke run)")
-    parser.add_argument("--rounds", type=int, help="rounds of every measure (default 5; quick 1)")
+    parser.add_argument(
+        "--rounds", type=int, help="rounds of every measure, made even (ABBA; default 6; quick 2)"
+    )
     parser.add_argument("--seconds", type=float, help="seconds per wrk run (default 5; quick 2)")
     parser.add_argument("--serve-standin", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -540,7 +543,7 @@ def main() -> int:
     if shutil.which("wrk") is None:
         print("wrk is needed (apt-get install wrk)", file=sys.stderr)
         return 2
-    rounds = args.rounds or (1 if args.quick else 5)
+    rounds = even_rounds(args.rounds or (2 if args.quick else 6))
     seconds = args.seconds or (2.0 if args.quick else 5.0)
     ttfb_seconds = max(1.0, seconds * 0.6)
     db_samples = 200 if args.quick else 1000

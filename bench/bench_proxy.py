@@ -13,10 +13,11 @@
 
 The upstream is nginx serving static files (a process of its own); nginx the reverse proxy
 is another; `sandbar serve` a third, each on a free loopback port with its own temporary
-folder. Within a round the sides run one after the other, the order rotating from round to
-round; each figure is the median over rounds, each ratio or "added" figure the median of the
-per-round ones. The machine is small and shared (2 cores carry wrk, the upstream and the
-proxy): read ratios and differences, not absolute numbers. The cores that processes outside
+folder. Within a round the sides run one after the other, in ABBA order (forward, then
+backward in the next round: ``abba``); each figure is the median over rounds, each ratio or
+"added" figure the median over pairs of rounds of the pair's means. The machine is small
+and shared (2 cores carry wrk, the upstream and the proxy): read ratios and differences,
+not absolute numbers. The cores that processes outside
 the benchmark kept busy are reported beside each figure; --wait-quiet S first waits for a
 quiet machine. Never asserts a timing.
 
@@ -45,7 +46,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -58,6 +59,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_core import fresh_database, pct, postgres_server, write_results  # noqa: E402
+from bench.rounds import (  # noqa: E402  (rotated: for bench_hostile)
+    abba,
+    even_rounds,
+    pair_difference,
+    pair_ratio,
+)
 from domain.sandboxes import Sandbox  # noqa: E402
 from infrastructure.settings import Settings  # noqa: E402
 from interfaces.bootstrap import Sandbar, build  # noqa: E402
@@ -77,6 +84,9 @@ TARGETS = {
     "added_p99_ms": 5.0,  # under
     "download_vs_nginx": 0.7,  # at least
     "sse_added_ms": 2.0,  # under
+    # under: Sandbar's peak RSS during the downloads less before (a tenth of the file; a
+    # proxy that buffered the answer would show the file's size)
+    "download_growth_mib": 10.0,
 }
 
 
@@ -347,12 +357,6 @@ def wrk(url: str, headers: dict[str, str], seconds: float, connections: int) -> 
     }
 
 
-def rotated(sides: tuple[str, ...], round_: int) -> tuple[str, ...]:
-    """The sides in the order of this round (each side leads in turn)."""
-    k = round_ % len(sides)
-    return sides[k:] + sides[:k]
-
-
 def small_answers(
     urls: dict[str, str],
     headers: dict[str, dict[str, str]],
@@ -366,7 +370,7 @@ def small_answers(
         wrk(urls[side], headers[side], 1, connections)
     runs: dict[str, list[dict[str, Any]]] = {side: [] for side in SIDES}
     for r in range(rounds):
-        for side in rotated(SIDES, r):
+        for side in abba(SIDES, r):
             with CpuMeter(pids) as cpu:
                 run = wrk(urls[side], headers[side], seconds, connections)
             n = run["requests"]
@@ -405,27 +409,23 @@ def small_answers(
         )
         out[side]["cores"] = statistics.median(run["proxy_cores"] for run in runs[side])
     out["others_cores"] = statistics.median(run["others_cores"] for s in SIDES for run in runs[s])
+
     # CPU per request: what each proxy would do with a core of its own, less exposed to
     # what else the machine runs than the rates are.
-    out["cpu_per_request_sandbar_vs_nginx"] = statistics.median(
-        s["cpu_us_per_request"]["proxy"] / n["cpu_us_per_request"]["proxy"]
-        for s, n in zip(runs["sandbar"], runs["nginx"], strict=True)
-    )
+    def figures(side: str, key: str) -> list[float]:
+        return [run[key] for run in runs[side]]
 
-    def per_round(f: Callable[[int], float]) -> float:
-        return statistics.median(f(i) for i in range(rounds))
+    def proxy_cpu(side: str) -> list[float]:
+        return [run["cpu_us_per_request"]["proxy"] for run in runs[side]]
 
+    out["cpu_per_request_sandbar_vs_nginx"] = pair_ratio(proxy_cpu("sandbar"), proxy_cpu("nginx"))
     for side in ("nginx", "sandbar"):
         for q in ("p50", "p99"):
-            out[side][f"added_{q}_ms"] = per_round(
-                lambda i, s=side, k=f"{q}_ms": runs[s][i][k] - runs["direct"][i][k]
+            out[side][f"added_{q}_ms"] = pair_difference(
+                figures(side, f"{q}_ms"), figures("direct", f"{q}_ms")
             )
-        out[side]["rps_vs_direct"] = per_round(
-            lambda i, s=side: runs[s][i]["rps"] / runs["direct"][i]["rps"]
-        )
-    out["rps_sandbar_vs_nginx"] = per_round(
-        lambda i: runs["sandbar"][i]["rps"] / runs["nginx"][i]["rps"]
-    )
+        out[side]["rps_vs_direct"] = pair_ratio(figures(side, "rps"), figures("direct", "rps"))
+    out["rps_sandbar_vs_nginx"] = pair_ratio(figures("sandbar", "rps"), figures("nginx", "rps"))
     return out
 
 
@@ -456,7 +456,7 @@ def downloads(
     cpu_per_gib: dict[str, list[float]] = {side: [] for side in ("nginx", "sandbar")}
     sampled_peak = rss_before
     for r in range(rounds):
-        for side in rotated(SIDES, r):
+        for side in abba(SIDES, r):
             with RssSampler(pid) as sampler, CpuMeter(pids) as cpu:
                 speeds[side].append(curl(urls[side], headers[side]))
             if side == "sandbar":
@@ -473,17 +473,11 @@ def downloads(
     for side in SIDES:
         out[f"{side}_mib_per_s"] = statistics.median(speeds[side])
         out[f"{side}_runs"] = speeds[side]
-    out["sandbar_vs_nginx"] = statistics.median(
-        s / n for s, n in zip(speeds["sandbar"], speeds["nginx"], strict=True)
-    )
+    out["sandbar_vs_nginx"] = pair_ratio(speeds["sandbar"], speeds["nginx"])
     for side, values in cpu_per_gib.items():
         out[f"{side}_cpu_s_per_gib"] = statistics.median(values)
-    out["sandbar_vs_direct"] = statistics.median(
-        s / d for s, d in zip(speeds["sandbar"], speeds["direct"], strict=True)
-    )
-    out["nginx_vs_direct"] = statistics.median(
-        n / d for n, d in zip(speeds["nginx"], speeds["direct"], strict=True)
-    )
+    out["sandbar_vs_direct"] = pair_ratio(speeds["sandbar"], speeds["direct"])
+    out["nginx_vs_direct"] = pair_ratio(speeds["nginx"], speeds["direct"])
     out["sandbar_memory"] = {
         "rss_before_mib": rss_before,
         "peak_rss_before_mib": hwm_before,  # VmHWM since start (the wrk runs included)
@@ -573,8 +567,10 @@ def sse(
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="one short round (a smoke run)")
-    parser.add_argument("--rounds", type=int, help="rounds of each measure (default 3)")
+    parser.add_argument("--quick", action="store_true", help="two short rounds (a smoke run)")
+    parser.add_argument(
+        "--rounds", type=int, help="rounds of each measure, made even (ABBA; default 4)"
+    )
     parser.add_argument("--seconds", type=float, help="seconds of each wrk run (default 10)")
     parser.add_argument(
         "--wait-quiet",
@@ -584,7 +580,7 @@ def main() -> int:
         help="first wait up to S seconds for other processes to leave the cores idle",
     )
     args = parser.parse_args()
-    rounds = args.rounds or (1 if args.quick else 3)
+    rounds = even_rounds(args.rounds or (2 if args.quick else 4))
     seconds = args.seconds or (3.0 if args.quick else 10.0)
     events = 100 if args.quick else 400
     for tool in (NGINX, WRK, CURL):
@@ -724,7 +720,8 @@ def report(
             "",
             f"{mem['rss_before_mib']:.0f} / {mem['peak_rss_during_mib']:.0f} MiB",
             f"{mem['growth_mib']:+.1f} MiB",
-            "flat",
+            f"< {TARGETS['download_growth_mib']:g} MiB:"
+            f" {verdict(mem['growth_mib'] < TARGETS['download_growth_mib'])}",
         ),
         (
             "SSE event, release to client: p50",
@@ -748,8 +745,8 @@ def report(
     )
     print(
         f"\nwrk -t1: median of {loaded['rounds']} rounds ({loaded['seconds']:g} s at -c32,"
-        f" {single['seconds']:g} s at -c1), sides in rotating order; added = median of the"
-        f" per-round differences from direct. At -c32 the proxies used"
+        f" {single['seconds']:g} s at -c1), sides in ABBA order; ratios and added = medians"
+        f" over pairs of rounds of the pair's means. At -c32 the proxies used"
         f" {loaded['nginx']['cores']:.2f} (nginx) and {loaded['sandbar']['cores']:.2f} (Sandbar)"
         f" cores, while processes outside this benchmark used"
         f" {loaded['others_cores']:.2f} of the {os.cpu_count()} (before the run:"
