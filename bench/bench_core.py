@@ -1,15 +1,21 @@
 """The core paths of Sandbar beside baselines measured in the same run, on the same
 PostgreSQL server.
 
-  write path       sandbar.workspaces.create (2 aggregates saved with the inline projection,
-                   then read back), and EventLog.save of the same 2 aggregates alone,
-                   per second  vs  a plain eventsourcing Application (no projection, its
-                   own tables in the same database) saving the same 2 aggregates
+  write path       sandbar.workspaces.create (2 aggregates saved with the inline projection;
+                   its answer is built from what it saved, with no read), and EventLog.save
+                   of the same 2 aggregates alone, per second  vs  a plain eventsourcing
+                   Application (no projection, its own tables in the same database) saving
+                   the same 2 aggregates
   read-your-writes over HTTP to a real `sandbar serve`: POST /api/workspaces, then GET it
                    until the GET sees it, p50/p99  vs  GET /healthz on the same client
-  replay           view rebuild (`sandbar audit rebuild`'s path), audit replay of a
-                   workspace, audit log listing, events/s  vs  raw
-                   `SELECT * FROM sandbar_events` + the mapper's decode, events/s
+  replay           `sandbar audit rebuild`, the whole command in a process of its own
+                   (start-up, replay into new views, the comparison with the old ones),
+                   and the replay alone as it reports it; audit replay of a workspace,
+                   audit log listing, events/s  vs  raw `SELECT * FROM sandbar_events` +
+                   the mapper's decode, events/s
+
+Within each round the variants run in ABBA order (forward, then backward in the next
+round); every figure is the median over rounds.
 
 Uses a fresh database on SANDBAR_BENCH_DATABASE_URL (default
 postgresql://postgres@127.0.0.1:5432/postgres), dropped at the end; an embedded PostgreSQL
@@ -23,7 +29,9 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -45,6 +53,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from application.audit import AuditLog  # noqa: E402
+from bench.rounds import abba  # noqa: E402
 from domain.base import acting_as  # noqa: E402
 from domain.roles import Role  # noqa: E402
 from domain.sandboxes import Kind, Sandbox  # noqa: E402
@@ -164,9 +173,9 @@ def write_path(sandbar: Sandbar, url: str, commands: int, rounds: int) -> dict[s
     for run in variants.values():  # warm up connections and caches
         per_second(20, run)
     rates: dict[str, list[float]] = {k: [] for k in variants}
-    for _ in range(rounds):  # interleaved, so each side sees the same machine
-        for key, run in variants.items():
-            rates[key].append(per_second(commands, run))
+    for r in range(rounds):  # ABBA, so that every side sees the same machine
+        for key in abba(tuple(variants), r):
+            rates[key].append(per_second(commands, variants[key]))
     plain.close()
     out = {k: statistics.median(v) for k, v in rates.items()}
     return {
@@ -314,43 +323,92 @@ def raw_decode(sandbar: Sandbar) -> tuple[int, float, float]:
     return n, timings[0], timings[1]
 
 
-def replay_rates(sandbar: Sandbar, units: int, rounds: int) -> dict[str, Any]:
+REPLAYED = re.compile(r"replayed ([\d,]+) events in ([\d.]+) s")
+
+
+def rebuild_command(env: dict[str, str]) -> tuple[int, float, float, bool]:
+    """``sandbar audit rebuild`` in a process of its own, as an operator runs it: (events
+    it replayed, seconds of the whole command, seconds of the replay it reports, whether
+    the rebuilt views equal the old ones)."""
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "interfaces.cli.main", "audit", "rebuild"],
+        env={**os.environ, **env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
+    elapsed = time.perf_counter() - started
+    found = REPLAYED.search(done.stdout)
+    if done.returncode not in (0, 1) or found is None:
+        raise RuntimeError(f"sandbar audit rebuild failed:\n{done.stdout}{done.stderr}")
+    events = int(found.group(1).replace(",", ""))
+    return events, elapsed, float(found.group(2)), done.returncode == 0
+
+
+def replay_rates(sandbar: Sandbar, env: dict[str, str], units: int, rounds: int) -> dict[str, Any]:
     workspace_id = fill(sandbar, units)
     audit = AuditLog(sandbar.log)
-    decode = sandbar.log.mapper.to_domain_event
     rates: dict[str, list[float]] = {
         "select": [],
         "raw": [],
         "rebuild": [],
+        "rebuild_replay": [],
         "audit_replay": [],
         "audit_log": [],
     }
+    command_seconds: list[float] = []
     identical = True
     events = 0
-    for _ in range(rounds):
+
+    def raw() -> None:
+        nonlocal events
         events, select_s, raw_s = raw_decode(sandbar)
         rates["select"].append(events / select_s)
         rates["raw"].append(events / raw_s)
-        report = sandbar.view.rebuild(decode)
-        identical = identical and report.identical and report.events == events
-        rates["rebuild"].append(report.events_per_second)
+
+    def rebuild() -> None:
+        nonlocal identical
+        replayed, whole_s, replay_s, same = rebuild_command(env)
+        identical = identical and same and replayed == events
+        rates["rebuild"].append(replayed / whole_s)
+        rates["rebuild_replay"].append(replayed / replay_s)
+        command_seconds.append(whole_s)
+
+    def audit_replay() -> None:
         t = time.perf_counter()
         snap = audit.replay(workspace_id, datetime.now(UTC))
         rates["audit_replay"].append(events / (time.perf_counter() - t))
         assert snap.workspace is not None
+
+    def audit_log() -> None:
         t = time.perf_counter()
         listed = sum(1 for _ in audit.entries())
         rates["audit_log"].append(listed / (time.perf_counter() - t))
+
+    raw()  # (the count of events, and the pages in PostgreSQL's cache)
+    rates["select"].clear()
+    rates["raw"].clear()
+    variants = {"raw": raw, "rebuild": rebuild, "audit_replay": audit_replay, "log": audit_log}
+    for r in range(rounds):
+        for key in abba(tuple(variants), r):
+            variants[key]()
     out = {k: statistics.median(v) for k, v in rates.items()}
     return {
         "events": events,
         "rounds": rounds,
         "select_only_events_per_s": out["select"],
         "raw_select_decode_events_per_s": out["raw"],
+        # the whole `sandbar audit rebuild` command, start-up and comparison included
         "rebuild_events_per_s": out["rebuild"],
+        "rebuild_command_seconds": statistics.median(command_seconds),
+        # the replay alone, as the command reports it
+        "rebuild_replay_events_per_s": out["rebuild_replay"],
         "audit_replay_events_per_s": out["audit_replay"],
         "audit_log_events_per_s": out["audit_log"],
         "rebuild_ratio": out["rebuild"] / out["raw"],
+        "rebuild_replay_ratio": out["rebuild_replay"] / out["raw"],
         "audit_replay_ratio": out["audit_replay"] / out["raw"],
         "audit_log_ratio": out["audit_log"] / out["raw"],
         "rebuilt_views_identical": identical,
@@ -364,8 +422,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer samples (a smoke run)")
     args = parser.parse_args()
-    commands, rounds, samples, units = (50, 1, 50, 200) if args.quick else (300, 3, 300, 3000)
+    commands, rounds, samples, units = (50, 2, 50, 200) if args.quick else (300, 4, 300, 3000)
 
+    from bench.bench_proxy import machine_load  # (bench_proxy imports this module)
+
+    load_before, loadavg_before = machine_load(), os.getloadavg()
+    print(f"machine load before the run: {load_before:.2f} cores", file=sys.stderr)
     started = time.perf_counter()
     with postgres_server() as (server_url, where), fresh_database(server_url) as url:
         env = {
@@ -382,10 +444,11 @@ def main() -> int:
             print("read-your-writes over HTTP ...", file=sys.stderr, flush=True)
             ryw = read_your_writes(env, samples)
             print("replay ...", file=sys.stderr, flush=True)
-            replay = replay_rates(sandbar, units, rounds)
+            replay = replay_rates(sandbar, env, units, rounds)
         finally:
             sandbar.close()
     elapsed = time.perf_counter() - started
+    load_after = machine_load()
 
     def rate(x: float) -> str:
         return f"{x:,.0f}/s"
@@ -396,7 +459,7 @@ def main() -> int:
     w, r, p = write, ryw, replay
     rows = [
         (
-            "write: workspaces.create (2 aggregates + inline views + read back)",
+            "write: workspaces.create (2 aggregates + inline views; no read)",
             rate(w["create_commands_per_s"]),
             "plain Application.save, same 2 aggregates",
             rate(w["baseline_saves_per_s"]),
@@ -424,11 +487,18 @@ def main() -> int:
             f"+{r['added_p99_ms']:.2f} ms",
         ),
         (
-            "replay: view rebuild (audit rebuild)",
+            f"replay: `audit rebuild`, the whole command ({p['rebuild_command_seconds']:.2f} s)",
             rate(p["rebuild_events_per_s"]),
             "raw SELECT * + mapper decode",
             rate(p["raw_select_decode_events_per_s"]),
             f"{p['rebuild_ratio']:.2f}x",
+        ),
+        (
+            "replay: the same, its replay alone (as it reports)",
+            rate(p["rebuild_replay_events_per_s"]),
+            "raw SELECT * + mapper decode",
+            rate(p["raw_select_decode_events_per_s"]),
+            f"{p['rebuild_replay_ratio']:.2f}x",
         ),
         (
             "replay: audit replay (fold a workspace)",
@@ -447,13 +517,17 @@ def main() -> int:
     ]
     table(["MEASURE", "SANDBAR", "BASELINE (same run)", "BASELINE", "RATIO / ADDED"], rows)
     print(
-        f"\nwrite: median of {w['rounds']} interleaved rounds of {w['commands_per_round']}"
+        f"\nwrite: median of {w['rounds']} rounds in ABBA order of {w['commands_per_round']}"
         f" sequential commands.  read-your-writes: {r['samples']} samples; GETs needed to see"
         f" the write: max {r['gets_needed_max']}, mean {r['gets_needed_mean']:.2f}.\n"
-        f"replay: {p['events']:,} events, median of {p['rounds']} rounds; SELECT alone"
+        f"replay: {p['events']:,} events, median of {p['rounds']} rounds in ABBA order; the"
+        f" rebuild command in a process of its own; SELECT alone"
         f" {rate(p['select_only_events_per_s'])}; rebuilt views identical:"
         f" {'yes' if p['rebuilt_views_identical'] else 'NO'}.\n"
-        f"PostgreSQL: {where}.  Whole run: {elapsed:.0f} s."
+        f"PostgreSQL: {where}.  Whole run: {elapsed:.0f} s.  Machine load: {load_before:.2f}"
+        f" cores busy before the run, {load_after:.2f} after, of {os.cpu_count()} (load average"
+        f" before {' '.join(f'{x:.2f}' for x in loadavg_before)}, after"
+        f" {' '.join(f'{x:.2f}' for x in os.getloadavg())})."
     )
     results = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -462,6 +536,10 @@ def main() -> int:
         "eventsourcing": version("eventsourcing"),
         "quick": args.quick,
         "seconds": elapsed,
+        "machine_load_before_cores": load_before,
+        "machine_load_after_cores": load_after,
+        "loadavg_before": loadavg_before,  # (1, 5, 15 minutes, as uptime prints them)
+        "loadavg_after": os.getloadavg(),
         "write": write,
         "read_your_writes": ryw,
         "replay": replay,
