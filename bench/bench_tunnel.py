@@ -34,8 +34,9 @@ One upstream, nginx serving static files, reached five ways:
                  many as a tunnel admits (MAX_STREAMS, less room for the probes) when that
                  is fewer, the figures read from interfaces/tunnel/link.py; then small
                  requests through the same tunnel (docs/tunnel.md: a slow reader "holds back
-                 only that stream"), and what each stalled stream costs Sandbar and the
-                 agent in RSS
+                 only that stream"), 3 s after the downloads began (the windows filling)
+                 and once the relays are still (the windows full), and what each stalled
+                 stream costs Sandbar and the agent in RSS
   cancelled      stalled downloads, 4 at a time, closed by their clients once the windows
                  are full, 48 in all, with small requests through the same tunnel after
                  each batch: does the tunnel still answer?
@@ -135,7 +136,8 @@ STREAMS_SPARE = 4  # streams a tunnel admits left free beside the stalled ones
 # window full, unless a tunnel admits fewer streams; then as many as it admits.
 STALLED = min(CONNECTION_WINDOW // WINDOW + 1, MAX_STREAMS - STREAMS_SPARE)
 STALLED_FILL_LIMIT = 60.0  # seconds the stalled streams' windows are given to fill
-FILLED_CORES = 0.05  # the relays' CPU below this: the windows are full
+FILLED_CORES = 0.05  # the relays' CPU below this, ...
+FILLED_STILL = 2.0  # ... and their RSS steady, for this many seconds: the windows are full
 PROBE_TIMEOUT = 3.0  # seconds a small request is given beside stalled streams
 CANCEL_BATCH = 4  # stalled downloads opened, then cancelled, at a time
 CANCEL_HOLD = 2.0  # seconds each batch stays open (the windows fill)
@@ -706,18 +708,28 @@ def probes(port: int, headers: dict[str, str], n: int) -> dict[str, Any]:
 
 
 def windows_filled(pids: dict[str, int]) -> bool:
-    """Wait until the processes of ``pids`` go quiet (their CPU below FILLED_CORES over
-    half a second: every stalled stream's window full, nothing left to relay), at least
-    SLOW_SETTLE seconds and at most STALLED_FILL_LIMIT; whether they did. (A fixed wait
-    is too short for hundreds of streams on a busy machine: small requests then wait
-    behind the windows still filling, which is not what the check is about.)"""
+    """Wait until the processes of ``pids`` are still (for FILLED_STILL seconds their CPU
+    below FILLED_CORES and their RSS within 1 MiB: every stalled stream's window full,
+    nothing left to relay), at most STALLED_FILL_LIMIT seconds; whether they were. (CPU
+    alone misleads: the server's RSS was seen growing by 250 MiB over 10 s with the
+    relays nearly idle.)"""
     deadline = time.monotonic() + STALLED_FILL_LIMIT
-    time.sleep(SLOW_SETTLE)
+    step, still = 0.5, 0.0
+
+    def sample() -> tuple[float, dict[str, float]]:
+        cpu = sum(cpu_seconds(pid) for pid in pids.values())
+        return cpu, {p: status_field(pid, "VmRSS") for p, pid in pids.items()}
+
+    cpu, rss = sample()
     while time.monotonic() < deadline:
-        before = sum(cpu_seconds(pid) for pid in pids.values())
-        time.sleep(0.5)
-        if sum(cpu_seconds(pid) for pid in pids.values()) - before < FILLED_CORES * 0.5:
+        time.sleep(step)
+        cpu_now, rss_now = sample()
+        quiet = cpu_now - cpu < FILLED_CORES * step
+        steady = all(abs(rss_now[p] - rss[p]) < 1.0 for p in pids)
+        still = still + step if quiet and steady else 0.0
+        if still >= FILLED_STILL:
             return True
+        cpu, rss = cpu_now, rss_now
     return False
 
 
@@ -734,6 +746,8 @@ def stalled_streams(
         started = time.perf_counter()
         for _ in range(streams):
             socks.append(stalled_download(port, headers))
+        time.sleep(SLOW_SETTLE)
+        filling = probes(port, headers, STALLED_PROBES)  # (the windows may still fill)
         filled = windows_filled(pids)
         fill_s = time.perf_counter() - started
         held = {p: status_field(pid, "VmRSS") for p, pid in pids.items()}
@@ -743,8 +757,10 @@ def stalled_streams(
             sock.close()
     return {
         "streams": streams,
-        # Seconds until the relays went quiet (every window full), and whether they did
-        # within STALLED_FILL_LIMIT; the probes come after.
+        # Probes SLOW_SETTLE seconds after the downloads began, the windows maybe filling.
+        "while_filling": filling,
+        # Seconds until the relays were still (every window full), and whether they were
+        # within STALLED_FILL_LIMIT; the probes below come after.
         "fill_seconds": fill_s,
         "filled": filled,
         "stream_window_mib": WINDOW / MIB,
@@ -1160,6 +1176,7 @@ def report(results: dict[str, Any]) -> None:
         )
     )
     stalled, cancelled = results["stalled_streams"], results["cancelled_streams"]
+    filling = stalled["while_filling"]
     dead = cancelled["dead_after_cancelled"]
     par = results["parallel_downloads"]
     cut = par["tunnel"]["cut"]
@@ -1173,6 +1190,15 @@ def report(results: dict[str, Any]) -> None:
             "-" if par["tunnel_vs_ssh"] is None else versus(par["tunnel_vs_ssh"], par["ssh_best"]),
             f"none cut: {verdict(cut == 0)}"
             + (f" ({cut} of {par['downloads'] * par['rounds']})" if cut else ""),
+        ),
+        (
+            f"small request, {stalled['streams']} stalled downloads filling",
+            "",
+            *blank,
+            f"{ms(filling['p50_ms'])} (max {ms(filling['max_ms'])})",
+            "",
+            f"{filling['failed']} of {filling['probes']} failed",
+            f"all pass: {verdict(filling['failed'] == 0)}",
         ),
         (
             f"small request beside {stalled['streams']} stalled downloads",
@@ -1264,8 +1290,9 @@ def report(results: dict[str, Any]) -> None:
             else f"as many as a tunnel admits less {STREAMS_SPARE}; no number of stalled"
             " streams can fill the connection window"
         )
-        + f"), {stalled['fill_seconds']:.1f} s for the windows to fill (the relays quiet:"
-        f" {'yes' if stalled['filled'] else 'NO'}), then {stalled['probes']} small"
+        + f"): {filling['probes']} small requests after {SLOW_SETTLE:g} s (filling), then"
+        f" {stalled['fill_seconds']:.1f} s from the start for the windows to fill (the relays"
+        f" still: {'yes' if stalled['filled'] else 'NO'}), then {stalled['probes']} small"
         f" requests on new connections, each given {PROBE_TIMEOUT:g} s. Cancelled: on another"
         f" new tunnel, {cancelled['batch']} such downloads at a time, closed by their clients"
         f" after {cancelled['hold_s']:g} s, then 2 small requests with no other stream open;"
