@@ -9,7 +9,8 @@ in its workspace, beside a baseline measured in the same run.
   baseline    GET /healthz on the same client
 
 Round trips on loopback to a real `sandbar serve`, p50 and p95 of N, as milliseconds and
-as a ratio to the baseline. The issue's mark: under 50 ms of server time per page.
+as a ratio to the baseline; each of the N rounds makes every call once, in ABBA order.
+The issue's mark: under 50 ms of server time per page.
 Uses a fresh database on SANDBAR_BENCH_DATABASE_URL (bench_core.py says how), dropped at
 the end. Prints a table and writes bench/results/console.json. Never asserts a timing.
 Usage: .venv/bin/python bench/bench_console.py [--quick]
@@ -29,12 +30,11 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-import httpx
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench_core import fresh_database, pct, postgres_server, write_results  # noqa: E402
+from rounds import abba  # noqa: E402
 
 from domain.base import acting_as  # noqa: E402
 from domain.sandboxes import Kind, Sandbox  # noqa: E402
@@ -73,14 +73,19 @@ def seed(sandbar: Sandbar, owner: UUID, wid: UUID, sandboxes: int, per_save: int
     return events
 
 
-def timed(client: httpx.Client, samples: int, call: Callable[[], Any]) -> dict[str, float]:
-    call()  # (warm: connections, prepared statements)
-    took = []
-    for _ in range(samples):
-        started = time.perf_counter()
-        call()
-        took.append((time.perf_counter() - started) * 1000)
-    return {"p50_ms": pct(took, 50), "p95_ms": pct(took, 95)}
+def timed(calls: list[tuple[str, Callable[[], Any]]], samples: int) -> dict[str, Any]:
+    """p50 and p95 of each call, ``samples`` rounds of one of each in ABBA order (so that
+    the machine's drift weighs on the baseline and the pages alike)."""
+    named = dict(calls)
+    for call in named.values():
+        call()  # (warm: connections, prepared statements)
+    took: dict[str, list[float]] = {name: [] for name in named}
+    for r in range(samples):
+        for name in abba(tuple(named), r):
+            started = time.perf_counter()
+            named[name]()
+            took[name].append((time.perf_counter() - started) * 1000)
+    return {name: {"p50_ms": pct(t, 50), "p95_ms": pct(t, 95)} for name, t in took.items()}
 
 
 def main() -> int:
@@ -138,10 +143,8 @@ def main() -> int:
                 ),
                 ("events: connect, 100 back, close", stream),
             ]
-            results: dict[str, Any] = {}
-            for name, call in calls:
-                print(f"  {name} ...", file=sys.stderr, flush=True)
-                results[name] = timed(client, samples, call)
+            print(f"  {len(calls)} calls x {samples}, ABBA ...", file=sys.stderr, flush=True)
+            results = timed(calls, samples)
         finally:
             sandbar.close()
             server.stop()
