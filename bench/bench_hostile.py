@@ -77,10 +77,10 @@ from bench.bench_proxy import (  # noqa: E402
     RssSampler,
     cpu_seconds,
     machine_load,
-    rotated,
     say,
     status_field,
 )
+from bench.rounds import abba, even_rounds  # noqa: E402
 from interfaces.cli.output import table  # noqa: E402
 from tests.conftest import FAST_HASHING, User, free_port, register  # noqa: E402
 
@@ -693,7 +693,7 @@ def speed(
         for kind in runs:
             one(sides[name], kind, 1)
     for r in range(rounds):
-        for name in rotated(names, r):
+        for name in abba(names, r):
             for kind in runs:
                 run = one(sides[name], kind, seconds)
                 runs[kind][name].append(run)
@@ -745,7 +745,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small counts (a smoke run)")
     parser.add_argument("--baseline", default=DEFAULT_BASELINE, help="a git revision, or none")
     parser.add_argument("--baseline-dir", type=Path, default=DEFAULT_BASELINE_DIR)
-    parser.add_argument("--rounds", type=int, help="speed rounds (default 3)")
+    parser.add_argument(
+        "--rounds", type=int, help="speed rounds, made even: ABBA pairs (default 4)"
+    )
     parser.add_argument("--seconds", type=float, help="seconds per speed run (default 10)")
     parser.add_argument("--refused", type=int, help="refused requests (default 100,000)")
     parser.add_argument("--slow", type=int, help="slow connections (default 5,000)")
@@ -766,7 +768,7 @@ def main() -> int:
         parser.error(f"--only takes some of {','.join(MEASURES)}")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     q = args.quick
-    rounds = args.rounds or (1 if q else 3)
+    rounds = even_rounds(args.rounds or (2 if q else 4))
     seconds = args.seconds or (2.0 if q else 10.0)
     n_refused = args.refused or (5_000 if q else 100_000)
     n_slow = args.slow or (500 if q else 5_000)

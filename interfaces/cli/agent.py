@@ -227,10 +227,21 @@ def _stop(server: subprocess.Popen[bytes]) -> None:
         server.wait(timeout=10)
 
 
+def _event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's where it is installed (as with ``sandbar serve``, through uvicorn): the
+    agent relays every request of its sandbox, and the standard loop's own work was some
+    10% of the agent's CPU per request (bench/profile_tunnel.py)."""
+    try:
+        import uvloop
+    except ImportError:  # (not on every platform)
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 def _stay_connected(registration: Registration, pace: Pace) -> int:
     from interfaces.tunnel.agent import Stop, run
 
-    loop = asyncio.new_event_loop()
+    loop = _event_loop()
     main = loop.create_task(run(registration, _say, pace))
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, main.cancel)
