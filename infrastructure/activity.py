@@ -28,7 +28,8 @@ class ActivityTable:
     def __init__(self, datastore: PostgresDatastore, flush_every: float = 5.0) -> None:
         self._db = datastore
         self._flush_every = flush_every
-        self._pending: dict[UUID, datetime] = {}
+        # Seconds since the epoch: the hot path reads a float clock, the flush makes dates.
+        self._pending: dict[UUID, float] = {}
         self._lock = threading.Lock()
         self._last_flush = time.monotonic()
         ensure_tables(self._db, SCHEMA)
@@ -43,7 +44,7 @@ class ActivityTable:
         """Note a use; never touches the database (for an event loop's hot path, whose
         owner calls ``flush`` from a thread now and then)."""
         with self._lock:
-            self._pending[sandbox_id] = datetime.now(UTC)
+            self._pending[sandbox_id] = time.time()
 
     def flush(self) -> None:
         with self._lock:
@@ -56,12 +57,13 @@ class ActivityTable:
                 "INSERT INTO sandbar_activity (sandbox_id, last_seen) VALUES (%s, %s)"
                 " ON CONFLICT (sandbox_id) DO UPDATE"
                 " SET last_seen = GREATEST(sandbar_activity.last_seen, EXCLUDED.last_seen)",
-                list(pending.items()),
+                [(k, datetime.fromtimestamp(t, UTC)) for k, t in pending.items()],
             )
 
     def last_seen(self, sandbox_id: UUID) -> datetime | None:
         with self._lock:
-            pending = self._pending.get(sandbox_id)
+            noted = self._pending.get(sandbox_id)
+        pending = datetime.fromtimestamp(noted, UTC) if noted is not None else None
         with self._db.get_connection() as conn:
             row = conn.execute(
                 "SELECT last_seen FROM sandbar_activity WHERE sandbox_id = %s", (sandbox_id,)

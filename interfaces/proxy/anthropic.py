@@ -151,7 +151,8 @@ class AnthropicExchange(Exchange):
         """Counted (so recorded when it ends): on to the API. (The real key goes in with
         ``_headers_out``, so the Admit's own credential is empty.)"""
         self._counted = counted
-        return Admit(self._api.route, counted.sandbox_id, (b"x-api-key", b""))
+        route = self._api.route
+        return Admit(route, counted.sandbox_id, (b"x-api-key", b""), route["target"])
 
     def _headers_out(self, admit: Admit) -> Headers:
         return self._api.headers_out(self.request.headers)

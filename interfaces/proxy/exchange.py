@@ -88,8 +88,7 @@ class Exchange:
             return
         self._admit = decision
         local = decision.route["kind"] == "local"
-        target = f"tunnel:{decision.sandbox_id}" if local else decision.route["target"]
-        conn = None if self.request.websocket else self.front.proxy.pool.idle(target)
+        conn = None if self.request.websocket else self.front.proxy.pool.idle(decision.address)
         if conn is not None:
             self._send(conn, reused=True)
         elif local:  # a new stream in the agent's tunnel, opened at once
@@ -109,7 +108,7 @@ class Exchange:
     def _tunnel_stream(self, admit: Admit) -> Upstream | None:
         """A connection to a local sandbox's agent through its tunnel; None when the
         agent is not connected here (TunnelBusy when its tunnel is full)."""
-        conn = Upstream(f"tunnel:{admit.sandbox_id}")
+        conn = Upstream(admit.address)
         opened = self.front.proxy.tunnels.open_stream(admit.sandbox_id, conn)
         return conn if opened is not None else None
 
@@ -140,7 +139,7 @@ class Exchange:
 
     async def _open(self, admit: Admit) -> Upstream:
         if admit.route["kind"] != "local":
-            return await self.front.proxy.pool.connect(admit.route["target"])
+            return await self.front.proxy.pool.connect(admit.address)
         try:
             tunnelled = self._tunnel_stream(admit)
         except TunnelBusy as e:

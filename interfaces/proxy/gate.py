@@ -62,11 +62,13 @@ class Request:
 
 @dataclass
 class Admit:
-    """Forward the request to ``route``'s agent with ``credential`` added."""
+    """Forward the request to ``route``'s agent with ``credential`` added: at ``address``
+    ("host:port", "https://host:port", or "tunnel:{sandbox id}" for a local agent)."""
 
     route: Route
     sandbox_id: UUID
     credential: tuple[bytes, bytes]
+    address: str
 
 
 @dataclass
@@ -191,7 +193,8 @@ class Gate:
         self._upstream_secret = upstream_secret
         self._redeem_ticket = redeem
         self._resume_sandbox = resume
-        self._credentials: dict[int, tuple[bytes, bytes]] = {}  # by UUID.int: a C hash
+        # By UUID.int (a C hash): the agent's credential, and its tunnel's address if local.
+        self._upstreams: dict[int, tuple[tuple[bytes, bytes], str | None]] = {}
         self.cookie_name = grant_cookie_name(public_scheme)
         self._cookie_attrs = f"; Path=/; HttpOnly; SameSite=Lax; Max-Age={grant_ttl}"
         if cookie_secure or public_scheme == "https":
@@ -265,7 +268,8 @@ class Gate:
             return None
         if status == "running" and (route["target"] or route["kind"] == "local"):
             self._note(sandbox_id)
-            return Admit(route, sandbox_id, self._credential(route))
+            credential, tunnel = self._upstream(route)
+            return Admit(route, sandbox_id, credential, tunnel or route["target"])
         if status in STARTING:
             return _starting(status)
         return AGENT_OFFLINE if route["kind"] == "local" else FAILED
@@ -288,15 +292,19 @@ class Gate:
         )
         return Answer(302, [(b"location", location.encode()), (b"cache-control", b"no-store")])
 
-    def _credential(self, route: Route) -> tuple[bytes, bytes]:
+    def _upstream(self, route: Route) -> tuple[tuple[bytes, bytes], str | None]:
+        """The credential the agent expects, and the tunnel's address for a local
+        sandbox (None: the route's target), made once per sandbox."""
         sandbox_id = route["sandbox_id"]
-        credential = self._credentials.get(sandbox_id.int)
-        if credential is None:
+        known = self._upstreams.get(sandbox_id.int)
+        if known is None:
             secret = self._upstream_secret(sandbox_id)
             ((name, value),) = upstream_headers(route["type"], secret).items()
-            credential = (name.encode(), value.encode())
-            credential = self._credentials.setdefault(sandbox_id.int, credential)
-        return credential
+            tunnel = f"tunnel:{sandbox_id}" if route["kind"] == "local" else None
+            known = self._upstreams.setdefault(
+                sandbox_id.int, ((name.encode(), value.encode()), tunnel)
+            )
+        return known
 
     # The full way: may read the database, redeem a ticket, resume a sandbox.
 

@@ -20,7 +20,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.exceptions import (
+    ConnectionClosed,
+    InvalidHandshake,
+    InvalidStatus,
+    InvalidURI,
+)
 from websockets.frames import DATA_OPCODES, Frame, Opcode
 from websockets.protocol import Event, State
 
@@ -317,7 +322,9 @@ async def serve_once(
         raise Stop(f"the server address is not valid ({e})") from None
     except (OSError, TimeoutError) as e:
         return Ended(f"cannot reach Sandbar ({e.strerror or type(e).__name__})")
-    except (InvalidHandshake, EOFError) as e:  # no answer, or not HTTP (a restarting front)
+    except (InvalidHandshake, EOFError, ConnectionClosed) as e:
+        # No answer, or not HTTP (a restarting front). (On uvloop a connection dropped
+        # mid-handshake surfaces as ConnectionClosed.)
         return Ended(f"no valid answer from Sandbar ({e})")
     connected = time.monotonic()
     async with websocket:
