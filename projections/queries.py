@@ -14,6 +14,14 @@ _MEMBER = (
     "SELECT m.user_id, u.username, m.role, m.added_at FROM sandbar_members m"
     " JOIN sandbar_users u ON u.id = m.user_id"
 )
+# A workspace's (``w``) counts: its active members, its sandboxes not being deleted. The
+# same in a list's rows as in one workspace's answer; each an index range per workspace.
+_COUNTS = (
+    "(SELECT count(*) FROM sandbar_members cm"
+    "  WHERE cm.workspace_id = w.id AND cm.active) AS member_count,"
+    " (SELECT count(*) FROM sandbar_sandboxes cs"
+    "  WHERE cs.workspace_id = w.id AND cs.status <> 'deleting') AS sandbox_count"
+)
 _SANDBOX = (
     "SELECT id, workspace_id, name, type, kind, status, error, created_by, created_at,"
     " updated_at FROM sandbar_sandboxes"
@@ -70,8 +78,9 @@ class ReadModelQueries:
         return run
 
     def workspaces_of(self, user_id: UUID) -> list[Row]:
+        """The user's workspaces with their role and counts, in one query."""
         return self._all(
-            "SELECT w.id, w.name, m.role, w.created_at FROM sandbar_workspaces w"
+            f"SELECT w.id, w.name, m.role, w.created_at, {_COUNTS} FROM sandbar_workspaces w"
             " JOIN sandbar_members m ON m.workspace_id = w.id"
             " WHERE m.user_id = %s AND m.active ORDER BY w.created_at, w.id",
             (user_id,),
@@ -79,11 +88,7 @@ class ReadModelQueries:
 
     def workspace(self, workspace_id: UUID) -> Row | None:
         return self._one(
-            "SELECT w.id, w.name, w.created_at,"
-            " (SELECT count(*) FROM sandbar_members m"
-            "   WHERE m.workspace_id = w.id AND m.active) AS member_count,"
-            " (SELECT count(*) FROM sandbar_sandboxes s"
-            "   WHERE s.workspace_id = w.id AND s.status <> 'deleting') AS sandbox_count"
+            f"SELECT w.id, w.name, w.created_at, {_COUNTS}"
             " FROM sandbar_workspaces w WHERE w.id = %s",
             (workspace_id,),
         )

@@ -452,13 +452,17 @@ def test_random_command_sequences_keep_every_invariant(
                     assert self.sandbox[sid].status in (S.deleting, S.deleted)
             for user in people:
                 # (Workspaces of earlier examples are still there: only this run's count.)
-                mine = {
-                    w["id"]: w["role"]
-                    for w in app.reads.workspaces_of(user)
-                    if w["id"] in self.ws_events
-                }
+                listed = [w for w in app.reads.workspaces_of(user) if w["id"] in self.ws_events]
+                mine = {w["id"]: w["role"] for w in listed}
                 expected = {ws: r[user].name for ws, r in self.roles.items() if user in r}
                 assert mine == expected
+                for w in listed:  # a list row's counts are the workspace's own
+                    own = app.reads.workspace(w["id"])
+                    assert own is not None
+                    assert (w["member_count"], w["sandbox_count"]) == (
+                        own["member_count"],
+                        own["sandbox_count"],
+                    )
 
         @invariant()
         def sandboxes_agree_and_move_along_transitions(self) -> None:

@@ -36,16 +36,14 @@ def user(row: Row) -> Row:
 
 
 def workspace(row: Row) -> Row:
-    out = {
+    return {
         "id": str(row["id"]),
         "name": row["name"],
         "role": row["role"],
         "created_at": rfc3339(row["created_at"]),
+        "member_count": row["member_count"],
+        "sandbox_count": row["sandbox_count"],
     }
-    if "member_count" in row:
-        out["member_count"] = row["member_count"]
-        out["sandbox_count"] = row["sandbox_count"]
-    return out
 
 
 def member(row: Row) -> Row:

@@ -67,10 +67,8 @@ class Workspace(Shape):
     name: str
     role: RoleName = Field(description="the caller's role")
     created_at: str = Time()
-    member_count: int | SkipJsonSchema[None] = Field(default=None, description="not in lists", ge=0)
-    sandbox_count: int | SkipJsonSchema[None] = Field(
-        default=None, description="not in lists", ge=0
-    )
+    member_count: int = Field(description="its active members", ge=0)
+    sandbox_count: int = Field(description="its sandboxes, but those being deleted", ge=0)
 
 
 class Member(Shape):

@@ -1,6 +1,7 @@
-// The person's workspaces: each with their role and its member and sandbox counts;
-// create one; delete one (owner), after a confirmation naming what goes with it.
-import { all, api, explain, get } from "./api.js";
+// The person's workspaces: each with their role and its member and sandbox counts (all
+// in the list's rows: one request however many workspaces); create one; delete one
+// (owner), after a confirmation naming what goes with it.
+import { all, api, explain } from "./api.js";
 import { announce, confirmDialog, field, h, replace } from "./dom.js";
 import { may } from "./roles.js";
 
@@ -11,33 +12,31 @@ export async function workspaces(session, go) {
   const error = h("p", { class: "error", role: "alert" });
 
   const card = (w) => {
-    const counts = h("span", { class: "muted" }, "…");
     const item = h("li", { class: "card" },
       h("h2", {}, h("a", { href: `#/w/${w.id}/sandboxes` }, w.name)),
-      h("p", {}, h("span", { class: `badge role-${w.role}` }, w.role), " ", counts));
-    get(`/api/workspaces/${w.id}`).then((full) => {
-      counts.textContent = `${full.member_count} ${full.member_count === 1 ? "member" : "members"}, `
-        + `${full.sandbox_count} ${full.sandbox_count === 1 ? "sandbox" : "sandboxes"}`;
-      if (may.manage(w.role)) {
-        item.append(h("button", {
-          type: "button", class: "danger small",
-          onclick: async () => {
-            const ok = await confirmDialog(`Delete ${w.name}?`,
-              `This deletes the workspace ${w.name}, its ${full.sandbox_count} sandboxes and `
-              + `the memberships of its ${full.member_count} members. It cannot be undone.`,
-              `Delete ${w.name}`);
-            if (!ok) return;
-            try {
-              await api("DELETE", `/api/workspaces/${w.id}`);
-              item.remove();
-              announce(`Deleted ${w.name}.`);
-            } catch (e) {
-              error.textContent = explain(e);
-            }
-          },
-        }, "Delete…"));
-      }
-    }).catch((e) => { counts.textContent = explain(e); });
+      h("p", {}, h("span", { class: `badge role-${w.role}` }, w.role), " ",
+        h("span", { class: "muted" },
+          `${w.member_count} ${w.member_count === 1 ? "member" : "members"}, `
+          + `${w.sandbox_count} ${w.sandbox_count === 1 ? "sandbox" : "sandboxes"}`)));
+    if (may.manage(w.role)) {
+      item.append(h("button", {
+        type: "button", class: "danger small",
+        onclick: async () => {
+          const ok = await confirmDialog(`Delete ${w.name}?`,
+            `This deletes the workspace ${w.name}, its ${w.sandbox_count} sandboxes and `
+            + `the memberships of its ${w.member_count} members. It cannot be undone.`,
+            `Delete ${w.name}`);
+          if (!ok) return;
+          try {
+            await api("DELETE", `/api/workspaces/${w.id}`);
+            item.remove();
+            announce(`Deleted ${w.name}.`);
+          } catch (e) {
+            error.textContent = explain(e);
+          }
+        },
+      }, "Delete…"));
+    }
     return item;
   };
 
