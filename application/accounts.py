@@ -73,7 +73,7 @@ class Accounts:
             self._throttle.failed(key, client)
             raise Unauthorized("wrong username or password", code="bad_credentials")
         self._throttle.succeeded(key, client)
-        return user, self._credentials.open_session(user["id"])
+        return self._with_providers(user), self._credentials.open_session(user["id"])
 
     def logout(self, token: str) -> None:
         self._credentials.revoke_session(token)
@@ -85,7 +85,11 @@ class Accounts:
         return user_id
 
     def me(self, user_id: UUID) -> Row:
+        """The user, with the sign-in providers linked to them."""
         user = self._reads.user(user_id)
         if user is None:
             raise NotFound("user not found")
-        return user
+        return self._with_providers(user)
+
+    def _with_providers(self, user: Row) -> Row:
+        return {**user, "providers": self._reads.identities(user["id"])}

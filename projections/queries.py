@@ -53,6 +53,15 @@ class ReadModelQueries:
             (username.lower(),),
         )
 
+    def identities(self, user_id: UUID) -> list[Row]:
+        """The provider accounts linked to the user, oldest first (no subject: the
+        account's id at the provider is not the API's to hand out)."""
+        return self._all(
+            "SELECT provider, linked_at FROM sandbar_identities WHERE user_id = %s"
+            " ORDER BY linked_at, provider, subject",
+            (user_id,),
+        )
+
     def role(self, workspace_id: UUID, user_id: UUID) -> str | None:
         row = self._one(
             "SELECT role FROM sandbar_members WHERE workspace_id = %s AND user_id = %s AND active",

@@ -19,7 +19,7 @@ from projections import workspace_log
 
 # Bump when a table's shape or a handler's meaning changes: the views are then
 # dropped and rebuilt from the log on the next start.
-VERSION = 3  # 3: the workspace log (projections/workspace_log.py)
+VERSION = 4  # 3: the workspace log (projections/workspace_log.py); 4: sandbar_identities
 
 TABLES: dict[str, tuple[str, str]] = {
     # name: (columns, primary key used to order rows when comparing)
@@ -27,6 +27,12 @@ TABLES: dict[str, tuple[str, str]] = {
         "id uuid PRIMARY KEY, username text NOT NULL, username_key text NOT NULL UNIQUE, "
         "email text, display_name text NOT NULL, created_at timestamptz NOT NULL",
         "id",
+    ),
+    # The sign-in providers' accounts linked to each user (no token: Sandbar keeps none).
+    "sandbar_identities": (
+        "user_id uuid NOT NULL, provider text NOT NULL, subject text NOT NULL, "
+        "linked_at timestamptz NOT NULL, PRIMARY KEY (user_id, provider, subject)",
+        "user_id, provider, subject",
     ),
     "sandbar_workspaces": (
         "id uuid PRIMARY KEY, name text NOT NULL, created_by text NOT NULL, "
@@ -98,6 +104,15 @@ def _user_registered(curs: Cursor[Any], e: Any) -> None:
         "INSERT INTO sandbar_users (id, username, username_key, email, display_name, created_at)"
         " VALUES (%s, %s, %s, %s, %s, %s)",
         (e.originator_id, e.username, e.username.lower(), e.email, e.display_name, e.timestamp),
+    )
+
+
+@handles(User.IdentityLinked)
+def _identity_linked(curs: Cursor[Any], e: Any) -> None:
+    curs.execute(
+        "INSERT INTO sandbar_identities (user_id, provider, subject, linked_at)"
+        " VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+        (e.originator_id, e.provider, e.subject, e.timestamp),
     )
 
 

@@ -28,7 +28,7 @@ from tests.errors import assert_error
 from tests.waiting import wait_until
 
 COOKIE = "sandbar_session"
-USER_KEYS = {"id", "username", "email", "display_name", "created_at"}
+USER_KEYS = {"id", "username", "email", "display_name", "created_at", "providers"}
 
 
 # --- helpers --------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The web console in a real browser (Debian's Chromium, driven by Playwright): two people,
 an owner and a developer, each in a browser context of their own, through every page; a
 change one makes seen by the other with no reload; the code-to-agent flow with a real
-`sandbar agent connect`; the history's "as it was at".
+`sandbar agent connect`; the account's linked providers; the history's "as it was at".
 
 Every test fails on a script error or a console error (but the browser's own line for an
 API refusal, which the page shows in words), on any request to a host other than this
@@ -25,7 +25,9 @@ from uuid import UUID
 import psycopg
 import pytest
 
+from domain.base import acting_as
 from domain.sandboxes import Sandbox
+from domain.users import User, link_identity
 from interfaces.bootstrap import Sandbar
 from tests.conftest import PASSWORD, ROOT, record
 from tests.test_tunnel import AgentProcess, agent_cli
@@ -291,11 +293,20 @@ def test_an_owner_and_a_developer_through_every_page(
     expect(d.get_by_text("You are no longer a member")).to_be_visible()
     expect(d.locator(".live-state")).to_have_text("Stopped")
 
-    # Account, and deleting a workspace after a confirmation that names what goes.
+    # Account: who they are, and the provider accounts linked to it (one linked here as
+    # the GitHub sign-in would; tests/test_sign_in.py links one through a provider).
     o.get_by_role("link", name=owner.username).click()
     o.get_by_role("heading", name="Your account").wait_for()
     expect(o.locator(".facts")).to_contain_text(owner.username)
+    expect(o.get_by_text("No provider's account is linked to this one.")).to_be_visible()
+    _link(sandbar, o.evaluate("async () => (await fetch('/api/auth/me')).json()")["id"])
+    o.reload()
+    linked = o.get_by_role("list", name="Linked providers")
+    expect(linked.locator("li[data-provider='github']")).to_contain_text("GitHub")
+    expect(linked.locator("li[data-provider='github'] time")).to_be_visible()
     owner.check("account")
+
+    # Deleting a workspace, after a confirmation that names what goes.
     o.get_by_role("link", name="Workspaces").click()
     o.get_by_label("New workspace").fill("Doomed")
     o.get_by_role("button", name="Create").click()
@@ -313,6 +324,15 @@ def test_an_owner_and_a_developer_through_every_page(
     # Signing out.
     o.get_by_role("button", name="Sign out").click()
     o.get_by_role("heading", name="Sign in to Sandbar").wait_for()
+
+
+def _link(sandbar: Sandbar, user_id: str) -> None:
+    """Link a GitHub account to the user, as signing in with GitHub to link does."""
+    user = sandbar.log.find(UUID(user_id), User)
+    assert user is not None
+    with acting_as(user.id):
+        index = link_identity(user, "github", f"gh-{uuid.uuid4().hex[:8]}")
+    sandbar.log.save(user, index)
 
 
 def _some_usage(sandbar: Sandbar, wid: str, sandbox_id: str) -> None:

@@ -105,7 +105,7 @@ def test_the_views_are_those_the_log_was_written_with(golden: Loaded, log: Event
     views = {t: rows for t, rows in record.views(view.snapshot()).items() if t in expected}
     assert views == expected
     added = set(record.views(view.snapshot())) - set(expected)
-    assert added <= {"sandbar_workspace_log"}, added
+    assert added <= {"sandbar_workspace_log", "sandbar_identities"}, added
 
 
 def test_every_event_decodes_as_it_did(golden: Loaded, log: EventLog) -> None:

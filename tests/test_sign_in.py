@@ -6,6 +6,7 @@ as a browser would."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -338,3 +339,86 @@ def test_signing_in_in_a_real_browser(server: ServerProcess, chromium_path: str)
             assert cookies["sandbar_session"]["domain"] == "localhost"
         finally:
             browser_.close()
+
+
+def test_the_linked_providers_are_listed_and_nothing_of_theirs_leaks(
+    server: ServerProcess, github: tuple[GitHubStandIn, int]
+) -> None:
+    """``/api/auth/me`` lists each provider account linked to the user, oldest first, as
+    the provider's name and when: not the account's id there, nor any token."""
+    app, _ = github
+    was = app.user
+    user = register(f"http://localhost:{server.port}", "hana")
+    me = user.client.get("/api/auth/me").json()
+    assert me["providers"] == []
+    # Linked: the generic provider first, then GitHub (as another GitHub user).
+    callback = approve(to_provider(user.client, "generic", link="true"), "hana-sub")
+    assert follow(user.client, callback).status_code == 302
+    app.user = {**app.user, "id": 777001, "login": "hana-gh"}
+    callback = httpx.get(to_provider(user.client, "github", link="true")).headers["location"]
+    assert follow(user.client, callback).status_code == 302
+    r = user.client.get("/api/auth/me")
+    me = r.json()
+    assert [p["provider"] for p in me["providers"]] == ["generic", "github"]
+    for linked in me["providers"]:
+        assert set(linked) == {"provider", "linked_at"}
+        assert _time(linked["linked_at"]) > _time(me["created_at"])
+    assert "hana-sub" not in r.text and "777001" not in r.text
+    assert not any(token in r.text for token in app.tokens)
+    # Signing in again says the same, by password as by the provider.
+    again = httpx.post(
+        f"{server.url}/api/auth/login", json={"username": user.username, "password": PASSWORD}
+    )
+    assert again.status_code == 200 and again.json()["providers"] == me["providers"]
+    by_github = browser(server)
+    follow(by_github, httpx.get(to_provider(by_github, "github")).headers["location"])
+    assert by_github.get("/api/auth/me").json() == me
+    app.user = was
+    # A user made by a provider has that one linked from the start.
+    client, _ = sign_in(server, "iris-sub")
+    made = client.get("/api/auth/me").json()
+    assert [p["provider"] for p in made["providers"]] == ["generic"]
+    assert _time(made["providers"][0]["linked_at"]) >= _time(made["created_at"])
+
+
+def _time(rfc3339: str) -> datetime:
+    assert rfc3339.endswith("Z"), rfc3339
+    return datetime.fromisoformat(rfc3339)
+
+
+def test_linking_a_provider_from_the_console_account_page(
+    server: ServerProcess, chromium_path: str
+) -> None:
+    """In a real browser: the console's account page offers each provider not linked yet;
+    the provider's form approves; back on the account page, it is listed as linked and
+    offered no more."""
+    from playwright.sync_api import expect, sync_playwright
+
+    origin = f"http://localhost:{server.port}"
+    user = register(origin, "julia")
+    with sync_playwright() as p:
+        browser_ = p.chromium.launch(
+            executable_path=chromium_path, args=["--no-sandbox"], chromium_sandbox=False
+        )
+        try:
+            page = browser_.new_page(base_url=origin)
+            page.goto("/#/signin")
+            page.get_by_label("Username").fill(user.username)
+            page.get_by_label("Password").fill(PASSWORD)
+            page.get_by_role("button", name="Sign in", exact=True).click()
+            page.get_by_role("heading", name="Workspaces").wait_for()
+            page.goto("/#/account")
+            expect(page.get_by_text("No provider's account is linked to this one.")).to_be_visible()
+            expect(page.get_by_role("link", name="Link GitHub")).to_be_visible()
+            page.get_by_role("link", name="Link Mock SSO").click()
+            page.fill("input[name=sub]", "julia-sub")
+            page.click("button:has-text('Authorize')")
+            page.wait_for_url(f"{origin}/#/account")
+            linked = page.get_by_role("list", name="Linked providers")
+            expect(linked.locator("li[data-provider='generic']")).to_contain_text("Mock SSO")
+            expect(page.get_by_role("link", name="Link Mock SSO")).to_have_count(0)
+            expect(page.get_by_role("link", name="Link GitHub")).to_be_visible()
+        finally:
+            browser_.close()
+    me = user.client.get("/api/auth/me").json()
+    assert [p["provider"] for p in me["providers"]] == ["generic"]

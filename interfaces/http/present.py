@@ -32,6 +32,10 @@ def user(row: Row) -> Row:
         "email": row["email"],
         "display_name": row["display_name"],
         "created_at": rfc3339(row["created_at"]),
+        "providers": [
+            {"provider": p["provider"], "linked_at": rfc3339(p["linked_at"])}
+            for p in row["providers"]
+        ],
     }
 
 

@@ -48,12 +48,20 @@ class Error(Shape):
     error: ErrorDetail
 
 
+class LinkedProvider(Shape):
+    provider: str = Field(description="a sign-in provider's name, as in /api/auth/providers")
+    linked_at: str = Time()
+
+
 class User(Shape):
     id: str = Uuid()
     username: str
     email: str | None
     display_name: str
     created_at: str = Time()
+    providers: list[LinkedProvider] = Field(
+        description="the provider accounts linked to this user, oldest first"
+    )
 
 
 class Provider(Shape):

@@ -3,14 +3,18 @@ import { api, explain, get } from "./api.js";
 import { announce, field, h, replace, timeEl } from "./dom.js";
 
 const main = () => document.getElementById("main");
+// A linked provider's name for people when this Sandbar no longer offers it.
+const KNOWN = { github: "GitHub", generic: "Single sign-on" };
 
-async function providerButtons(next, link) {
-  let providers = [];
+async function configuredProviders() {
   try {
-    providers = await get("/api/auth/providers");
+    return await get("/api/auth/providers");
   } catch {
-    return null;
+    return [];
   }
+}
+
+function providerButtons(providers, next, link) {
   if (!providers.length) return null;
   const query = new URLSearchParams({ next });
   if (link) query.set("link", "true");
@@ -50,7 +54,7 @@ function passwordForm(kind, session, go) {
 }
 
 export async function signIn(session, go) {
-  const providers = await providerButtons("/", false);
+  const providers = providerButtons(await configuredProviders(), "/", false);
   replace(main(), h("section", { class: "narrow" },
     h("h1", {}, "Sign in to Sandbar"),
     passwordForm("signin", session, go),
@@ -59,7 +63,7 @@ export async function signIn(session, go) {
 }
 
 export async function signUp(session, go) {
-  const providers = await providerButtons("/", false);
+  const providers = providerButtons(await configuredProviders(), "/", false);
   replace(main(), h("section", { class: "narrow" },
     h("h1", {}, "Create a Sandbar account"),
     passwordForm("signup", session, go),
@@ -67,10 +71,16 @@ export async function signUp(session, go) {
     h("p", {}, "Have an account? ", h("a", { href: "#/signin" }, "Sign in"))));
 }
 
+// The account: who the person is, the provider accounts linked to it (from
+// /api/auth/me), and a button to link each configured provider not linked yet.
 export async function account(session) {
-  const me = await get("/api/auth/me");
+  const [me, configured] = await Promise.all([get("/api/auth/me"), configuredProviders()]);
   session.me = me;
-  const links = await providerButtons("/", true);
+  const label = (name) => (configured.find((p) => p.name === name) || {}).label
+    || KNOWN[name] || name;
+  const linked = me.providers || [];
+  const linkedNames = new Set(linked.map((p) => p.provider));
+  const links = providerButtons(configured.filter((p) => !linkedNames.has(p.name)), "/#/account", true);
   replace(main(), h("section", { class: "narrow" },
     h("h1", {}, "Your account"),
     h("dl", { class: "facts" },
@@ -79,7 +89,15 @@ export async function account(session) {
       h("dt", {}, "Email"), h("dd", {}, me.email || "none"),
       h("dt", {}, "Member since"), h("dd", {}, timeEl(me.created_at))),
     h("h2", {}, "Sign-in providers"),
+    linked.length
+      ? h("ul", { class: "rows", "aria-label": "Linked providers" }, linked.map((p) =>
+        h("li", { class: "row-item", "data-provider": p.provider },
+          h("div", { class: "what" }, h("strong", {}, label(p.provider))),
+          h("span", { class: "muted" }, "linked ", timeEl(p.linked_at)))))
+      : h("p", { class: "muted" }, "No provider's account is linked to this one."),
     links
       ? [h("p", {}, "Link a provider's account to this one, to sign in with it too:"), links]
-      : h("p", { class: "muted" }, "No sign-in provider is configured on this Sandbar.")));
+      : configured.length
+        ? null
+        : h("p", { class: "muted" }, "No sign-in provider is configured on this Sandbar.")));
 }
