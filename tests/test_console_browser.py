@@ -1,25 +1,31 @@
 """The web console in a real browser (Debian's Chromium, driven by Playwright): two people,
 an owner and a developer, each in a browser context of their own, through every page; a
 change one makes seen by the other with no reload; the code-to-agent flow with a real
-`sandbar agent connect`; the account's linked providers; the history's "as it was at".
+`sandbar agent connect`, and Open on its sandbox: a new tab through the ticket flow to the
+small web site the agent serves, on the sandbox's own host; the account's linked
+providers; the history's "as it was at".
 
-Every test fails on a script error or a console error (but the browser's own line for an
-API refusal, which the page shows in words), on any request to a host other than this
-Sandbar's (its own sandbox subdomains included), and on any serious accessibility
-violation that axe-core finds on a page. Each page is photographed at 1440 and 390 px
-wide into a folder the run prints at its end (SANDBAR_SCREENSHOTS chooses it)."""
+Every test fails on a script error or a console error in any of its tabs (but the
+browser's own line for an API refusal, which the page shows in words), on any request
+from any tab to a host other than this Sandbar's (its sandbox subdomains are its own),
+and on any serious accessibility violation that axe-core finds on a page. Each page is
+photographed at 1440 and 390 px wide into a folder the run prints at its end
+(SANDBAR_SCREENSHOTS chooses it)."""
 
 from __future__ import annotations
 
 import os
 import re
 import subprocess
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 from uuid import UUID
 
 import psycopg
@@ -75,24 +81,31 @@ class Person:
     shots: Path
     axe: str
     problems: list[str] = field(default_factory=list)
+    requests: list[Any] = field(default_factory=list)
     username: str = ""
 
     def watch(self) -> None:
-        page, host = self.page, urlsplit(self.origin).netloc
+        """Every page of the person's context, the first and any tab opened from it."""
+        context, host = self.page.context, urlsplit(self.origin).netloc
 
         def console(message: Any) -> None:
             if message.type == "error" and not REFUSAL.match(message.text):
                 self.problems.append(f"console error: {message.text}")
 
         def request(req: Any) -> None:
+            self.requests.append(req)
             where = urlsplit(req.url)
             ours = where.netloc == host or where.netloc.endswith(f".{host}")
             if where.scheme not in ("data", "blob", "about") and not ours:
                 self.problems.append(f"request to another host: {req.url}")
 
-        page.on("console", console)
-        page.on("pageerror", lambda error: self.problems.append(f"script error: {error}"))
-        page.on("request", request)
+        def page(opened: Any) -> None:
+            opened.on("console", console)
+            opened.on("pageerror", lambda error: self.problems.append(f"script error: {error}"))
+
+        context.on("request", request)
+        context.on("page", page)
+        page(self.page)
 
     def check(self, name: str) -> None:
         """The page as it stands: no serious accessibility violation, nothing wider than
@@ -353,11 +366,52 @@ def _sandboxes(page: Any, wid: str) -> list[dict[str, Any]]:
     )
 
 
+class SiteHandler(SimpleHTTPRequestHandler):
+    """A static site's files, each request's path and headers noted in ``seen``."""
+
+    seen: list[tuple[str, dict[str, str]]]
+
+    def do_GET(self) -> None:  # (http.server's name)
+        self.seen.append((self.path, dict(self.headers.items())))
+        super().do_GET()
+
+    def log_message(self, format: str, *args: Any) -> None:  # (quiet)
+        pass
+
+
+@pytest.fixture
+def sandbox_site(tmp_path: Path) -> Iterator[tuple[int, str, list[tuple[str, dict[str, str]]]]]:
+    """A small real web site on loopback for a local agent to serve: a page naming a
+    token of its own, with a stylesheet. Yields (port, token, what reached it)."""
+    token = uuid.uuid4().hex[:12]
+    root = tmp_path / "site"
+    root.mkdir()
+    (root / "index.html").write_text(
+        "<!doctype html><html lang=en><head><title>The laptop's site</title>"
+        '<link rel="icon" href="data:,"><link rel="stylesheet" href="/site.css"></head>'
+        f"<body><h1>Served by the laptop</h1><p id=token>{token}</p></body></html>"
+    )
+    (root / "site.css").write_text("h1 { color: rgb(1, 2, 3); }\n")
+    seen: list[tuple[str, dict[str, str]]] = []
+    handler = type("Site", (SiteHandler,), {"seen": seen})
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(handler, directory=str(root)))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield httpd.server_address[1], token, seen
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=10)
+
+
 def test_a_code_becomes_a_local_agent_that_goes_online_and_offline_live(
     people: Callable[[str], Person],
-    agent_app: tuple[Any, int],
+    sandbox_site: tuple[int, str, list[tuple[str, dict[str, str]]]],
     tmp_path: Path,
 ) -> None:
+    """... and, online, Open takes a new tab through the ticket flow to the site the agent
+    serves, on the sandbox's own host."""
     from playwright.sync_api import expect
 
     owner = people("agents")
@@ -375,7 +429,7 @@ def test_a_code_becomes_a_local_agent_that_goes_online_and_offline_live(
     code = words[words.index("--code") + 1]
     assert server == owner.origin
     config = tmp_path / "agent.json"
-    _, port = agent_app
+    port, token, seen = sandbox_site
     done = agent_cli(
         config, "register", "--server", server, "--code", code,
         "--name", "laptop", "--target", f"http://127.0.0.1:{port}",
@@ -388,9 +442,55 @@ def test_a_code_becomes_a_local_agent_that_goes_online_and_offline_live(
     try:
         expect(status_of(page, "laptop")).to_have_text("online")
         owner.check("agents-online")
+        _open_the_site(owner, sandbox_id, token, seen)
     finally:
         agent.stop()
     expect(status_of(page, "laptop")).to_have_text("offline")
+
+
+def _open_the_site(
+    person: Person, sandbox_id: str, token: str, seen: list[tuple[str, dict[str, str]]]
+) -> None:
+    """Open, on the sandboxes page: a new tab goes to the API host's /open, takes a
+    ticket to the sandbox's host, and lands on the agent's site there."""
+    from playwright.sync_api import expect
+
+    page, api_host = person.page, urlsplit(person.origin).netloc
+    sandbox_host = f"oc-{sandbox_id}.{api_host}"
+    page.get_by_role("link", name="Sandboxes").click()
+    expect(status_of(page, "laptop")).to_have_text("running")
+    before = len(person.requests)
+    with page.context.expect_page() as opened:
+        page.get_by_role("link", name="Open laptop in a new tab").click()
+    tab = opened.value
+    tab.wait_for_url(f"http://{sandbox_host}/")
+    expect(tab.locator("#token")).to_have_text(token)
+    expect(tab).to_have_title("The laptop's site")
+    # The site's stylesheet came too, on the same grant.
+    expect(tab.get_by_role("heading", name="Served by the laptop")).to_have_css(
+        "color", "rgb(1, 2, 3)"
+    )
+    # The way there: the API host's /open, the ticket on the sandbox's host, the page.
+    navigations = [
+        urlsplit(r.url)
+        for r in person.requests[before:]
+        if r.is_navigation_request() and r.frame.page == tab
+    ]
+    assert [(u.netloc, u.path) for u in navigations] == [
+        (api_host, f"/api/sandboxes/{sandbox_id}/open"),
+        (sandbox_host, "/_sandbar/ticket"),
+        (sandbox_host, "/"),
+    ], navigations
+    ticket = parse_qs(navigations[1].query)
+    assert ticket["next"] == ["/"] and len(ticket["ticket"][0]) > 20
+    # What reached the site: the page and its stylesheet, and no Sandbar credential.
+    paths = [path for path, _ in seen]
+    assert paths[:2] == ["/", "/site.css"], paths
+    for _, headers in seen:
+        cookies = {k.lower(): v for k, v in headers.items()}.get("cookie", "")
+        assert "sandbar_" not in cookies and "sbx_" not in cookies, headers
+    tab.screenshot(path=person.shots / f"sandbox-opened-{WIDE}.png")
+    tab.close()
 
 
 def test_the_api_docs_work_offline(people: Callable[[str], Person]) -> None:
