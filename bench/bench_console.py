@@ -2,7 +2,9 @@
 in its workspace, beside a baseline measured in the same run.
 
   pages       GET / and a script (static files)
-  API calls   each GET the console's pages make: the workspace (with its counts), its
+  API calls   each GET the console's pages make: the owner's 20 workspaces (each row
+              with its counts; and, for comparison, that list followed by one GET per
+              workspace, as the console fetched the counts before), the workspace, its
               sandboxes, members, usage, a page of history (all, and by one person), the
               workspace as it was at a moment, and a live stream resumed 100 events back
               (connect, read the 100, close)
@@ -45,6 +47,7 @@ from interfaces.cli.output import table  # noqa: E402
 from tests.conftest import FAST_HASHING, ServerProcess, register  # noqa: E402
 
 SANDBOXES = 1000
+WORKSPACES = 20  # the owner's, the big one among them, for the list
 MOVES = 8  # Relocated events per sandbox: 10 events each with Requested and Started
 
 
@@ -112,6 +115,17 @@ def main() -> int:
             print(f"seeding {sandboxes} sandboxes ...", file=sys.stderr, flush=True)
             events = seed(sandbar, UUID(owner.id), UUID(wid), sandboxes)
             base = f"/api/workspaces/{wid}"
+            others = [
+                client.post("/api/workspaces", json={"name": f"w{i}"}).json()["id"]
+                for i in range(WORKSPACES - 1)
+            ]
+            listed = [wid, *others]
+
+            def list_then_each() -> None:
+                client.get("/api/workspaces")
+                for w in listed:
+                    client.get(f"/api/workspaces/{w}")
+
             moment = datetime.now(UTC).isoformat()
             head = client.get(f"{base}/history", params={"limit": 1}).json()[0]["position"]
 
@@ -128,6 +142,11 @@ def main() -> int:
                 ("GET /healthz (baseline)", lambda: client.get("/healthz")),
                 ("GET / (the console's page)", lambda: client.get("/")),
                 ("GET /assets/js/sandboxes.js", lambda: client.get("/assets/js/sandboxes.js")),
+                (
+                    f"GET workspaces ({WORKSPACES}, rows with counts)",
+                    lambda: client.get("/api/workspaces"),
+                ),
+                (f"the same list, then {WORKSPACES} GETs (before)", list_then_each),
                 ("GET workspace (with counts)", lambda: client.get(base)),
                 (f"GET sandboxes ({sandboxes})", lambda: client.get(f"{base}/sandboxes")),
                 ("GET members", lambda: client.get(f"{base}/members")),
