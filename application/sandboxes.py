@@ -12,6 +12,7 @@ from application import validation
 from application.access import Access
 from application.errors import NotFound, rule_conflicts
 from application.eventlog import EventLog
+from application.paging import Page, Paged, paged
 from application.ports import ReadModel, Row
 from domain import roles
 from domain.base import acting_as
@@ -25,9 +26,11 @@ class Sandboxes:
         self._reads = reads
         self._access = access
 
-    def list(self, actor: UUID, workspace_id: UUID) -> list[Row]:
+    def list(self, actor: UUID, workspace_id: UUID, page: Page) -> Paged:
+        """By (created_at, id)."""
         self._access.require(workspace_id, actor, roles.READ)
-        return self._reads.sandboxes(workspace_id)
+        rows = self._reads.sandboxes(workspace_id, page.after, page.limit + 1)
+        return paged(rows, page, lambda r: (r["created_at"], r["id"]))
 
     def get(self, actor: UUID, sandbox_id: UUID) -> Row:
         return self._visible(actor, sandbox_id)

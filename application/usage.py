@@ -13,6 +13,7 @@ from uuid import UUID
 from application.access import Access
 from application.errors import NotFound, RateLimited, rule_conflicts
 from application.eventlog import EventLog
+from application.paging import Page, paged
 from application.ports import ReadModel, Row
 from domain import roles
 from domain.base import acting_as
@@ -33,7 +34,17 @@ class UsageStore(Protocol):
     def record(
         self, workspace_id: UUID, sandbox_id: UUID, day: date, counts: dict[str, int]
     ) -> None: ...
-    def report(self, workspace_id: UUID, since: date) -> list[dict[str, Any]]: ...
+    def report(
+        self,
+        workspace_id: UUID,
+        since: date,
+        after: tuple[date, UUID] | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Rows from ``since`` on, by (day, sandbox_id) descending: ``limit`` of them,
+        those before ``after``."""
+        ...
+
     async def flush(self) -> None: ...
     async def close(self) -> None: ...
 
@@ -130,11 +141,16 @@ class Usage:
         """Write what is still pending (on shutdown)."""
         await self._store.close()
 
-    def report(self, actor: UUID, workspace_id: UUID, days: int) -> Row:
+    def report(self, actor: UUID, workspace_id: UUID, days: int, page: Page) -> Row:
+        """The workspace's limits, and a page of its rows: newest day first, then by
+        sandbox id, descending. (The rows change as requests are counted; their keys do
+        not.) ``next``: the sort key to ask the next page after."""
         self._access.require(workspace_id, actor, roles.READ)
         days = max(1, min(days, MAX_REPORT_DAYS))
-        rows = self._store.report(workspace_id, today() - timedelta(days=days - 1))
-        return {"limits": self.limits(workspace_id), "rows": rows}
+        since = today() - timedelta(days=days - 1)
+        rows = self._store.report(workspace_id, since, page.after, page.limit + 1)
+        found = paged(rows, page, lambda r: (r["day"], r["sandbox_id"]))
+        return {"limits": self.limits(workspace_id), "rows": found.rows, "next": found.next}
 
     def set_limits(
         self, actor: UUID, workspace_id: UUID, daily_requests: int | None, daily_tokens: int | None

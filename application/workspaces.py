@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import builtins
 from collections.abc import Callable
 from typing import Any
 from uuid import UUID
@@ -11,6 +10,7 @@ from application import validation
 from application.access import Access
 from application.errors import Forbidden, NotFound, rule_conflicts
 from application.eventlog import EventLog, StaleRead
+from application.paging import Page, Paged, paged
 from application.ports import GrantStore, ReadModel, Row
 from domain import roles
 from domain.base import acting_as
@@ -27,8 +27,10 @@ class Workspaces:
         self._grants = grants
 
     # Reads.
-    def list(self, actor: UUID) -> list[Row]:
-        return self._reads.workspaces_of(actor)
+    def list(self, actor: UUID, page: Page) -> Paged:
+        """By (created_at, id)."""
+        rows = self._reads.workspaces_of(actor, page.after, page.limit + 1)
+        return paged(rows, page, lambda r: (r["created_at"], r["id"]))
 
     def get(self, actor: UUID, workspace_id: UUID) -> Row:
         role = self._access.require(workspace_id, actor, roles.READ)
@@ -37,9 +39,11 @@ class Workspaces:
             raise NotFound("workspace not found", code="workspace_not_found")
         return {**row, "role": role.name}
 
-    def members(self, actor: UUID, workspace_id: UUID) -> builtins.list[Row]:  # (not the method)
+    def members(self, actor: UUID, workspace_id: UUID, page: Page) -> Paged:
+        """By (added_at, user_id): one who rejoins is listed anew, at the end."""
         self._access.require(workspace_id, actor, roles.READ)
-        return self._reads.members(workspace_id)
+        rows = self._reads.members(workspace_id, page.after, page.limit + 1)
+        return paged(rows, page, lambda r: (r["added_at"], r["user_id"]))
 
     # Commands.
     def create(self, actor: UUID, name: str) -> Row:

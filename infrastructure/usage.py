@@ -401,10 +401,20 @@ class UsageTable:
             pool, self._pool = self._pool, None
             await pool.close()
 
-    def report(self, workspace_id: UUID, since: date) -> list[dict[str, Any]]:
+    def report(
+        self,
+        workspace_id: UUID,
+        since: date,
+        after: tuple[date, UUID] | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """By (day, sandbox_id) descending: the primary key's index, read backwards."""
+        before = "" if after is None else " AND (day, sandbox_id) < (%s, %s)"
         with self._db.get_connection() as conn:
             return conn.execute(
                 f"SELECT day, sandbox_id, requests, {', '.join(COUNTS)} FROM sandbar_usage"
-                " WHERE workspace_id = %s AND day >= %s ORDER BY day DESC, sandbox_id",
-                (workspace_id, since),
+                f" WHERE workspace_id = %s AND day >= %s{before}"
+                " ORDER BY day DESC, sandbox_id DESC LIMIT %s",
+                (workspace_id, since, *(after or ()), limit),
+                prepare=True,
             ).fetchall()

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 from eventsourcing.postgres import PostgresDatastore
 
 Row = dict[str, Any]
+# A list's sort key, to page after (see application.paging).
+After = tuple[datetime, UUID] | None
 
 _MEMBER = (
     "SELECT m.user_id, u.username, m.role, m.added_at FROM sandbar_members m"
@@ -86,13 +89,19 @@ class ReadModelQueries:
 
         return run
 
-    def workspaces_of(self, user_id: UUID) -> list[Row]:
-        """The user's workspaces with their role and counts, in one query."""
+    def workspaces_of(
+        self, user_id: UUID, after: After = None, limit: int | None = None
+    ) -> list[Row]:
+        """The user's workspaces with their role and counts, by (created_at, id); the
+        sort key is copied into the membership rows so that one index scan finds a page
+        (sandbar_members_user_list_idx)."""
         return self._all(
-            f"SELECT w.id, w.name, m.role, w.created_at, {_COUNTS} FROM sandbar_workspaces w"
-            " JOIN sandbar_members m ON m.workspace_id = w.id"
-            " WHERE m.user_id = %s AND m.active ORDER BY w.created_at, w.id",
-            (user_id,),
+            f"SELECT w.id, w.name, m.role, w.created_at, {_COUNTS} FROM sandbar_members m"
+            " JOIN sandbar_workspaces w ON w.id = m.workspace_id"
+            " WHERE m.user_id = %s AND m.active"
+            f"{_after(after, 'm.workspace_created_at', 'm.workspace_id')}"
+            f" ORDER BY m.workspace_created_at, m.workspace_id LIMIT %s",
+            (user_id, *(after or ()), limit),
         )
 
     def workspace(self, workspace_id: UUID) -> Row | None:
@@ -102,10 +111,15 @@ class ReadModelQueries:
             (workspace_id,),
         )
 
-    def members(self, workspace_id: UUID) -> list[Row]:
+    def members(
+        self, workspace_id: UUID, after: After = None, limit: int | None = None
+    ) -> list[Row]:
+        """By (added_at, user_id) (sandbar_members_workspace_list_idx)."""
         return self._all(
-            f"{_MEMBER} WHERE m.workspace_id = %s AND m.active ORDER BY m.added_at, m.user_id",
-            (workspace_id,),
+            f"{_MEMBER} WHERE m.workspace_id = %s AND m.active"
+            f"{_after(after, 'm.added_at', 'm.user_id')}"
+            f" ORDER BY m.added_at, m.user_id LIMIT %s",
+            (workspace_id, *(after or ()), limit),
         )
 
     def member(self, workspace_id: UUID, user_id: UUID) -> Row | None:
@@ -114,9 +128,14 @@ class ReadModelQueries:
             (workspace_id, user_id),
         )
 
-    def sandboxes(self, workspace_id: UUID) -> list[Row]:
+    def sandboxes(
+        self, workspace_id: UUID, after: After = None, limit: int | None = None
+    ) -> list[Row]:
+        """By (created_at, id) (sandbar_sandboxes_workspace_idx)."""
         return self._all(
-            f"{_SANDBOX} WHERE workspace_id = %s ORDER BY created_at, id", (workspace_id,)
+            f"{_SANDBOX} WHERE workspace_id = %s{_after(after, 'created_at', 'id')}"
+            f" ORDER BY created_at, id LIMIT %s",
+            (workspace_id, *(after or ()), limit),
         )
 
     def sandbox(self, sandbox_id: UUID) -> Row | None:
@@ -175,3 +194,8 @@ class ReadModelQueries:
             check({r["id"] for r in curs.fetchall()})
 
         return run
+
+
+def _after(after: After, first: str, second: str) -> str:
+    """The keyset condition: rows whose (first, second) sort after ``after``."""
+    return "" if after is None else f" AND ({first}, {second}) > (%s, %s)"

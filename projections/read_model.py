@@ -19,7 +19,9 @@ from projections import workspace_log
 
 # Bump when a table's shape or a handler's meaning changes: the views are then
 # dropped and rebuilt from the log on the next start.
-VERSION = 4  # 3: the workspace log (projections/workspace_log.py); 4: sandbar_identities
+# 3: the workspace log (projections/workspace_log.py); 4: sandbar_identities; 5: the
+# workspace's created_at in sandbar_members, the lists' indexes.
+VERSION = 5
 
 TABLES: dict[str, tuple[str, str]] = {
     # name: (columns, primary key used to order rows when comparing)
@@ -39,11 +41,12 @@ TABLES: dict[str, tuple[str, str]] = {
         "created_at timestamptz NOT NULL, daily_requests bigint, daily_tokens bigint",
         "id",
     ),
-    # One row per membership ever made; a removed member keeps the row, inactive.
+    # One row per membership ever made; a removed member keeps the row, inactive. The
+    # workspace's created_at is copied in: a user's workspaces are listed in its order.
     "sandbar_members": (
         "id uuid PRIMARY KEY, workspace_id uuid NOT NULL, user_id uuid NOT NULL, "
         "role text NOT NULL, active boolean NOT NULL, added_at timestamptz NOT NULL, "
-        "UNIQUE (workspace_id, user_id)",
+        "workspace_created_at timestamptz NOT NULL, UNIQUE (workspace_id, user_id)",
         "id",
     ),
     "sandbar_sandboxes": (
@@ -65,17 +68,25 @@ TABLES: dict[str, tuple[str, str]] = {
     workspace_log.TABLE: (workspace_log.COLUMNS, "position"),
 }
 
+# The lists' sort keys (docs/api.md "Paging"), so that a page is one index range scan.
 INDEXES = (
-    "CREATE INDEX IF NOT EXISTS sandbar_members_user_idx ON sandbar_members (user_id)",
-    "CREATE INDEX IF NOT EXISTS sandbar_sandboxes_workspace_idx "
-    "ON sandbar_sandboxes (workspace_id, created_at)",
+    "CREATE INDEX IF NOT EXISTS sandbar_members_user_list_idx"
+    " ON sandbar_members (user_id, workspace_created_at, workspace_id) WHERE active",
+    "CREATE INDEX IF NOT EXISTS sandbar_members_workspace_list_idx"
+    " ON sandbar_members (workspace_id, added_at, user_id) WHERE active",
+    "CREATE INDEX IF NOT EXISTS sandbar_sandboxes_workspace_idx"
+    " ON sandbar_sandboxes (workspace_id, created_at, id)",
     *workspace_log.INDEXES,
 )
 
 
+def table_statements() -> list[str]:
+    return [f"CREATE TABLE IF NOT EXISTS {name} ({cols})" for name, (cols, _) in TABLES.items()]
+
+
 def create_statements() -> list[str]:
-    stmts = [f"CREATE TABLE IF NOT EXISTS {name} ({cols})" for name, (cols, _) in TABLES.items()]
-    return [*stmts, *INDEXES]
+    """Tables and their indexes (an index may name a column only this VERSION has)."""
+    return [*table_statements(), *INDEXES]
 
 
 Handler = Callable[[Cursor[Any], Any], None]
@@ -141,9 +152,9 @@ def _workspace_deleted(curs: Cursor[Any], e: Any) -> None:
 @handles(Membership.Added)
 def _member_added(curs: Cursor[Any], e: Any) -> None:
     curs.execute(
-        "INSERT INTO sandbar_members (id, workspace_id, user_id, role, active, added_at)"
-        " SELECT %s, %s, %s, %s, true, %s"
-        " WHERE EXISTS (SELECT 1 FROM sandbar_workspaces WHERE id = %s)",
+        "INSERT INTO sandbar_members"
+        " (id, workspace_id, user_id, role, active, added_at, workspace_created_at)"
+        " SELECT %s, %s, %s, %s, true, %s, created_at FROM sandbar_workspaces WHERE id = %s",
         (e.originator_id, e.workspace_id, e.user_id, e.role, e.timestamp, e.workspace_id),
     )
 

@@ -51,9 +51,9 @@ class ReadModelView(PostgresTrackingRecorder):
         self.sql_create_statements.append(
             Composed([SQL(f"CREATE TABLE IF NOT EXISTS {META_TABLE} (version integer NOT NULL)")])
         )
-        self.sql_create_statements.extend(
-            Composed([SQL(s)]) for s in read_model.create_statements()
-        )
+        # Tables only: tables of another VERSION may be there until ensure_current makes
+        # them anew, with their indexes.
+        self.sql_create_statements.extend(Composed([SQL(s)]) for s in read_model.table_statements())
         self._advance_tracking = SQL(
             "INSERT INTO {0} (application_name, notification_id) VALUES (%s, %s)"
             " ON CONFLICT (application_name) DO UPDATE"
