@@ -188,6 +188,7 @@ SESSION = {401: ["unauthenticated"]}
 BAD_ID = {422: ["invalid_field"]}
 ROLE = {403: ["forbidden"]}
 BUSY = {409: ["busy"]}
+PAGE = {422: ["invalid_field"]}  # a limit out of bounds, a cursor not of this list
 
 
 def answers(*groups: dict[int, list[str]]) -> dict[int | str, dict[str, Any]]:
@@ -201,6 +202,17 @@ def answers(*groups: dict[int, list[str]]) -> dict[int | str, dict[str, Any]]:
         status: {"model": Error, "description": ", ".join(names)}
         for status, names in sorted(codes.items())
     }
+
+
+def paged(*groups: dict[int, list[str]]) -> dict[int | str, dict[str, Any]]:
+    """``answers`` of a paged list (docs/api.md "Paging"): its 422s, and the Link header
+    of its 200."""
+    link = {
+        "description": 'RFC 8288: `<path?limit=N&after=CURSOR>; rel="next"` while more rows'
+        " may follow; absent on the last page",
+        "schema": {"type": "string"},
+    }
+    return {200: {"headers": {"Link": link}}, **answers(*groups, PAGE)}
 
 
 def redirect(description: str) -> dict[int | str, dict[str, Any]]:

@@ -7,11 +7,13 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Request, Response
 
 from application.errors import Invalid
+from application.paging import DEFAULT_LIMIT
 from domain.sandboxes import HOST_PREFIXES, SandboxType
 from interfaces.addresses import safe_next
-from interfaces.http import present
+from interfaces.http import paging, present
 from interfaces.http import responses as r
 from interfaces.http.deps import App, Caller, parse_id, sandbox_origin, session_token
+from interfaces.http.paging import After, Limit, Listing
 from interfaces.http.schemas import NewSandbox, SandboxId, WorkspaceId
 
 router = APIRouter(prefix="/api", tags=["sandboxes"])
@@ -33,14 +35,24 @@ _COMMAND = r.answers(
 @router.get(
     "/workspaces/{workspace_id}/sandboxes",
     response_model=list[r.Sandbox],
-    responses=r.answers(r.GUARD, r.SESSION, _NO_WORKSPACE, r.BAD_ID),
+    responses=r.paged(r.GUARD, r.SESSION, _NO_WORKSPACE, r.BAD_ID),
 )
 def list_sandboxes(
-    workspace_id: WorkspaceId, request: Request, sb: App, user_id: Caller
+    workspace_id: WorkspaceId,
+    request: Request,
+    sb: App,
+    user_id: Caller,
+    limit: Limit = DEFAULT_LIMIT,
+    after: After = None,
 ) -> Response:
-    rows = sb.sandboxes.list(user_id, parse_id(workspace_id, "workspace_id"))
+    """Its sandboxes, oldest first (by created_at, then id), a page at a time."""
+    wid = parse_id(workspace_id, "workspace_id")
+    found = sb.sandboxes.list(user_id, wid, paging.page(Listing.sandboxes, limit, after))
     origin = sandbox_origin(request)
-    return present.JSON([present.sandbox(r, origin) for r in rows])
+    return present.JSON(
+        [present.sandbox(r, origin) for r in found.rows],
+        headers=paging.next_link(request, Listing.sandboxes, limit, found.next),
+    )
 
 
 @router.post(

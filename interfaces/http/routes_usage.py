@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 
-from interfaces.http import present
+from application.paging import DEFAULT_LIMIT
+from interfaces.http import paging, present
 from interfaces.http import responses as r
 from interfaces.http.deps import App, Caller, parse_id
+from interfaces.http.paging import After, Limit, Listing
 from interfaces.http.schemas import Limits, WorkspaceId
 
 router = APIRouter(prefix="/api", tags=["usage"])
@@ -20,12 +22,25 @@ Days = Annotated[int, Query(description="how many days back, today included (1 t
 @router.get(
     "/workspaces/{workspace_id}/usage",
     response_model=r.Usage,
-    responses=r.answers(r.GUARD, r.SESSION, _MISSING, r.BAD_ID),
+    responses=r.paged(r.GUARD, r.SESSION, _MISSING, r.BAD_ID),
 )
-def usage(workspace_id: WorkspaceId, sb: App, user_id: Caller, days: Days = 30) -> Response:
-    """Requests and tokens through the Anthropic proxy per day and sandbox (member)."""
-    report = sb.usage.report(user_id, parse_id(workspace_id, "workspace_id"), days)
-    return present.JSON(present.usage(report))
+def usage(
+    workspace_id: WorkspaceId,
+    request: Request,
+    sb: App,
+    user_id: Caller,
+    days: Days = 30,
+    limit: Limit = DEFAULT_LIMIT,
+    after: After = None,
+) -> Response:
+    """Requests and tokens through the Anthropic proxy per day and sandbox (member):
+    newest day first, then by sandbox id (descending); ``days`` is paged."""
+    wid = parse_id(workspace_id, "workspace_id")
+    report = sb.usage.report(user_id, wid, days, paging.page(Listing.usage, limit, after))
+    return present.JSON(
+        present.usage(report),
+        headers=paging.next_link(request, Listing.usage, limit, report["next"]),
+    )
 
 
 @router.put(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 
-from interfaces.http import present
+from application.paging import DEFAULT_LIMIT
+from interfaces.http import paging, present
 from interfaces.http import responses as r
 from interfaces.http.deps import App, Caller, parse_id
+from interfaces.http.paging import After, Limit, Listing
 from interfaces.http.schemas import MemberId, NewMember, NewWorkspace, RoleChange, WorkspaceId
 
 router = APIRouter(prefix="/api/workspaces", tags=["workspaces"])
@@ -14,9 +16,24 @@ router = APIRouter(prefix="/api/workspaces", tags=["workspaces"])
 _MISSING = {404: ["workspace_not_found"]}
 
 
-@router.get("", response_model=list[r.Workspace], responses=r.answers(r.GUARD, r.SESSION))
-def list_workspaces(sb: App, user_id: Caller) -> Response:
-    return present.JSON([present.workspace(w) for w in sb.workspaces.list(user_id)])
+@router.get(
+    "",
+    response_model=list[r.Workspace],
+    responses=r.paged(r.GUARD, r.SESSION),
+)
+def list_workspaces(
+    request: Request,
+    sb: App,
+    user_id: Caller,
+    limit: Limit = DEFAULT_LIMIT,
+    after: After = None,
+) -> Response:
+    """The caller's workspaces, oldest first (by created_at, then id), a page at a time."""
+    found = sb.workspaces.list(user_id, paging.page(Listing.workspaces, limit, after))
+    return present.JSON(
+        [present.workspace(w) for w in found.rows],
+        headers=paging.next_link(request, Listing.workspaces, limit, found.next),
+    )
 
 
 @router.post(
@@ -53,11 +70,23 @@ def delete_workspace(workspace_id: WorkspaceId, sb: App, user_id: Caller) -> Res
 @router.get(
     "/{workspace_id}/members",
     response_model=list[r.Member],
-    responses=r.answers(r.GUARD, r.SESSION, _MISSING, r.BAD_ID),
+    responses=r.paged(r.GUARD, r.SESSION, _MISSING, r.BAD_ID),
 )
-def list_members(workspace_id: WorkspaceId, sb: App, user_id: Caller) -> Response:
+def list_members(
+    workspace_id: WorkspaceId,
+    request: Request,
+    sb: App,
+    user_id: Caller,
+    limit: Limit = DEFAULT_LIMIT,
+    after: After = None,
+) -> Response:
+    """Its members, by added_at then user id, a page at a time."""
     wid = parse_id(workspace_id, "workspace_id")
-    return present.JSON([present.member(m) for m in sb.workspaces.members(user_id, wid)])
+    found = sb.workspaces.members(user_id, wid, paging.page(Listing.members, limit, after))
+    return present.JSON(
+        [present.member(m) for m in found.rows],
+        headers=paging.next_link(request, Listing.members, limit, found.next),
+    )
 
 
 @router.post(
