@@ -18,6 +18,7 @@ from urllib.parse import urlencode
 from uuid import UUID
 
 from fastapi import Query, Request
+from pydantic.json_schema import SkipJsonSchema
 
 from application.errors import Invalid
 from application.paging import MAX_LIMIT, Key, Page
@@ -48,7 +49,7 @@ Limit = Annotated[
     Query(ge=1, le=MAX_LIMIT, description=f"at most this many rows (1 to {MAX_LIMIT})"),
 ]
 After = Annotated[
-    str | None,
+    str | SkipJsonSchema[None],
     Query(
         description="the cursor of the next page, from the previous page's Link header",
         json_schema_extra={"pattern": f"^[A-Za-z0-9_-]{{1,{MAX_CURSOR}}}$"},
