@@ -370,3 +370,39 @@ def test_views_of_the_version_before_are_rebuilt(make_database, tmp_path) -> Non
     finally:
         app.close()
     assert read_model.VERSION == 3
+
+
+def test_rows_of_the_same_time_are_ordered_by_id(make_database, tmp_path) -> None:
+    """The key is unique: rows with one created_at are told apart by id, so a page
+    boundary between them loses and repeats none."""
+    env = {
+        "SANDBAR_DATABASE_URL": make_database(),
+        "SANDBAR_DATA_DIR": str(tmp_path),
+        "SANDBAR_SECRET_KEY": "k" * 32,
+        "SANDBAR_WORKER": "false",
+        **FAST_HASHING,
+    }
+    app = build(Settings.from_env(env))
+    try:
+        user, _ = app.accounts.register("sametime", "correct horse battery", None, "test")
+        wid = app.workspaces.create(user["id"], "w")["id"]
+        made = sorted(uuid.uuid4() for _ in range(7))
+        with psycopg.connect(env["SANDBAR_DATABASE_URL"], autocommit=True) as conn:
+            for sid in reversed(made):
+                conn.execute(
+                    "INSERT INTO sandbar_sandboxes (id, workspace_id, name, type, kind, status,"
+                    " created_by, created_at, updated_at) VALUES (%s, %s, 'b', 'opencode',"
+                    " 'cloud', 'creating', 'x', '2026-01-01T00:00:00Z', now())",
+                    (sid, wid),
+                )
+        seen: list[uuid.UUID] = []
+        page = Page(limit=2)
+        while True:
+            found = app.sandboxes.list(user["id"], wid, page)
+            seen += [row["id"] for row in found.rows]
+            if found.next is None:
+                break
+            page = Page(limit=2, after=found.next)
+        assert seen == made
+    finally:
+        app.close()

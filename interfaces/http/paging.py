@@ -14,7 +14,7 @@ import re
 from datetime import UTC, date, datetime, timedelta
 from enum import Enum
 from typing import Annotated, Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 from uuid import UUID
 
 from fastapi import Query, Request
@@ -99,4 +99,4 @@ def next_link(request: Request, listing: Listing, limit: int, key: Key | None) -
         return {}
     others = [(k, v) for k, v in request.query_params.multi_items() if k not in ("limit", "after")]
     query = urlencode([("limit", str(limit)), ("after", encode(listing, key)), *others])
-    return {"link": f'<{request.url.path}?{query}>; rel="next"'}
+    return {"link": f'<{quote(request.url.path)}?{query}>; rel="next"'}
