@@ -235,6 +235,18 @@ def test_a_full_page_that_is_the_last_has_no_link(new_user) -> None:
     assert [w["id"] for w in owner.client.get(next_path(r) or "").json()] == made[2:]
 
 
+def test_the_link_is_a_quoted_path_that_leads_on(new_user) -> None:
+    """A path id in another form UUID() takes (braces) still makes a Link to follow."""
+    owner = new_user("braces")
+    s = sandboxes_of(owner)
+    made = [s.add() for _ in range(2)]
+    wid = s.path.split("/")[3]
+    r = owner.client.get(f"/api/workspaces/%7B{wid}%7D/sandboxes?limit=1")
+    link = next_path(r)
+    assert link is not None and link.startswith(f"/api/workspaces/%7B{wid}%7D/sandboxes?")
+    assert [b["id"] for b in owner.client.get(link).json()] == made[1:]
+
+
 def test_limits_out_of_bounds_are_refused(new_user) -> None:
     owner = new_user("bounds")
     wid = workspaces_of(owner).add()
