@@ -11,10 +11,11 @@ from uuid import UUID
 
 from application.access import Access
 from application.errors import Invalid
+from application.paging import MAX_LIMIT
 from application.ports import Row
 from domain import roles
 
-MAX_PAGE = 200
+MAX_PAGE = MAX_LIMIT  # (as every list: docs/api.md "Paging")
 KINDS = ("workspace", "member", "sandbox")
 
 

@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import StreamingResponse
 
 from application.errors import Invalid
+from application.paging import DEFAULT_LIMIT
 from application.workspace_log import MAX_PAGE
 from interfaces.http import present
 from interfaces.http import responses as r
@@ -85,7 +86,7 @@ def history(
     request: Request,
     sb: App,
     user_id: Caller,
-    limit: Limit = 50,
+    limit: Limit = DEFAULT_LIMIT,
     after: After = None,
     person: Person = None,
     kind: Kind = None,
