@@ -1,6 +1,6 @@
 // Usage of the Anthropic API through the proxy: daily requests and tokens per sandbox
 // over 30 days, as charts; the daily limits in force, which the owner edits.
-import { all, api, explain, get } from "./api.js";
+import { all, api, explain, page } from "./api.js";
 import { announce, field, h, replace } from "./dom.js";
 import { PALETTE, stackedBars } from "./chart.js";
 import { may } from "./roles.js";
@@ -17,13 +17,24 @@ function lastDays(n) {
   return out;
 }
 
+// The report with all its days: they come a page at a time (docs/api.md "Paging").
+async function wholeReport(path) {
+  let got = await page(path);
+  const report = got.rows;
+  for (let i = 0; got.next && i < 1000; i += 1) {
+    got = await page(got.next);
+    report.days = report.days.concat(got.rows.days);
+  }
+  return report;
+}
+
 const tokens = (r) => r.input_tokens + r.output_tokens + r.cache_creation_input_tokens + r.cache_read_input_tokens;
 const limitText = (n) => (n === null || n === undefined ? "no limit" : n.toLocaleString());
 
 export async function usage(ctx) {
   const { wid, panel } = ctx;
   const [report, boxes] = await Promise.all([
-    get(`/api/workspaces/${wid}/usage?days=${DAYS}`),
+    wholeReport(`/api/workspaces/${wid}/usage?days=${DAYS}&limit=1000`),
     all(`/api/workspaces/${wid}/sandboxes`),
   ]);
   const names = new Map(boxes.map((b) => [b.id, b.name]));
