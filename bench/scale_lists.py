@@ -5,15 +5,19 @@ Each list of the API is grown to 1k, 10k and 100k rows, and its first page (the 
 100 rows) is fetched over HTTP from a real `sandbar serve`, with keep-alive, one request
 at a time; so is a page from the middle of the list (a cursor at its half: keyset paging
 makes any page cost the same). The figure is compared against the target (5 ms) and
-against the same list at 1k rows in the same run (the baseline: `vs_1k`). At the
-largest size each list's query is run under EXPLAIN ANALYZE, and the plan's nodes are
-printed: an index range scan of the page's rows, no sort, no scan of the whole list.
+against the same list at 1k rows in the same run (the baseline: `vs_1k`); `GET /healthz`
+is timed in the same rounds, for the HTTP round trip's own share. At each size each
+list's query is run under EXPLAIN ANALYZE, and the plan's nodes are printed: an index
+range scan of the page's rows, no sort, no scan of the whole list. (Each size has a user
+and a workspace of its own, all in one database: a list's rows sit among the others'.)
 
 The lists:
   workspaces  GET /api/workspaces: the caller in N workspaces
   members     GET /api/workspaces/{id}/members: N members
   sandboxes   GET /api/workspaces/{id}/sandboxes: N sandboxes
   usage       GET /api/workspaces/{id}/usage?days=366: N rows (366 days x N/366 sandboxes)
+  history     GET /api/workspaces/{id}/history: N entries of the workspace log (its
+              cursor is a log position, given as it is)
 
 The rows are seeded with bulk SQL straight into the view tables of a fresh database (the
 sign-up and the workspace lists are made through the API), then ANALYZEd: the rows are
@@ -56,15 +60,17 @@ sys.path.insert(0, str(ROOT))
 from infrastructure.usage import UsageTable  # noqa: E402
 from interfaces.http.paging import Listing, encode  # noqa: E402
 from projections.queries import ReadModelQueries  # noqa: E402
+from projections.workspace_log_queries import WorkspaceLogQueries  # noqa: E402
 from tests.conftest import FAST_HASHING, ServerProcess, register  # noqa: E402
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 TARGET_MS = 5.0
-LISTS = ("workspaces", "members", "sandboxes", "usage")
+LISTS = ("workspaces", "members", "sandboxes", "usage", "history")
 USAGE_DAYS = 366
 WARMUP = 20
 BURST = 5
 EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
+SEEDED_POSITIONS = 10**15  # history rows seeded past any position the run's events take
 
 
 # The database.
@@ -137,6 +143,31 @@ def grow(conn: psycopg.Connection[Any], name: str, ids: dict[str, UUID], size: i
         return _count(
             conn, "SELECT count(*) FROM sandbar_sandboxes WHERE workspace_id = %s", workspace
         )
+    if name == "history":  # the workspace's limits set N times (positions far past the log's)
+        have = _count(
+            conn, "SELECT count(*) FROM sandbar_workspace_log WHERE workspace_id = %s", workspace
+        )
+        conn.execute(
+            "INSERT INTO sandbar_workspace_log (position, workspace_id, aggregate_id, kind,"
+            " event, actor, subject, time, item)"
+            " SELECT (SELECT greatest(max(position), %s) FROM sandbar_workspace_log) + g, %s, %s,"
+            " 'workspace', 'Workspace.LimitsSet', %s, NULL, %s + g * interval '1 ms',"
+            " jsonb_build_object('id', %s::text, 'name', 'big', 'created_at', %s::text)"
+            " FROM generate_series(1, %s::int) g",
+            (
+                SEEDED_POSITIONS,
+                workspace,
+                workspace,
+                str(user),
+                EPOCH,
+                str(workspace),
+                EPOCH.isoformat(),
+                size - have,
+            ),
+        )
+        return _count(
+            conn, "SELECT count(*) FROM sandbar_workspace_log WHERE workspace_id = %s", workspace
+        )
     # usage: USAGE_DAYS days of as many sandboxes as make ``size`` rows.
     have = _count(
         conn,
@@ -183,6 +214,11 @@ def middle_key(conn: psycopg.Connection[Any], name: str, ids: dict[str, UUID], r
             " ORDER BY 1 DESC, 2 DESC",
             workspace,
         ),
+        "history": (
+            "SELECT position, NULL FROM sandbar_workspace_log WHERE workspace_id = %s"
+            " ORDER BY 1 DESC",
+            workspace,
+        ),
     }[name]
     row = conn.execute(f"{sql} OFFSET %s LIMIT 1", (param, rows // 2)).fetchone()
     assert row is not None
@@ -198,6 +234,7 @@ def path_of(name: str, workspace: UUID) -> str:
         "members": f"/api/workspaces/{workspace}/members",
         "sandboxes": f"/api/workspaces/{workspace}/sandboxes",
         "usage": f"/api/workspaces/{workspace}/usage?days={USAGE_DAYS}",
+        "history": f"/api/workspaces/{workspace}/history",
     }[name]
 
 
@@ -252,6 +289,8 @@ def plan_of(url: str, name: str, ids: dict[str, UUID], limit: int) -> dict[str, 
         reads.members(workspace, None, limit + 1)
     elif name == "sandboxes":
         reads.sandboxes(workspace, None, limit + 1)
+    elif name == "history":
+        WorkspaceLogQueries(store).page(workspace, None, limit)  # type: ignore[arg-type]
     else:
         since = datetime.now(UTC).date() - timedelta(days=USAGE_DAYS - 1)
         UsageTable.report(types.SimpleNamespace(_db=store), workspace, since, None, limit + 1)  # type: ignore[arg-type]
@@ -280,7 +319,7 @@ def _nodes(plan: dict[str, Any], depth: int = 0) -> list[str]:
 
 def run(sizes: list[int], requests: int) -> dict[str, Any]:
     load_before = os.getloadavg()
-    plans: dict[str, Any] = {}
+    plans: dict[str, dict[str, Any]] = {}
     # (list, size, "first" | "middle") -> (client, url); timed in interleaved rounds.
     points: dict[tuple[str, int, str], tuple[httpx.Client, str]] = {}
     rows: dict[tuple[str, int], int] = {}
@@ -310,14 +349,21 @@ def run(sizes: list[int], requests: int) -> dict[str, Any]:
                         base = path_of(name, ids_of[size]["workspace"])
                         key = middle_key(conn, name, ids_of[size], rows[name, size])
                         join = "&" if "?" in base else "?"
-                        middle = f"{base}{join}after={encode(Listing[name], key)}"
+                        # (history's cursor is its log position, as it stands)
+                        cursor = key[0] if name == "history" else encode(Listing[name], key)
+                        middle = f"{base}{join}after={cursor}"
                         points[name, size, "first"] = (user.client, base)
                         points[name, size, "middle"] = (user.client, middle)
             with psycopg.connect(url, autocommit=True) as conn:
                 conn.execute("ANALYZE")
             samples = interleaved(points, users[0].client, requests)
-            largest = max(sizes)
-            plans = {name: plan_of(url, name, ids_of[largest], 100) for name in LISTS}
+            plans = {
+                str(size): {name: plan_of(url, name, ids_of[size], 100) for name in LISTS}
+                for size in sizes
+            }
+        except Exception:
+            print(server.log.read_text()[-4000:], file=sys.stderr)  # (the server's side)
+            raise
         finally:
             for user in users:
                 user.client.close()
@@ -344,7 +390,7 @@ def run(sizes: list[int], requests: int) -> dict[str, Any]:
         "reference_healthz": summary(samples["healthz", 0, ""]),
         "requests_per_point": requests,
         "lists": results,
-        f"plans_at_{largest}": plans,
+        "plans": plans,
         "machine": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
