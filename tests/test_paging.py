@@ -350,7 +350,7 @@ def test_usage_is_paged_and_its_link_keeps_days(new_user, database_url: str) -> 
     assert got == sorted(((d, b) for d in days[:3] for b in boxes), reverse=True)
 
 
-# The views' shape changed (version 4): a database of the shape before is made anew.
+# The views' shape changed (version 5): a database of the shape before is made anew.
 
 
 def test_views_of_the_version_before_are_rebuilt(make_database, tmp_path) -> None:
@@ -368,11 +368,11 @@ def test_views_of_the_version_before_are_rebuilt(make_database, tmp_path) -> Non
     finally:
         app.close()
     url = env["SANDBAR_DATABASE_URL"]
-    with psycopg.connect(url, autocommit=True) as conn:  # the shape version 3 had
+    with psycopg.connect(url, autocommit=True) as conn:  # the shape version 4 had
         conn.execute("DROP INDEX sandbar_members_workspace_list_idx")
         conn.execute("ALTER TABLE sandbar_members DROP COLUMN workspace_created_at")
         conn.execute("CREATE INDEX sandbar_members_user_idx ON sandbar_members (user_id)")
-        conn.execute("UPDATE sandbar_read_model_meta SET version = 3")
+        conn.execute("UPDATE sandbar_read_model_meta SET version = 4")
     app = build(Settings.from_env(env))
     try:
         found = app.workspaces.list(user["id"], Page(limit=2))
@@ -381,7 +381,7 @@ def test_views_of_the_version_before_are_rebuilt(make_database, tmp_path) -> Non
         assert [w["id"] for w in rest.rows] == made[2:] and rest.next is None
     finally:
         app.close()
-    assert read_model.VERSION == 4
+    assert read_model.VERSION == 5
 
 
 def test_rows_of_the_same_time_are_ordered_by_id(make_database, tmp_path) -> None:

@@ -65,10 +65,11 @@ export async function page(path) {
   return { rows: await response.json(), next: nextLink(response.headers.get("link")) };
 }
 
-// Every row of a list, following rel="next" links while there are any.
+// Every row of a list, following rel="next" links while there are any, in the largest
+// pages the API gives (1,000 rows), so a list of 1,000 sandboxes is one request.
 export async function all(path, maxPages = 1000) {
   let rows = [];
-  let next = path;
+  let next = /[?&]limit=/.test(path) ? path : `${path}${path.includes("?") ? "&" : "?"}limit=1000`;
   for (let i = 0; next && i < maxPages; i += 1) {
     const got = await page(next);
     rows = rows.concat(got.rows);
