@@ -63,6 +63,7 @@ from infrastructure.database import eventsourcing_env  # noqa: E402
 from infrastructure.settings import Settings  # noqa: E402
 from interfaces.bootstrap import Sandbar, build  # noqa: E402
 from interfaces.cli.output import table  # noqa: E402
+from projections.audit_reads import AuditReads  # noqa: E402
 from tests.conftest import FAST_HASHING, ServerProcess, register  # noqa: E402
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -349,7 +350,7 @@ def rebuild_command(env: dict[str, str]) -> tuple[int, float, float, bool]:
 
 def replay_rates(sandbar: Sandbar, env: dict[str, str], units: int, rounds: int) -> dict[str, Any]:
     workspace_id = fill(sandbar, units)
-    audit = AuditLog(sandbar.log)
+    audit = AuditLog(sandbar.log, AuditReads(sandbar.log.recorder.datastore))
     rates: dict[str, list[float]] = {
         "select": [],
         "raw": [],

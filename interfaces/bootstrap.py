@@ -34,6 +34,7 @@ from infrastructure.sign_in_states import SignInStates
 from infrastructure.tracking import FollowerTracking
 from infrastructure.usage import UsageTable
 from interfaces.addresses import Addresses
+from interfaces.readiness import Readiness
 from projections.queries import ReadModelQueries
 from projections.view import ReadModelView
 from projections.workspace_log_queries import WorkspaceLogQueries
@@ -64,6 +65,7 @@ class Sandbar:
     sign_in: ExternalSignIn
     local_agents: LocalAgents
     workspace_log: WorkspaceLog
+    readiness: Readiness  # whether the views are caught up (after an upgrade, not yet)
 
     def container_worker(self) -> ContainerWorker:
         """The process manager for cloud sandboxes (run it with ``.run(stop_event)``)."""
@@ -159,7 +161,8 @@ class Sandbar:
 
 
 def open_event_log(settings: Settings, url: str | None = None) -> EventLog:
-    """The event log on the configured (or embedded) PostgreSQL, its views current."""
+    """The event log on the configured (or embedded) PostgreSQL, its views of this code's
+    version: current, or (after a change of version) to be rebuilt by a catch-up."""
     event_log = EventLog(env=eventsourcing_env(url or database_url(settings), settings))
     recorder = event_log.recorder
     assert isinstance(recorder, ProjectingRecorder)
@@ -201,6 +204,7 @@ def _build(settings: Settings, url: str) -> Sandbar:
         settings=settings,
         log=event_log,
         view=recorder.read_model,
+        readiness=Readiness(recorder.read_model, event_log.mapper.to_domain_event),
         reads=reads,
         accounts=accounts,
         workspaces=Workspaces(event_log, reads, access, grants),

@@ -1,13 +1,15 @@
-"""The read model: the view tables behind every GET endpoint and the routing table.
+"""The read model: the view tables behind every GET endpoint and the routing table, and
+the audit index (projections/audit_index.py).
 
-``apply(curs, event)`` turns one domain event into SQL on a cursor. The same function
-serves the inline path (run in the transaction that records the events, so a caller
-reads its own writes at once), the catch-up runner, and ``sandbar audit rebuild``.
+``apply_all(curs, events)`` turns domain events (with their positions in the log) into
+SQL on a cursor. The same function serves the inline path (run in the transaction that
+records the events, so a caller reads its own writes at once), the catch-up runner, and
+``sandbar audit rebuild``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from psycopg import Cursor
@@ -15,15 +17,15 @@ from psycopg import Cursor
 from domain.sandboxes import EVENT_STATUS, HOST_PREFIXES, Kind, Sandbox, SandboxType, Status
 from domain.users import User
 from domain.workspaces import Membership, Workspace
-from projections import workspace_log
+from projections import audit_index, workspace_log
 
 # Bump when a table's shape or a handler's meaning changes: the views are then
-# dropped and rebuilt from the log on the next start.
+# dropped and rebuilt from the log (in the background: projections/view.py).
 # 3: the workspace log (projections/workspace_log.py); 4: sandbar_identities; 5: the
-# workspace's created_at in sandbar_members, the lists' indexes.
-VERSION = 5
+# workspace's created_at in sandbar_members, the lists' indexes; 6: the audit index.
+VERSION = 6
 
-TABLES: dict[str, tuple[str, str]] = {
+VIEWS: dict[str, tuple[str, str]] = {
     # name: (columns, primary key used to order rows when comparing)
     "sandbar_users": (
         "id uuid PRIMARY KEY, username text NOT NULL, username_key text NOT NULL UNIQUE, "
@@ -67,6 +69,8 @@ TABLES: dict[str, tuple[str, str]] = {
     # Each workspace's events with the view rows they left (projections/workspace_log.py).
     workspace_log.TABLE: (workspace_log.COLUMNS, "position"),
 }
+# Every table the log is replayed into: the views and the audit index.
+TABLES = {**VIEWS, **audit_index.TABLES}
 
 # The lists' sort keys (docs/api.md "Paging"), so that a page is one index range scan.
 INDEXES = (
@@ -77,6 +81,7 @@ INDEXES = (
     "CREATE INDEX IF NOT EXISTS sandbar_sandboxes_workspace_idx"
     " ON sandbar_sandboxes (workspace_id, created_at, id)",
     *workspace_log.INDEXES,
+    *audit_index.INDEXES,
 )
 
 
@@ -100,6 +105,15 @@ def handles(*event_classes: type) -> Callable[[Handler], Handler]:
         return fn
 
     return register
+
+
+def apply_all(curs: Cursor[Any], events: Sequence[tuple[Any, int]]) -> None:
+    """Apply domain events, each with its position in the log, in order: to the view
+    tables and the workspace log (projections/workspace_log.py), then to the audit index
+    (every event, in one statement)."""
+    for event, position in events:
+        workspace_log.project(curs, event, position, apply)
+    audit_index.index(curs, events)
 
 
 def apply(curs: Cursor[Any], event: Any) -> None:

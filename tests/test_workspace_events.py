@@ -20,6 +20,7 @@ import pytest
 
 from application.audit import AuditLog
 from interfaces.bootstrap import Sandbar
+from projections.audit_reads import AuditReads
 from tests.conftest import User
 from tests.errors import assert_error
 
@@ -264,7 +265,7 @@ def test_as_it_was_at_a_moment_matches_the_audit_replay(
     assert before["workspace"] is None and before["members"] == [] == before["sandboxes"]
     # The audit log's replay (`sandbar audit replay`), folding the aggregates from the
     # log, says the same.
-    replayed = AuditLog(sandbar.log).replay(UUID(wid), moment)
+    replayed = AuditLog(sandbar.log, AuditReads(sandbar.view.datastore)).replay(UUID(wid), moment)
     assert [s.name for s in replayed.sandboxes] == ["first"]
     assert [name for _, name in replayed.members] == [m["username"] for m in then["members"]]
     r = owner.client.get(f"/api/workspaces/{wid}/as-at", params={"time": "yesterday"})

@@ -1,4 +1,8 @@
-"""``sandbar audit``: print the event log, replay a workspace at a moment, rebuild views."""
+"""``sandbar audit``: print the event log, replay a workspace at a moment, rebuild views.
+
+``log`` and ``replay`` read through the audit index (projections/audit_index.py): the
+filters are SQL, the events stream from a server-side cursor and are printed as they
+come, so memory stays flat and the time follows what is printed, not the log's size."""
 
 from __future__ import annotations
 
@@ -10,9 +14,9 @@ from uuid import UUID
 
 import orjson
 
-from application.audit import AuditLog, Entry, Filter
+from application.audit import USER_FIELDS, AuditLog, Entry, Filter, Usernames
 from infrastructure.settings import Settings
-from interfaces.cli.output import Progress, table
+from interfaces.cli.output import Progress, stream_table, table
 
 
 def _time(value: str) -> datetime:
@@ -44,16 +48,32 @@ def _open() -> Any:
     return open_event_log(Settings.from_env())
 
 
+def _audit(log: Any) -> AuditLog | None:
+    """The audit log, if its index holds the whole log (else a word on stderr)."""
+    from projections.audit_reads import AuditReads
+
+    audit = AuditLog(log, AuditReads(log.recorder.datastore))
+    if audit.caught_up():
+        return audit
+    print(
+        "sandbar: the views and the audit index are being rebuilt after an upgrade;"
+        " `sandbar serve` rebuilds them in the background (its /readyz answers 200 when"
+        " done), or run `sandbar audit rebuild`",
+        file=sys.stderr,
+    )
+    return None
+
+
 def _stamp(t: datetime) -> str:
     return t.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _details(entry: Entry, names: dict[str, str]) -> str:
+def _details(entry: Entry, names: Usernames) -> str:
     parts = []
     for key, value in entry.fields.items():
         text = str(value)
-        if key == "user_id" or key == "owner_id":
-            text = names.get(text, text)
+        if key in USER_FIELDS:
+            text = names.get(text, text) or text
             key = key.removesuffix("_id")
         parts.append(f"{key}={text}")
     return " ".join(parts)
@@ -61,23 +81,31 @@ def _details(entry: Entry, names: dict[str, str]) -> str:
 
 def _log(args: argparse.Namespace) -> int:
     log = _open()
-    audit = AuditLog(log)
-    names = audit.names  # filled in as the log is read
+    try:
+        return _print_log(log, args)
+    finally:
+        log.close()
+
+
+def _print_log(log: Any, args: argparse.Namespace) -> int:
+    audit = _audit(log)
+    if audit is None:
+        return 1
+    names = audit.names  # the names of each page's users, known as it is handed on
     user_id = None
     if args.user:
         try:
             user_id = UUID(args.user)
         except ValueError:
-            user = _user_by_name(log, args.user)
-            if user is None:
+            user_id = audit.user_named(args.user)
+            if user_id is None:
                 print(f"sandbar: no user is named {args.user!r}", file=sys.stderr)
-                log.close()
                 return 2
-            user_id = user
     where = Filter(workspace_id=args.workspace, user_id=user_id, since=args.since, until=args.until)
-    rows = []
-    for entry in audit.entries(where):
-        if args.json:
+    entries = audit.entries(where)
+    if args.json:
+        out = sys.stdout.buffer
+        for entry in entries:
             record = {
                 "position": entry.position,
                 "time": _stamp(entry.time),
@@ -88,35 +116,32 @@ def _log(args: argparse.Namespace) -> int:
                 "workspace_id": str(entry.workspace_id) if entry.workspace_id else None,
                 "fields": entry.fields,
             }
-            sys.stdout.buffer.write(orjson.dumps(record, default=str) + b"\n")
-        else:
-            rows.append(
-                (
-                    entry.position,
-                    _stamp(entry.time),
-                    names.get(entry.actor, entry.actor),
-                    entry.event,
-                    str(entry.aggregate_id)[:8],
-                    _details(entry, names),
-                )
-            )
-    if not args.json:
-        table(["#", "TIME", "ACTOR", "EVENT", "AGGREGATE", "DETAILS"], rows)
-    log.close()
+            out.write(orjson.dumps(record, default=str) + b"\n")
+        return 0
+    rows = (
+        (
+            entry.position,
+            _stamp(entry.time),
+            names.get(entry.actor, entry.actor),
+            entry.event,
+            str(entry.aggregate_id)[:8],
+            _details(entry, names),
+        )
+        for entry in entries
+    )
+    stream_table(["#", "TIME", "ACTOR", "EVENT", "AGGREGATE", "DETAILS"], rows)
     return 0
-
-
-def _user_by_name(log: Any, username: str) -> UUID | None:
-    from projections.queries import ReadModelQueries
-
-    row = ReadModelQueries(log.recorder.datastore).user_by_username(username)
-    return row["id"] if row else None
 
 
 def _replay(args: argparse.Namespace) -> int:
     log = _open()
-    snap = AuditLog(log).replay(args.workspace, args.at)
-    log.close()
+    try:
+        audit = _audit(log)
+        if audit is None:
+            return 1
+        snap = audit.replay(args.workspace, args.at)
+    finally:
+        log.close()
     if snap.workspace is None:
         print(f"workspace {args.workspace} did not exist at {_stamp(args.at)}")
         return 1
@@ -153,6 +178,9 @@ def _rebuild(args: argparse.Namespace) -> int:
             for t in report.rows_before
         ],
     )
+    if not report.was_ready:
+        print("the views were being rebuilt after an upgrade: they are now whole")
+        return 0
     if report.identical:
         print("the rebuilt views equal the ones they replaced")
         return 0

@@ -28,15 +28,23 @@ def _serve(args: argparse.Namespace) -> int:
 
     sandbar = build(Settings.from_env())
     _raise_file_limit(sandbar.settings.max_connections)
-    sandbar.local_agents.all_offline()  # no tunnel outlives the process that held it
     proxy = SandboxProxy(sandbar)
     stop = threading.Event()
-    worker = None
-    if sandbar.settings.worker:
-        worker = threading.Thread(
-            target=sandbar.container_worker().run, args=(stop,), name="sandbar-worker"
-        )
-        worker.start()
+    workers: list[threading.Thread] = []
+
+    def when_ready() -> None:
+        """What needs whole views: run once they are (at once, or after a rebuild)."""
+        # The proxies' caches may hold what part-built views said (a sandbox unknown):
+        # the rebuild's transactions notify no one, so say the views changed.
+        sandbar.changes.bump()
+        sandbar.local_agents.all_offline()  # no tunnel outlives the process that held it
+        if sandbar.settings.worker and not stop.is_set():
+            worker = threading.Thread(
+                target=sandbar.container_worker().run, args=(stop,), name="sandbar-worker"
+            )
+            workers.append(worker)
+            worker.start()
+
     hub = stream_hub(sandbar)
     config = uvicorn.Config(
         create_app(sandbar, proxy, hub),
@@ -47,6 +55,10 @@ def _serve(args: argparse.Namespace) -> int:
         server_header=False,
     )
     sockets = _listen(sandbar, args.host, args.port)
+    # After an upgrade that changed the views' shape they are rebuilt in the background
+    # (started last, so as not to slow the rest of start-up): the server answers at once
+    # (/healthz), and says when it is ready (/readyz).
+    sandbar.readiness.start(stop, then=when_ready)
     # What start-up made lives as long as the process: keep it out of the collector's
     # full passes (some 50 ms each here), which would otherwise stall every request.
     gc.collect()
@@ -55,7 +67,8 @@ def _serve(args: argparse.Namespace) -> int:
         _server_ending_streams(config, hub.close).run(sockets=sockets)
     finally:
         stop.set()
-        if worker is not None:
+        sandbar.readiness.join(timeout=30)
+        for worker in workers:
             worker.join(timeout=30)
         sandbar.close()
     return 0
@@ -152,7 +165,8 @@ def _worker(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        sandbar.container_worker().run(stop)
+        if sandbar.readiness.run(stop):  # (views being rebuilt: helps, and waits)
+            sandbar.container_worker().run(stop)
     finally:
         sandbar.close()
     return 0

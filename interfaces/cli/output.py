@@ -5,7 +5,8 @@ from __future__ import annotations
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from itertools import islice
 from typing import TextIO
 
 
@@ -32,6 +33,40 @@ def table(
     print(line(["-" * w for w in widths]), file=out)
     for row in cells:
         print(line(row), file=out)
+
+
+def stream_table(
+    headers: Sequence[str],
+    rows: Iterable[Sequence[object]],
+    out: TextIO = sys.stdout,
+    sample: int = 1000,
+) -> None:
+    """As ``table``, for rows that come without end: the columns are as wide as the first
+    ``sample`` rows need, and later rows are printed as they come (a wider cell pushes
+    the rest of its line right rather than being cut)."""
+    it = iter(rows)
+    first = list(islice(it, sample))
+    cells = [[str(c) for c in row] for row in first]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    room: int | None = None
+    if out.isatty():
+        room = shutil.get_terminal_size().columns - sum(widths[:-1]) - 2 * (len(widths) - 1)
+        room = max(10, room)
+        widths[-1] = min(widths[-1], room)
+
+    def line(values: Sequence[str]) -> str:
+        parts = [v.ljust(w) for v, w in zip(values[:-1], widths, strict=False)]
+        last = values[-1]
+        if room is not None and len(last) > room:
+            last = last[: room - 1] + "…"
+        return "  ".join([*parts, last]).rstrip()
+
+    print(line(list(headers)), file=out)
+    print(line(["-" * w for w in widths]), file=out)
+    for cell_row in cells:
+        print(line(cell_row), file=out)
+    for row in it:
+        print(line([str(c) for c in row]), file=out)
 
 
 class Progress:

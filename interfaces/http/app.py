@@ -24,6 +24,7 @@ from interfaces.http import (
 )
 from interfaces.http.event_stream import StreamHub
 from interfaces.http.guard import RequestGuard
+from interfaces.http.ready import UntilReady
 from interfaces.proxy.server import SandboxProxy
 from interfaces.version import VERSION
 from interfaces.web import console
@@ -63,8 +64,24 @@ def create_app(
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    readiness = sandbar.readiness
+
+    @api.get(
+        "/readyz",
+        tags=["health"],
+        response_model=responses.Health,
+        responses=responses.answers(responses.NOT_READY),
+    )
+    def readyz() -> object:
+        if readiness.ready:
+            return {"status": "ready"}
+        return errors.not_ready(readiness.describe())
+
     console.install(api)
-    guarded = RequestGuard(console.PagePolicy(api), max_body=sandbar.settings.max_body_bytes)
+    guarded = UntilReady(
+        RequestGuard(console.PagePolicy(api), max_body=sandbar.settings.max_body_bytes),
+        readiness,
+    )
     proxy = proxy or SandboxProxy(sandbar)
     proxy.hot_path = sandbar.anthropic_api(proxy.gate.directory)  # (the front answers it)
     return guarded

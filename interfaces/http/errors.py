@@ -64,6 +64,13 @@ def error_response(
     )
 
 
+def not_ready(message: str) -> Response:
+    """503 while the views are rebuilt (interfaces/readiness.py), with when to retry."""
+    from interfaces.readiness import RETRY_AFTER
+
+    return error_response(503, "not_ready", message, headers={"Retry-After": str(RETRY_AFTER)})
+
+
 async def _app_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, AppError)
     status = next((STATUS[c] for c in type(exc).__mro__ if c in STATUS), 400)

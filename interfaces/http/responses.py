@@ -178,7 +178,13 @@ class Health(Shape):
 
 # Error codes by status. Every /api route may also answer GUARD's (the request guard's);
 # every write, WRITE's.
-GUARD = {400: ["bad_request"], 413: ["body_too_large"], 415: ["unsupported_media_type"]}
+GUARD = {
+    400: ["bad_request"],
+    413: ["body_too_large"],
+    415: ["unsupported_media_type"],
+    503: ["not_ready"],  # the views are being rebuilt (interfaces/http/ready.py)
+}
+NOT_READY = {503: ["not_ready"]}
 WRITE = {403: ["cross_origin"]}
 BODY = {
     400: ["malformed_json", "missing_body", "malformed_body"],
