@@ -91,7 +91,7 @@ class Sandbar:
 
         settings = self.settings
         return Gate(
-            Directory(self.reads, self.grants, self.changes),
+            Directory(self.reads, self.grants, self.changes, lambda: self.readiness.ready),
             self.addresses,
             note=self.activity.note,
             upstream_secret=self.secrets.upstream_credential,
@@ -152,6 +152,7 @@ class Sandbar:
             self.changes,
             timing=timing,
             trusted_proxies=[a for a in trusted if a],
+            ready=lambda: self.readiness.ready,
         )
 
     def close(self) -> None:

@@ -10,6 +10,7 @@ seen not ready for as long as the test needs, with no timing."""
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -79,6 +80,27 @@ def ready(url: str) -> httpx.Response:
     )
 
 
+def tunnel_dial(url: str, sandbox_id: str) -> tuple[int, int]:
+    """An agent's WebSocket handshake on its tunnel's path: the status, and Retry-After."""
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(
+            f"GET /api/tunnel/{sandbox_id} HTTP/1.1\r\nHost: localhost:{port}\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            "Authorization: Bearer not-checked-yet\r\n\r\n".encode()
+        )
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            head += chunk
+    lines = head.split(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")
+    fields = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+    return int(lines[0].split()[1]), int(fields.get("Retry-After", "0"))
+
+
 def test_start_up_serves_at_once_and_the_api_waits_for_the_rebuild(
     env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -93,7 +115,8 @@ def test_start_up_serves_at_once_and_the_api_waits_for_the_rebuild(
             f"/api/workspaces/{wid}/sandboxes", json={"name": "box", "type": "opencode"}
         )
         assert r.status_code == 201, r.text
-        host = f"oc-{r.json()['id']}.localhost"
+        box_id = r.json()["id"]
+        host = f"oc-{box_id}.localhost"
         known = httpx.get(f"{proc.url}/", headers={"Host": host}).status_code
         assert known != 404
         alice.client.close()
@@ -118,8 +141,14 @@ def test_start_up_serves_at_once_and_the_api_waits_for_the_rebuild(
             assert_error(answer, 503, "not_ready")
             assert int(answer.headers["Retry-After"]) > 0
         assert client.get("/openapi.json").status_code == 200
-        # The sandbox proxy reads the routing table as it is (not yet rebuilt).
-        assert client.get("/", headers={"Host": host}).status_code == 404
+        # The sandbox proxy does not answer from a routing table half made (a 404 would
+        # say the sandbox is gone), and an agent dialling its tunnel is told to dial again
+        # (a 403 would stop it for good).
+        r = client.get("/", headers={"Host": host})
+        assert_error(r, 503, "not_ready")
+        assert int(r.headers["Retry-After"]) > 0
+        status, retry_after = tunnel_dial(proc.url, box_id)
+        assert status == 503 and retry_after > 0
 
         held.__exit__(None, None, None)
         assert ready(proc.url).json() == {"status": "ready"}

@@ -81,6 +81,8 @@ class Admission:
     async def admit(self, headers: Index) -> Counted:
         """The call's workspace, sandbox and day, once it is counted; else Refused."""
         sandbox_id = self._sandbox(headers)
+        if not self._directory.ready:  # (and the cache empty: admit_now had no answer)
+            raise errors.not_ready()
         try:
             route = await self._directory.route(sandbox_id)
         except Exception:  # the database is down, say: the client may try again

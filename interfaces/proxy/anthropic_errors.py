@@ -57,6 +57,12 @@ def rate_limited(message: str, retry_after: int | None) -> Refused:
     return Refused(429, "rate_limit_error", message, retry_after)
 
 
+def not_ready() -> Refused:
+    return Refused(
+        503, "api_error", "Sandbar is bringing its records up to date; try again shortly", 5
+    )
+
+
 def cannot_count() -> Refused:
     return Refused(503, "api_error", "Sandbar cannot count requests right now; try again", 5)
 

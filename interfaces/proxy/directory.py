@@ -29,8 +29,15 @@ V = TypeVar("V")
 
 
 class Directory:
-    def __init__(self, reads: ReadModel, grants: Grants, changes: ChangeFeed) -> None:
+    def __init__(
+        self,
+        reads: ReadModel,
+        grants: Grants,
+        changes: ChangeFeed,
+        ready: Callable[[], bool] = lambda: True,
+    ) -> None:
         self._reads = reads
+        self._ready = ready
         self._grants = grants
         self._changes = changes
         self._generation = -1
@@ -38,6 +45,14 @@ class Directory:
         self._unknown: dict[int, None] = {}  # route lookups that found nothing
         self._roles: dict[tuple[int, int], str | None] = {}
         self._grant_cache: dict[str, Grant | None] = {}  # by token: no HMAC on a hit
+
+    @property
+    def ready(self) -> bool:
+        """Whether the views are caught up with the log. After an upgrade they are rebuilt
+        in the background (interfaces/readiness.py); until then they may lack rows, so the
+        proxies answer 503 rather than read them (a missing route is not a 404), and the
+        cache stays empty (nothing read from a half-built view is kept)."""
+        return self._ready()
 
     # Without waiting: the cached answer, or MISS.
 

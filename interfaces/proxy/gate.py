@@ -136,6 +136,13 @@ FAILED = Refused(
     "The sandbox is not running",
     "The sandbox failed to start; its status in Sandbar says why.",
 )
+NOT_READY = Refused(
+    503,
+    "not_ready",
+    "Sandbar is starting",
+    "Sandbar is bringing its records up to date after an upgrade; this page retries by itself.",
+    retry_after=5,
+)
 BAD_TICKET = Refused(
     403,
     "invalid_ticket",
@@ -309,7 +316,8 @@ class Gate:
     # The full way: may read the database, redeem a ticket, resume a sandbox.
 
     async def decide(self, request: Request) -> Admit | Answer:
-        decision = await self._decide_fully(request)
+        # (The cache is empty until the views are ready: only this path needs to ask.)
+        decision = await self._decide_fully(request) if self.directory.ready else NOT_READY
         if isinstance(decision, Refused):
             return decision.answer(request)
         return decision

@@ -25,7 +25,7 @@ import asyncio
 import logging
 import weakref
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID
@@ -179,8 +179,10 @@ class Tunnels:
         *,
         timing: Timing = Timing(),
         trusted_proxies: Iterable[str] = (),
+        ready: Callable[[], bool] = lambda: True,
     ) -> None:
         self._agents = agents
+        self._ready = ready  # the views caught up (after an upgrade: not at once)
         self._changes = changes
         self.timing = timing
         self._links: dict[UUID, Link] = {}
@@ -229,6 +231,11 @@ class Tunnels:
         wait = self._dials.sandbox_wait(sandbox_id)  # (no look at the database either)
         if wait:
             connection.refuse(429, "this agent dialled too often", wait)
+            return
+        if not self._ready():
+            # A token read from half-built views would look unknown, and a 403 stops the
+            # agent for good: it is told to dial again instead.
+            connection.refuse(503, "Sandbar is rebuilding its views; dial again", 5)
             return
         agents = self._agents
         if not await asyncio.to_thread(agents.may_connect, sandbox_id, token.strip()):
