@@ -38,9 +38,15 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# Every tier but those that need a container engine or a browser (tests/conftest.py).
+# Every tier but those that need a container engine or a browser (tests/conftest.py), on
+# as many workers as the machine has cores (pytest-xdist; each worker makes its own
+# databases and servers), with fewer examples for the costliest property tests
+# (SANDBAR_TEST_QUICK: tests/conftest.py). Workers take tests in runs of one file where
+# they can, so that a module's server is started once, and steal when one is idle.
+TEST_WORKERS ?= auto
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not containers and not browser" $(PYTEST_ARGS)
+	SANDBAR_TEST_QUICK=1 $(BIN)/python -m pytest -m "not containers and not browser" \
+		-n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 # ruff, then mypy (strict for domain/, application/ and projections/: pyproject.toml).
 lint: $(STAMP)
