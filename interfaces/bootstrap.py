@@ -24,7 +24,7 @@ from infrastructure.agents import DerivedSecrets
 from infrastructure.changes import ChangeFeed
 from infrastructure.containers import DockerEngine
 from infrastructure.credentials import Credentials
-from infrastructure.database import database_url, eventsourcing_env, schema_lock, server_key
+from infrastructure.database import database_url, schema_lock, server_key
 from infrastructure.eventstore import ProjectingRecorder
 from infrastructure.grants import ACCESS_CHANNEL, Grants
 from infrastructure.passwords import Argon2Passwords
@@ -34,6 +34,7 @@ from infrastructure.sign_in_states import SignInStates
 from infrastructure.tracking import FollowerTracking
 from infrastructure.usage import UsageTable
 from interfaces.addresses import Addresses
+from interfaces.event_log import open_event_log
 from interfaces.readiness import Readiness
 from projections.queries import ReadModelQueries
 from projections.view import ReadModelView
@@ -159,16 +160,6 @@ class Sandbar:
         self.changes.stop()
         self.activity.flush()
         self.log.close()
-
-
-def open_event_log(settings: Settings, url: str | None = None) -> EventLog:
-    """The event log on the configured (or embedded) PostgreSQL, its views of this code's
-    version: current, or (after a change of version) to be rebuilt by a catch-up."""
-    event_log = EventLog(env=eventsourcing_env(url or database_url(settings), settings))
-    recorder = event_log.recorder
-    assert isinstance(recorder, ProjectingRecorder)
-    recorder.read_model.ensure_current(event_log.mapper.to_domain_event)
-    return event_log
 
 
 def build(settings: Settings) -> Sandbar:

@@ -22,7 +22,7 @@ import pytest
 
 from application.eventlog import EventLog
 from infrastructure.settings import Settings
-from interfaces.bootstrap import open_event_log
+from interfaces.event_log import open_event_log
 from projections.view import ReadModelView
 from tests.conftest import run_sandbar
 from tests.golden import record

@@ -43,7 +43,7 @@ def _uuid(value: str) -> UUID:
 
 
 def _open() -> Any:
-    from interfaces.bootstrap import open_event_log
+    from interfaces.event_log import open_event_log
 
     return open_event_log(Settings.from_env())
 
