@@ -49,6 +49,18 @@ FAST_HASHING = {
 }
 
 
+# `make test-fast` sets SANDBAR_TEST_QUICK=1: the property tests whose every example costs
+# many round trips to a server or the database run fewer examples there (see ``examples``);
+# `make test`, which CI runs, runs them all.
+QUICK = os.environ.get("SANDBAR_TEST_QUICK") == "1"
+
+
+def examples(full: int) -> int:
+    """How many examples a costly hypothesis test runs: ``full``, or in the quick tier a
+    third of them (at least ten)."""
+    return max(10, full // 3) if QUICK else full
+
+
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[str]:
     """URL of a PostgreSQL server's maintenance database."""
@@ -73,6 +85,10 @@ def make_database(postgres_server: str) -> Iterator[Callable[[], str]]:
         name = f"sandbar_test_{uuid.uuid4().hex[:12]}"
         with psycopg.connect(postgres_server, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
+            # Commits that return before the disk has them (a crash of PostgreSQL may lose
+            # the last few; a test database has nothing to keep): on a busy machine the
+            # wait for the disk was most of the time a test spent in the database.
+            conn.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = off')
         names.append(name)
         params = conninfo_to_dict(postgres_server)
         params["dbname"] = name
@@ -90,17 +106,22 @@ def database_url(make_database: Callable[[], str]) -> str:
     return make_database()
 
 
-@pytest.fixture(scope="session")
-def server_env(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def env_for(database_url: str, data_dir: Path) -> dict[str, str]:
+    """The settings of a test server (or an in-process Sandbar) on ``database_url``."""
     return {
         **FAST_HASHING,
         # The API tests run without the container worker: their cloud sandboxes stay in
         # `creating`. tests/containers/ starts a worker against a real engine.
         "SANDBAR_WORKER": "false",
         "SANDBAR_DATABASE_URL": database_url,
-        "SANDBAR_DATA_DIR": str(tmp_path_factory.mktemp("data")),
+        "SANDBAR_DATA_DIR": str(data_dir),
         "SANDBAR_SECRET_KEY": "test-secret-key-" + uuid.uuid4().hex,
     }
+
+
+@pytest.fixture(scope="session")
+def server_env(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return env_for(database_url, tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture(scope="session")

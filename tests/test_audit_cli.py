@@ -24,8 +24,10 @@ import pytest
 
 from domain.base import acting_as
 from domain.workspaces import Membership, Workspace
+from infrastructure.settings import Settings
+from interfaces.bootstrap import build
 from interfaces.http.deps import SESSION_COOKIE
-from tests.conftest import PASSWORD, User, register, run_sandbar
+from tests.conftest import PASSWORD, User, env_for, register, run_sandbar, running
 
 # Slack for the CLI printing times to the millisecond.
 MS = timedelta(milliseconds=1)
@@ -56,6 +58,26 @@ class History:
     t2: datetime
     t3: datetime
     t_end: datetime
+
+
+# A database of the module's own: the CLI reads the whole log every time it runs, which
+# should hold this module's history, not all that the run wrote before it.
+@pytest.fixture(scope="module")
+def server_env(make_database, tmp_path_factory):
+    return env_for(make_database(), tmp_path_factory.mktemp("audit-data"))
+
+
+@pytest.fixture(scope="module")
+def sandbar(server_env):
+    app = build(Settings.from_env(server_env))
+    yield app
+    app.close()
+
+
+@pytest.fixture(scope="module")
+def server(server_env, tmp_path_factory):
+    with running(server_env, tmp_path_factory.mktemp("audit") / "server.log") as proc:
+        yield proc.url
 
 
 @pytest.fixture(scope="module")

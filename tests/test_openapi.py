@@ -28,11 +28,11 @@ from schemathesis.core.result import Err, Ok
 from schemathesis.errors import InvalidSchema
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from tests.conftest import FAST_HASHING, PASSWORD, ROOT, running
+from tests.conftest import FAST_HASHING, PASSWORD, ROOT, examples, running
 
 DOC = ROOT / "docs" / "api.md"
 SESSION_COOKIE = "sandbar_session"
-EXAMPLES = 25  # per operation and mode: the run stays well under a minute
+EXAMPLES = examples(25)  # per operation and mode: the run stays well under a minute
 
 
 # docs/api.md, read.

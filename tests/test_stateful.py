@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -41,7 +41,9 @@ from domain.errors import IllegalTransition
 from domain.roles import Role
 from domain.sandboxes import EVENT_STATUS, TRANSITIONS, Kind, Sandbox, Status
 from domain.workspaces import Membership, Workspace
-from interfaces.bootstrap import Sandbar
+from infrastructure.settings import Settings
+from interfaces.bootstrap import Sandbar, build
+from tests.conftest import env_for, examples
 
 S = Status
 ROLES = [r.name for r in Role]
@@ -107,6 +109,17 @@ class SandboxModel:
     status: Status
     events: list[tuple[str, str]] = field(default_factory=list)  # (event name, actor)
     started: bool = False  # its agent once started: its deletion waits on the engine
+
+
+@pytest.fixture(scope="module")
+def sandbar(
+    make_database: Callable[[], str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Sandbar]:
+    """A Sandbar on a database of its own: every example ends with a full replay of the
+    log, which should hold this test's history, not all that the run wrote before it."""
+    app = build(Settings.from_env(env_for(make_database(), tmp_path_factory.mktemp("st"))))
+    yield app
+    app.close()
 
 
 @pytest.fixture(scope="module")
@@ -507,7 +520,7 @@ def test_random_command_sequences_keep_every_invariant(
     run_state_machine_as_test(
         Machine,
         settings=settings(
-            max_examples=25,
+            max_examples=examples(25),
             stateful_step_count=25,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow],
