@@ -531,15 +531,15 @@ def test_heartbeats_find_a_frozen_sandbar(
 
 
 def test_an_agent_keeps_dialing_a_server_that_answers_nothing_valid(
-    server_env: dict[str, str], agent_app: tuple[TestAgent, int], tmp_path: Path
+    make_local: Callable[..., Local],
 ) -> None:
     """A front that takes the connection and drops it without an HTTP answer (a server
     restarting behind a load balancer, say): the agent says so and dials again, it does
     not exit."""
-    server = ServerProcess(server_env, tmp_path / "server.log").start()
     agent: AgentProcess | None = None
     try:
-        local, agent = own_agent(server, agent_app[1], tmp_path)
+        local = make_local()
+        agent = local.connect()
         local.wait_status("running")
         agent.stop()
         with socket.socket() as front:
@@ -561,25 +561,24 @@ def test_an_agent_keeps_dialing_a_server_that_answers_nothing_valid(
     finally:
         if agent is not None:
             agent.stop()
-        server.stop()
 
 
 def test_a_body_ended_by_its_connection_is_cut_when_the_tunnel_dies(
-    server_env: dict[str, str], tmp_path: Path
+    make_local: Callable[..., Local],
 ) -> None:
     """The local server answers without a length (its body ends when its connection
     does); the agent dies mid-body: the browser's transfer breaks off, never ending as
     if the body were whole."""
-    server = ServerProcess(server_env, tmp_path / "server.log").start()
     agent: AgentProcess | None = None
     with socket.socket() as target:
         target.bind(("127.0.0.1", 0))
         target.listen(4)
         target.settimeout(20)
         try:
-            local, agent = own_agent(server, target.getsockname()[1], tmp_path)
+            local = make_local(target_port=target.getsockname()[1])
+            agent = local.connect()
             local.wait_status("running")
-            browser = socket.create_connection(("127.0.0.1", server.port), timeout=20)
+            browser = socket.create_connection(("127.0.0.1", local.server.port), timeout=20)
             browser.sendall(
                 f"GET /page HTTP/1.1\r\nHost: {local.host}\r\n"
                 f"Authorization: Bearer {local.token}\r\n\r\n".encode()
@@ -600,21 +599,19 @@ def test_a_body_ended_by_its_connection_is_cut_when_the_tunnel_dies(
         finally:
             if agent is not None:
                 agent.stop()
-            server.stop()
 
 
 def test_an_agent_stopped_while_its_opencode_starts_stops_it_too(
-    server_env: dict[str, str], tmp_path: Path
+    make_local: Callable[..., Local], tmp_path: Path
 ) -> None:
     """SIGTERM while ``--start-opencode`` waits for the opencode it started to answer:
     the agent exits, and that opencode with it (none is left holding the port)."""
-    server = ServerProcess(server_env, tmp_path / "server.log").start()
     pid_file = tmp_path / "opencode.pid"
     fake = tmp_path / "opencode"  # starts, never answers
     fake.write_text(f"#!/bin/sh\necho $$ > {pid_file}\nexec sleep 300\n")
     fake.chmod(0o755)
     try:
-        local = own_local(server, free_port(), tmp_path)
+        local = make_local(target_port=free_port())
         agent = local.connect("--start-opencode", "--opencode", str(fake))
         deadline = time.monotonic() + 20
         while not pid_file.exists() or not pid_file.read_text().strip():
@@ -631,7 +628,6 @@ def test_an_agent_stopped_while_its_opencode_starts_stops_it_too(
         if pid_file.exists() and pid_file.read_text().strip():
             with contextlib.suppress(OSError):  # (left behind only if the test failed)
                 os.kill(int(pid_file.read_text()), signal.SIGKILL)
-        server.stop()
 
 
 def _state(pid: int) -> str:
