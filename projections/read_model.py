@@ -22,8 +22,9 @@ from projections import audit_index, workspace_log
 # Bump when a table's shape or a handler's meaning changes: the views are then
 # dropped and rebuilt from the log (in the background: projections/view.py).
 # 3: the workspace log (projections/workspace_log.py); 4: sandbar_identities; 5: the
-# workspace's created_at in sandbar_members, the lists' indexes; 6: the audit index.
-VERSION = 6
+# workspace's created_at in sandbar_members, the lists' indexes; 6: the audit index; 7: the
+# workspace log's indexes by kind, event, actor and subject (the history's filtered pages).
+VERSION = 7
 
 VIEWS: dict[str, tuple[str, str]] = {
     # name: (columns, primary key used to order rows when comparing)

@@ -27,7 +27,19 @@ COLUMNS = (
     " kind text NOT NULL, event text NOT NULL, actor text NOT NULL, subject text,"
     " time timestamptz NOT NULL, item jsonb"
 )
-INDEXES = (f"CREATE INDEX IF NOT EXISTS {TABLE}_workspace_idx ON {TABLE} (workspace_id, position)",)
+# The history's pages, each one index range scan (projections/workspace_log_queries.py):
+# all of a workspace's rows, those of one kind, of one event, by one actor, about one
+# subject; newest first.
+INDEXES = tuple(
+    f"CREATE INDEX IF NOT EXISTS {TABLE}_{name}_idx ON {TABLE} ({columns})"
+    for name, columns in (
+        ("workspace", "workspace_id, position"),
+        ("kind", "workspace_id, kind, position"),
+        ("event", "workspace_id, event, position"),
+        ("actor", "workspace_id, actor, position"),
+        ("subject", "workspace_id, subject, position"),
+    )
+)
 
 _INSERT = (
     f"INSERT INTO {TABLE} (position, workspace_id, aggregate_id, kind, event, actor,"

@@ -39,6 +39,22 @@ def _between(workspace_id: UUID, after: int, before: int) -> tuple[Any, ...]:
     return (workspace_id, after, workspace_id, before)
 
 
+def _newest(
+    workspace_id: UUID, column: str | None, value: str | None, before: int
+) -> tuple[str, str, list[Any]]:
+    """(condition, order, parameters) of the workspace's rows before position ``before``
+    whose ``column`` is ``value`` (all, if None), newest first: one backward range scan
+    of the index on (workspace_id, column, position) (projections/workspace_log.py)."""
+    if column is None:
+        return _IN_RANGE, _NEWEST_FIRST, [*_between(workspace_id, FIRST, before)]
+    key = f"(workspace_id, {column}, position)"
+    return (
+        f"{key} > (%s, %s, %s) AND {key} < (%s, %s, %s)",
+        f"ORDER BY workspace_id DESC, {column} DESC, position DESC",
+        [workspace_id, value, FIRST, workspace_id, value, before],
+    )
+
+
 class WorkspaceLogQueries:
     def __init__(self, datastore: PostgresDatastore) -> None:
         self._db = datastore
@@ -94,17 +110,31 @@ class WorkspaceLogQueries:
         """Newest first: events before ``before`` (all, if None), by or about ``person``,
         of ``kind`` (``sandbox``, ``member``, ``workspace``, or an event's name such as
         ``Sandbox.Paused``)."""
-        where = [_IN_RANGE]
-        params: list[Any] = [*_between(workspace_id, FIRST, LAST if before is None else before)]
-        if person is not None:
-            where.append("(actor = %s OR subject = %s)")
-            params += [str(person), str(person)]
-        if kind is not None:
-            where.append("(kind = %s OR event = %s)")
-            params += [kind, kind]
+        top = LAST if before is None else before
+        # The column a kind is matched on: an event's name has a dot, a kind none.
+        kind_column = None if kind is None else "event" if "." in kind else "kind"
+        if person is None:  # one range: of the workspace, or of its rows of that kind
+            where, order, params = _newest(workspace_id, kind_column, kind, top)
+            return self._all(
+                f"SELECT {_COLUMNS} FROM {TABLE} WHERE {where} {order} LIMIT %s",
+                (*params, limit),
+            )
+        # By or about a person: the newest by them and the newest about them (not by
+        # them: no row twice), each one range, merged.
+        branches, params = [], []
+        for column, not_by_them in (("actor", False), ("subject", True)):
+            where, order, more = _newest(workspace_id, column, str(person), top)
+            if not_by_them:
+                where += " AND actor <> %s"
+                more.append(str(person))
+            if kind_column is not None:
+                where += f" AND {kind_column} = %s"
+                more.append(kind)
+            branches.append(f"(SELECT * FROM {TABLE} WHERE {where} {order} LIMIT %s)")
+            params += [*more, limit]
         return self._all(
-            f"SELECT {_COLUMNS} FROM {TABLE} WHERE {' AND '.join(where)}"
-            f" {_NEWEST_FIRST} LIMIT %s",
+            f"SELECT {_COLUMNS} FROM ({' UNION ALL '.join(branches)}) AS mine"
+            " ORDER BY position DESC LIMIT %s",
             (*params, limit),
         )
 

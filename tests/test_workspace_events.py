@@ -239,6 +239,46 @@ def test_history_pages_newest_first_with_a_link(team: tuple[User, User, str]) ->
     )
 
 
+def test_history_filters_page_like_the_whole_history_filtered(
+    team: tuple[User, User, str],
+) -> None:
+    """Each filter (person, kind, event, both) pages through exactly the rows of the
+    whole history it matches: none lost, none twice (an owner's own membership is by
+    and about them), in the same order."""
+    owner, dev, wid = team
+    boxes = f"/api/workspaces/{wid}/sandboxes"
+    for who, name in ((owner, "o1"), (dev, "d1"), (owner, "o2"), (dev, "d2")):
+        who.client.post(boxes, json={"name": name, "type": "opencode"})
+    history = f"/api/workspaces/{wid}/history"
+
+    def every(params: dict[str, str], limit: int = 2) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        r = dev.client.get(history, params={**params, "limit": limit})
+        while True:
+            assert r.status_code == 200, r.text
+            rows += r.json()
+            if "next" not in r.links:
+                return rows
+            r = dev.client.get(r.links["next"]["url"])
+
+    whole = every({})
+
+    def about(e: dict[str, Any]) -> str | None:  # (a member's entry is about that user)
+        return e["id"] if e["kind"] == "member" else None
+
+    for person in (owner.id, dev.id, None):
+        for kind in (None, "member", "sandbox", "Membership.Added", "Sandbox.Requested"):
+            params = {k: v for k, v in (("person", person), ("kind", kind)) if v}
+            expected = [
+                e
+                for e in whole
+                if (person is None or person in (e["actor"], about(e)))
+                and (kind is None or kind in (e["kind"], e["event"]))
+            ]
+            assert every(params) == expected == every(params, 100), params
+    assert any(e["actor"] == about(e) == owner.id for e in whole)
+
+
 def test_as_it_was_at_a_moment_matches_the_audit_replay(
     team: tuple[User, User, str], sandbar: Sandbar
 ) -> None:
