@@ -8,8 +8,10 @@ makes any page cost the same). The figure is compared against the target (5 ms) 
 against the same list at 1k rows in the same run (the baseline: `vs_1k`); `GET /healthz`
 is timed in the same rounds, for the HTTP round trip's own share. At each size each
 list's query is run under EXPLAIN ANALYZE, and the plan's nodes are printed: an index
-range scan of the page's rows, no sort, no scan of the whole list. (Each size has a user
-and a workspace of its own, all in one database: a list's rows sit among the others'.)
+range scan of the page's rows, no sort, no scan of the whole list (the history's also
+filtered by person, whose rows they all are, and by kind=member, of which it has none).
+(Each size has a user and a workspace of its own, all in one database: a list's rows sit
+among the others'.)
 
 The lists:
   workspaces  GET /api/workspaces: the caller in N workspaces
@@ -66,6 +68,7 @@ from tests.conftest import FAST_HASHING, ServerProcess, register  # noqa: E402
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 TARGET_MS = 5.0
 LISTS = ("workspaces", "members", "sandboxes", "usage", "history")
+FILTERED_PLANS = ("history?person", "history?kind")  # (planned, not timed)
 USAGE_DAYS = 366
 WARMUP = 20
 BURST = 5
@@ -291,6 +294,9 @@ def plan_of(url: str, name: str, ids: dict[str, UUID], limit: int) -> dict[str, 
         reads.sandboxes(workspace, None, limit + 1)
     elif name == "history":
         WorkspaceLogQueries(store).page(workspace, None, limit)  # type: ignore[arg-type]
+    elif name.startswith("history?"):  # filtered: all the rows (by the user); none (members)
+        person, kind = (user, None) if name == "history?person" else (None, "member")
+        WorkspaceLogQueries(store).page(workspace, None, limit, person, kind)  # type: ignore[arg-type]
     else:
         since = datetime.now(UTC).date() - timedelta(days=USAGE_DAYS - 1)
         UsageTable.report(types.SimpleNamespace(_db=store), workspace, since, None, limit + 1)  # type: ignore[arg-type]
@@ -358,7 +364,10 @@ def run(sizes: list[int], requests: int) -> dict[str, Any]:
                 conn.execute("ANALYZE")
             samples = interleaved(points, users[0].client, requests)
             plans = {
-                str(size): {name: plan_of(url, name, ids_of[size], 100) for name in LISTS}
+                str(size): {
+                    name: plan_of(url, name, ids_of[size], 100)
+                    for name in (*LISTS, *FILTERED_PLANS)
+                }
                 for size in sizes
             }
         except Exception:
