@@ -29,7 +29,7 @@ postgresql://postgres@127.0.0.1:5432/postgres), dropped at the end. Prints JSON 
 bench/results/scale_lists.json. Never asserts a timing.
 
 Usage: .venv/bin/python bench/scale_lists.py [--quick] [--sizes 1000,10000,100000]
-    [--requests 200] [--no-save]
+    [--requests 200] [--lists workspaces,members,sandboxes,usage,history] [--no-save]
 """
 
 from __future__ import annotations
@@ -323,7 +323,7 @@ def _nodes(plan: dict[str, Any], depth: int = 0) -> list[str]:
 # The run.
 
 
-def run(sizes: list[int], requests: int) -> dict[str, Any]:
+def run(sizes: list[int], requests: int, lists: tuple[str, ...] = LISTS) -> dict[str, Any]:
     load_before = os.getloadavg()
     plans: dict[str, dict[str, Any]] = {}
     # (list, size, "first" | "middle") -> (client, url); timed in interleaved rounds.
@@ -350,7 +350,7 @@ def run(sizes: list[int], requests: int) -> dict[str, Any]:
                 r.raise_for_status()
                 ids_of[size] = {"user": UUID(user.id), "workspace": UUID(r.json()["id"])}
                 with psycopg.connect(url, autocommit=True) as conn:
-                    for name in LISTS:
+                    for name in lists:
                         rows[name, size] = grow(conn, name, ids_of[size], size)
                         base = path_of(name, ids_of[size]["workspace"])
                         key = middle_key(conn, name, ids_of[size], rows[name, size])
@@ -366,7 +366,7 @@ def run(sizes: list[int], requests: int) -> dict[str, Any]:
             plans = {
                 str(size): {
                     name: plan_of(url, name, ids_of[size], 100)
-                    for name in (*LISTS, *FILTERED_PLANS)
+                    for name in (*lists, *(FILTERED_PLANS if "history" in lists else ()))
                 }
                 for size in sizes
             }
@@ -378,8 +378,8 @@ def run(sizes: list[int], requests: int) -> dict[str, Any]:
                 user.client.close()
             server.stop()
     baseline = min(sizes)
-    results: dict[str, Any] = {name: {} for name in LISTS}
-    for name in LISTS:
+    results: dict[str, Any] = {name: {} for name in lists}
+    for name in lists:
         base_p50 = statistics.median(samples[name, baseline, "first"])
         for size in sizes:
             first = summary(samples[name, size, "first"])
@@ -438,11 +438,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--no-save", action="store_true", help="do not write bench/results")
     parser.add_argument("--quick", action="store_true", help="1k and 10k rows, 50 requests")
+    parser.add_argument("--lists", default=",".join(LISTS), help="which lists, by name")
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes, args.requests = "1000,10000", 50
     sizes = sorted(int(s) for s in args.sizes.split(","))
-    out = run(sizes, args.requests)
+    lists = tuple(name for name in args.lists.split(",") if name)
+    if set(lists) - set(LISTS):
+        parser.error(f"lists are among {', '.join(LISTS)}")
+    out = run(sizes, args.requests, lists)
     text = json.dumps(out, indent=2)
     print(text)
     if not args.no_save:
