@@ -17,6 +17,7 @@ not figures to quote. Writes bench/results/scale.json (every part's figures, the
 the machine's load) and prints the table. Never asserts a timing.
 
 Usage: .venv/bin/python bench/bench_scale.py [--quick] [--only create,lists,audit]
+    [--lists workspaces,members,sandboxes,usage,history]
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ Row = tuple[str, str, str, str]  # (what, figure, target, verdict)
 # The parts: each runs its module and returns (figures, rows of the table).
 
 
-def create_part(quick: bool) -> tuple[dict[str, Any], list[Row]]:
+def create_part(quick: bool, _: argparse.Namespace) -> tuple[dict[str, Any], list[Row]]:
     sizes, samples = ([0, 1000], 50) if quick else ([0, 1000, 10000], 200)
     with postgres_server() as (server_url, _), fresh_database(server_url) as url:
         env = {
@@ -85,8 +86,10 @@ def create_part(quick: bool) -> tuple[dict[str, Any], list[Row]]:
     return figures, rows
 
 
-def lists_part(quick: bool) -> tuple[dict[str, Any], list[Row]]:
-    figures = scale_lists.main(["--no-save", *(["--quick"] if quick else [])])
+def lists_part(quick: bool, args: argparse.Namespace) -> tuple[dict[str, Any], list[Row]]:
+    figures = scale_lists.main(
+        ["--no-save", "--lists", args.lists, *(["--quick"] if quick else [])]
+    )
     rows: list[Row] = []
     for name, by_size in figures["lists"].items():
         p50s = {size: f["first_page"]["p50_ms"] for size, f in by_size.items()}
@@ -101,7 +104,7 @@ def lists_part(quick: bool) -> tuple[dict[str, Any], list[Row]]:
     return figures, rows
 
 
-def audit_part(quick: bool) -> tuple[dict[str, Any], list[Row]]:
+def audit_part(quick: bool, _: argparse.Namespace) -> tuple[dict[str, Any], list[Row]]:
     """bench/scale_audit.py's figures, if the module exists (another branch writes it)."""
     if importlib.util.find_spec("bench.scale_audit") is None:
         return {"status": NOT_MEASURED, "why": "bench/scale_audit.py is not here yet"}, [
@@ -149,7 +152,7 @@ def audit_part(quick: bool) -> tuple[dict[str, Any], list[Row]]:
     return figures, rows
 
 
-PARTS: dict[str, Callable[[bool], tuple[dict[str, Any], list[Row]]]] = {
+PARTS: dict[str, Callable[[bool, argparse.Namespace], tuple[dict[str, Any], list[Row]]]] = {
     "create": create_part,
     "lists": lists_part,
     "audit": audit_part,
@@ -172,6 +175,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer samples")
     parser.add_argument("--only", default=",".join(PARTS), help="parts to run, by name")
+    parser.add_argument(
+        "--lists", default=",".join(scale_lists.LISTS), help="the lists to measure, by name"
+    )
     args = parser.parse_args(argv)
     chosen = [p for p in args.only.split(",") if p]
     unknown = set(chosen) - set(PARTS)
@@ -189,7 +195,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows: list[Row] = []
     for name in chosen:
         print(f"== {name}", file=sys.stderr, flush=True)
-        figures, part_rows = PARTS[name](args.quick)
+        figures, part_rows = PARTS[name](args.quick, args)
         results[name] = figures
         rows += part_rows
     results["machine"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
