@@ -384,7 +384,7 @@ def test_views_of_the_version_before_are_rebuilt(make_database, tmp_path) -> Non
         assert [w["id"] for w in rest.rows] == made[2:] and rest.next is None
     finally:
         app.close()
-    assert read_model.VERSION >= 6  # (5 made the columns above; 6, the audit index; 7, the log's indexes)
+    assert read_model.VERSION >= 6  # (5: the columns above; 6: the audit index; 7: the log's)
 
 
 def test_rows_of_the_same_time_are_ordered_by_id(make_database, tmp_path) -> None:
