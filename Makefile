@@ -7,7 +7,7 @@ LOCK   := requirements/dev.txt
 LOCK_FLAGS := --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url \
 	--no-emit-find-links
 
-.PHONY: run test test-fast lint bench images install lock clean
+.PHONY: run test test-fast lint bench images image install lock clean
 
 install: $(STAMP)
 
@@ -59,6 +59,10 @@ bench: $(STAMP)
 
 images:
 	images/build.sh all
+
+# The image of Sandbar itself and PostgreSQL's for compose.yaml, built locally (no registry).
+image:
+	images/sandbar/build.sh all
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
