@@ -189,3 +189,32 @@ def test_compose_up_serves_the_api(
         down = run("down", "--volumes", "--timeout", str(GRACE))
     assert down.returncode == 0, down.stderr
     assert run("ps", "--quiet").stdout.strip() == ""
+
+
+def test_compose_file_is_valid_for_a_stack(docker_host: str, tmp_path: Path) -> None:
+    """The same file deploys on a swarm: `docker stack config` (the Docker CLI's own
+    loader) reads it, settings from the environment, with no `build:` and no option a
+    stack refuses."""
+    docker_cli = shutil.which("docker")
+    if docker_cli is None:
+        pytest.skip("no docker CLI")
+    env = {
+        **os.environ,
+        "DOCKER_HOST": docker_host,
+        "SANDBAR_SECRET_KEY": "stack-test",
+        "POSTGRES_PASSWORD": "stack-test",
+        "SANDBAR_IMAGE": "registry.example.com/sandbar:1",
+    }
+    shutil.copy(ROOT / "compose.yaml", tmp_path / "compose.yaml")
+    (tmp_path / ".env").write_text("")
+    done = subprocess.run(
+        [docker_cli, "stack", "config", "--compose-file", "compose.yaml"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "build:" not in done.stdout
+    assert "image: registry.example.com/sandbar:1" in done.stdout, done.stdout
