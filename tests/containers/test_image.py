@@ -42,11 +42,17 @@ def socket_of(docker_host: str) -> Path:
     return Path(docker_host.removeprefix("unix://"))
 
 
-def healthy(url: str) -> bool:
+def answers(url: str, path: str) -> bool:
     try:
-        return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+        return httpx.get(f"{url}{path}", timeout=2).status_code == 200
     except httpx.TransportError:
         return False
+
+
+def up(url: str, what: str) -> None:
+    """Alive (/healthz), then ready (/readyz: the views caught up)."""
+    wait_until(lambda: answers(url, "/healthz"), what=f"{what} /healthz", timeout=120)
+    wait_until(lambda: answers(url, "/readyz"), what=f"{what} /readyz", timeout=60)
 
 
 def serves_the_api(url: str) -> None:
@@ -101,7 +107,7 @@ def deployment(engine: Any, images: tuple[str, str], docker_host: str) -> Iterat
         )
         made.append(app)
         url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: healthy(url), what="the image's /healthz", timeout=120)
+        up(url, "the image's")
         yield {"url": url, "app": app}
     finally:
         for c in made:
@@ -177,11 +183,11 @@ def test_compose_up_serves_the_api(
             [*compose, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
         )
 
-    up = run("up", "--detach")
+    started = run("up", "--detach")
     try:
-        assert up.returncode == 0, up.stderr
+        assert started.returncode == 0, started.stderr
         url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: healthy(url), what="compose's Sandbar /healthz", timeout=120)
+        up(url, "compose's Sandbar")
         serves_the_api(url)
         logs = run("logs", "--no-color", "sandbar").stdout
         assert "the container engine answers" in logs, logs
