@@ -67,52 +67,64 @@ def serves_the_api(url: str) -> None:
         user.client.close()
 
 
-@pytest.fixture
-def deployment(engine: Any, images: tuple[str, str], docker_host: str) -> Iterator[dict]:
-    """The two images on a network of their own: PostgreSQL, and Sandbar with the worker
-    on and the engine's socket mounted, run as the image says (its user, its command)."""
-    sandbar_image, postgres_image = images
-    sock = socket_of(docker_host)
+@pytest.fixture(scope="module")
+def database(engine: Any, images: tuple[str, str]) -> Iterator[tuple[Any, str]]:
+    """PostgreSQL's image, up and answering, on a network of its own: the container and
+    the network's name."""
     name = f"sbimg-{uuid.uuid4().hex[:8]}"
     network = engine.networks.create(name)
-    made: list[Any] = []
+    pg = engine.containers.run(
+        images[1],
+        name=f"{name}-pg",
+        network=name,
+        environment={"POSTGRES_PASSWORD": "image-test"},
+        detach=True,
+    )
     try:
-        made.append(
-            engine.containers.run(
-                postgres_image,
-                name=f"{name}-pg",
-                network=name,
-                environment={"POSTGRES_PASSWORD": "image-test"},
-                detach=True,
-            )
+        wait_until(
+            lambda: pg.exec_run(["pg_isready", "--host=/run/postgresql"]).exit_code == 0,
+            what="PostgreSQL's image ready",
         )
-        port = free_port()
-        app = engine.containers.run(
-            sandbar_image,
-            name=f"{name}-app",
-            network=name,
-            environment={
-                "SANDBAR_DATABASE_URL": f"postgresql://sandbar:image-test@{name}-pg/sandbar",
-                "SANDBAR_SECRET_KEY": f"image-test-{uuid.uuid4().hex}",
-                "SANDBAR_SANDBOX_FIREWALL": "false",
-                "SANDBAR_ARGON2_MEMORY_KIB": "8192",
-                "DOCKER_HOST": "unix:///var/run/docker.sock",
-            },
-            group_add=[str(sock.stat().st_gid)],
-            volumes={str(sock): {"bind": "/var/run/docker.sock", "mode": "rw"}},
-            ports={"8080/tcp": ("127.0.0.1", port)},
-            # Sandbar stops when the database is not up yet: started again, as in compose.
-            restart_policy={"Name": "on-failure", "MaximumRetryCount": 30},
-            detach=True,
-        )
-        made.append(app)
+        yield pg, name
+    finally:
+        pg.remove(force=True, v=True)
+        network.remove()
+
+
+@pytest.fixture
+def deployment(
+    engine: Any, images: tuple[str, str], database: tuple[Any, str], docker_host: str
+) -> Iterator[dict]:
+    """Sandbar's image on a database of its own, with the worker on and the engine's
+    socket mounted, run as the image says (its user, its command)."""
+    pg, network = database
+    sock = socket_of(docker_host)
+    db = f"sandbar_{uuid.uuid4().hex[:8]}"
+    made = pg.exec_run(["createdb", "--host=/run/postgresql", "--username=sandbar", db])
+    assert made.exit_code == 0, made.output
+    port = free_port()
+    app = engine.containers.run(
+        images[0],
+        name=f"{network}-{db}",
+        network=network,
+        environment={
+            "SANDBAR_DATABASE_URL": f"postgresql://sandbar:image-test@{pg.name}/{db}",
+            "SANDBAR_SECRET_KEY": f"image-test-{uuid.uuid4().hex}",
+            "SANDBAR_SANDBOX_FIREWALL": "false",
+            "SANDBAR_ARGON2_MEMORY_KIB": "8192",
+            "DOCKER_HOST": "unix:///var/run/docker.sock",
+        },
+        group_add=[str(sock.stat().st_gid)],
+        volumes={str(sock): {"bind": "/var/run/docker.sock", "mode": "rw"}},
+        ports={"8080/tcp": ("127.0.0.1", port)},
+        detach=True,
+    )
+    try:
         url = f"http://127.0.0.1:{port}"
         up(url, "the image's")
         yield {"url": url, "app": app}
     finally:
-        for c in made:
-            c.remove(force=True, v=True)
-        network.remove()
+        app.remove(force=True, v=True)
 
 
 def test_image_serves_the_api_as_a_non_root_user(deployment: dict) -> None:
@@ -132,6 +144,8 @@ def stopped_by_sigterm(app: Any) -> tuple[int, str]:
     grace period), and the log."""
     app.kill(signal="SIGTERM")
     status = app.wait(timeout=GRACE)["StatusCode"]
+    app.reload()
+    assert app.status == "exited"
     return status, app.logs().decode()
 
 
