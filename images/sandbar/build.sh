@@ -57,6 +57,9 @@ build_sandbar() {
   local locked
   locked="$BASE_PACKAGES $(hash_of requirements/runtime.txt)"
   if [ "$(cat "$base.locked" 2>/dev/null)" != "$locked" ]; then
+    # The wheels are fetched by this machine's Python for itself: bookworm's is 3.11.
+    python3 -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || {
+      echo "images/sandbar/build.sh: python3 here must be 3.11, as in the image" >&2; exit 1; }
     rootfs "$base" "$BASE_PACKAGES"
     # Wheels fetched here by this machine's pip (its index and certificates), for
     # this machine (python3.11 on x86_64 glibc, as the root), installed there offline.
