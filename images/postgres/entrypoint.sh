@@ -14,8 +14,14 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
     --auth-host=scram-sha-256 --encoding=UTF8 --locale=C.UTF-8 >/dev/null
   rm -f "$pwfile"
   echo "host all all all scram-sha-256" >>"$PGDATA/pg_hba.conf"
-  pg_ctl --pgdata="$PGDATA" --options="-c listen_addresses=''" --wait start >/dev/null
-  if [ "$db" != postgres ]; then createdb --username="$user" --owner="$user" "$db"; fi
+  # Set up on a private socket, so that no client (nor a health check) sees this server.
+  init=$(mktemp -d)
+  pg_ctl --pgdata="$PGDATA" --wait start \
+    --options="-c listen_addresses='' -c unix_socket_directories=$init" >/dev/null
+  if [ "$db" != postgres ]; then
+    createdb --host="$init" --username="$user" --owner="$user" "$db"
+  fi
   pg_ctl --pgdata="$PGDATA" --mode=fast --wait stop >/dev/null
+  rmdir "$init"
 fi
 exec postgres -D "$PGDATA" -c listen_addresses='*' -c unix_socket_directories=/run/postgresql "$@"
