@@ -34,6 +34,12 @@ in_root() {  # $1: root, then a command to run there, in a clean environment
 rootfs() {  # $1: folder, $2: packages (comma-separated); a bookworm root, cached by its list
   local root=$1 packages=$2
   if [ -f "$root.done" ] && [ "$(cat "$root.done")" = "$packages" ]; then return; fi
+  if ! command -v mmdebstrap >/dev/null; then  # CI: root on a fresh Debian machine
+    say "installing mmdebstrap"
+    apt-get -qq -o DPkg::Lock::Timeout=600 update >&2
+    DEBIAN_FRONTEND=noninteractive apt-get -qq -o DPkg::Lock::Timeout=600 install -y \
+      --no-install-recommends mmdebstrap >&2
+  fi
   say "mmdebstrap bookworm: $packages"
   rm -rf "$root" "$root.done"
   mmdebstrap --quiet --variant=minbase --include="$packages" \
