@@ -23,8 +23,9 @@ from projections import audit_index, workspace_log
 # dropped and rebuilt from the log (in the background: projections/view.py).
 # 3: the workspace log (projections/workspace_log.py); 4: sandbar_identities; 5: the
 # workspace's created_at in sandbar_members, the lists' indexes; 6: the audit index; 7: the
-# workspace log's indexes by kind, event, actor and subject (the history's filtered pages).
-VERSION = 7
+# workspace log's indexes by kind, event, actor and subject (the history's filtered pages);
+# 8: the sandboxes a workspace counts, by an index of their own.
+VERSION = 8
 
 VIEWS: dict[str, tuple[str, str]] = {
     # name: (columns, primary key used to order rows when comparing)
@@ -81,6 +82,11 @@ INDEXES = (
     " ON sandbar_members (workspace_id, added_at, user_id) WHERE active",
     "CREATE INDEX IF NOT EXISTS sandbar_sandboxes_workspace_idx"
     " ON sandbar_sandboxes (workspace_id, created_at, id)",
+    # A workspace's sandbox count (queries._COUNTS) read off this index alone: with the
+    # list's index, a few workspaces holding most sandboxes made PostgreSQL scan the
+    # table once per workspace listed (1.2 s for a page of 100 beside 111k sandboxes).
+    "CREATE INDEX IF NOT EXISTS sandbar_sandboxes_live_idx"
+    " ON sandbar_sandboxes (workspace_id) WHERE status <> 'deleting'",
     *workspace_log.INDEXES,
     *audit_index.INDEXES,
 )
