@@ -86,10 +86,10 @@ class Accounts:
 
     def me(self, user_id: UUID) -> Row:
         """The user, with the sign-in providers linked to them."""
-        user = self._reads.user(user_id)
+        user = self._reads.user_with_identities(user_id)
         if user is None:
             raise NotFound("user not found")
-        return self._with_providers(user)
+        return user
 
     def _with_providers(self, user: Row) -> Row:
         return {**user, "providers": self._reads.identities(user["id"])}

@@ -30,6 +30,12 @@ _SANDBOX = (
     " updated_at FROM sandbar_sandboxes"
 )
 
+_USER = "SELECT id, username, email, display_name, created_at FROM sandbar_users WHERE id = %s"
+_IDENTITIES = (
+    "SELECT provider, linked_at FROM sandbar_identities WHERE user_id = %s"
+    " ORDER BY linked_at, provider, subject"
+)
+
 
 class ReadModelQueries:
     def __init__(self, datastore: PostgresDatastore) -> None:
@@ -44,10 +50,7 @@ class ReadModelQueries:
             return conn.execute(sql, params, prepare=True).fetchall()
 
     def user(self, user_id: UUID) -> Row | None:
-        return self._one(
-            "SELECT id, username, email, display_name, created_at FROM sandbar_users WHERE id = %s",
-            (user_id,),
-        )
+        return self._one(_USER, (user_id,))
 
     def user_by_username(self, username: str) -> Row | None:
         return self._one(
@@ -59,11 +62,17 @@ class ReadModelQueries:
     def identities(self, user_id: UUID) -> list[Row]:
         """The provider accounts linked to the user, oldest first (no subject: the
         account's id at the provider is not the API's to hand out)."""
-        return self._all(
-            "SELECT provider, linked_at FROM sandbar_identities WHERE user_id = %s"
-            " ORDER BY linked_at, provider, subject",
-            (user_id,),
-        )
+        return self._all(_IDENTITIES, (user_id,))
+
+    def user_with_identities(self, user_id: UUID) -> Row | None:
+        """``user`` with its ``identities`` as "providers", on one connection (every
+        signed-in page asks: one pool checkout, not two)."""
+        with self._db.get_connection() as conn:
+            user = conn.execute(_USER, (user_id,), prepare=True).fetchone()
+            if user is None:
+                return None
+            providers = conn.execute(_IDENTITIES, (user_id,), prepare=True).fetchall()
+        return {**user, "providers": providers}
 
     def role(self, workspace_id: UUID, user_id: UUID) -> str | None:
         row = self._one(
