@@ -53,15 +53,10 @@ def create_app(
     api.state.sandbar = sandbar
     api.state.stream_hub = hub or stream_hub(sandbar)
     errors.install(api)
-    api.include_router(routes_auth.router)
-    api.include_router(routes_workspaces.router)
-    api.include_router(routes_sandboxes.router)
-    api.include_router(routes_usage.router)
-    api.include_router(routes_agents.router)
-    api.include_router(routes_log.router)
-
+    # The health checks first (routes are matched in order, and these are asked most),
+    # and on the event loop: nothing here waits, so no hop to a worker thread.
     @api.get("/healthz", tags=["health"], response_model=responses.Health)
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     readiness = sandbar.readiness
@@ -72,10 +67,17 @@ def create_app(
         response_model=responses.Health,
         responses=responses.answers(responses.NOT_READY),
     )
-    def readyz() -> object:
+    async def readyz() -> object:
         if readiness.ready:
             return {"status": "ready"}
         return errors.not_ready(readiness.describe())
+
+    api.include_router(routes_auth.router)
+    api.include_router(routes_workspaces.router)
+    api.include_router(routes_sandboxes.router)
+    api.include_router(routes_usage.router)
+    api.include_router(routes_agents.router)
+    api.include_router(routes_log.router)
 
     console.install(api)
     guarded = UntilReady(
