@@ -53,6 +53,7 @@ def create_app(
     api.state.sandbar = sandbar
     api.state.stream_hub = hub or stream_hub(sandbar)
     errors.install(api)
+
     # The health checks first (routes are matched in order, and these are asked most),
     # and on the event loop: nothing here waits, so no hop to a worker thread.
     @api.get("/healthz", tags=["health"], response_model=responses.Health)
