@@ -318,7 +318,12 @@ class Tunnels:
             return
         self._watching = True
         loop = asyncio.get_running_loop()
-        self._changes.subscribe(lambda: loop.call_soon_threadsafe(self._check_soon))
+
+        def changed() -> None:  # (from the feed's thread; its last call may come after
+            if not loop.is_closed():  # the server stopped, as it stops)
+                loop.call_soon_threadsafe(self._check_soon)
+
+        self._changes.subscribe(changed)
         self._changes.start()
 
     def _check_soon(self) -> None:
