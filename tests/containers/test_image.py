@@ -156,10 +156,6 @@ def test_sigterm_stops_the_container_within_the_grace_period(deployment: dict) -
     assert status in {0, 143}, logs
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 19: `sandbar serve` ends by its SIGTERM (143), not with status 0",
-)
 def test_sigterm_exits_zero(deployment: dict) -> None:
     status, logs = stopped_by_sigterm(deployment["app"])
     assert status == 0, logs
