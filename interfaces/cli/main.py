@@ -13,7 +13,6 @@ import threading
 import time
 from typing import Any
 
-from infrastructure.database import stop_embedded
 from infrastructure.settings import Settings
 from interfaces.version import VERSION
 
@@ -214,7 +213,9 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         raise
     finally:
-        stop_embedded()  # (if this process was the last to use it)
+        database = sys.modules.get("infrastructure.database")  # (not loaded: none used)
+        if database is not None:
+            database.stop_embedded()  # (stopped if this process was the last to use it)
 
 
 if __name__ == "__main__":
