@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -21,30 +20,11 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
 from infrastructure.settings import Settings
+from infrastructure.sign_in_providers import Authorization, Claims, ProviderError
 
 TIMEOUT = 10.0
 LEEWAY = 60  # seconds of clock skew allowed on exp/iat
 SIGNING_ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"]
-
-
-class ProviderError(Exception):
-    """The provider refused, or answered with something unusable; the message is safe
-    to show (it names no secret)."""
-
-
-@dataclass(frozen=True)
-class Claims:
-    subject: str
-    username_hint: str | None
-    email: str | None
-    email_verified: bool
-    name: str | None
-
-
-@dataclass(frozen=True)
-class Authorization:
-    url: str
-    nonce: str | None
 
 
 class OIDCProvider:
@@ -224,13 +204,3 @@ class GitHubProvider:
 def _reason(e: Exception) -> str:
     text = getattr(e, "description", None) or getattr(e, "error", None) or str(e)
     return str(text).splitlines()[0][:200] if text else type(e).__name__
-
-
-def providers(settings: Settings) -> dict[str, OIDCProvider | GitHubProvider]:
-    """The providers this installation has settings for."""
-    found: dict[str, OIDCProvider | GitHubProvider] = {}
-    if settings.oidc_issuer and settings.oidc_client_id:
-        found["generic"] = OIDCProvider(settings)
-    if settings.github_client_id and settings.github_client_secret:
-        found["github"] = GitHubProvider(settings)
-    return found

@@ -17,12 +17,11 @@ from application.throttle import LoginThrottle, RateLimit
 from application.usage import Usage
 from application.workspace_log import WorkspaceLog
 from application.workspaces import Workspaces
-from infrastructure import oidc
+from infrastructure import sign_in_providers
 from infrastructure.activity import ActivityTable
 from infrastructure.agent_codes import AgentCredentials
 from infrastructure.agents import DerivedSecrets
 from infrastructure.changes import ChangeFeed
-from infrastructure.containers import DockerEngine
 from infrastructure.credentials import Credentials
 from infrastructure.database import database_url, schema_lock, server_key
 from infrastructure.eventstore import ProjectingRecorder
@@ -70,6 +69,9 @@ class Sandbar:
 
     def container_worker(self) -> ContainerWorker:
         """The process manager for cloud sandboxes (run it with ``.run(stop_event)``)."""
+        # (the docker SDK is loaded only by a process that runs the worker)
+        from infrastructure.containers import DockerEngine
+
         secrets = self.secrets
         recorder = self.log.recorder
         assert isinstance(recorder, ProjectingRecorder)
@@ -229,9 +231,9 @@ def _build(settings: Settings, url: str) -> Sandbar:
             reads,
             credentials,
             SignInStates(datastore, key, settings.sign_in_ttl),
-            oidc.providers(settings),
+            sign_in_providers.providers(settings),
             link_verified_email=settings.oidc_link_verified_email,
-            provider_errors=(oidc.ProviderError,),
+            provider_errors=(sign_in_providers.ProviderError,),
         ),
         usage=Usage(
             event_log,
