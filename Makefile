@@ -35,8 +35,13 @@ lock:
 run: $(STAMP)
 	$(BIN)/sandbar serve $(ARGS)
 
+# Bytecode: where PYTHONDONTWRITEBYTECODE is set (as on the shared machine), every server and
+# CLI run a test starts would compile Sandbar's modules anew, and every worker rewrite
+# the asserts of the test modules and of pytest's plugins (some 4 s of CPU a worker): the
+# tests keep their bytecode under the venv (PYTHONPYCACHEPREFIX), out of the tree.
+TEST_ENV := env -u PYTHONDONTWRITEBYTECODE PYTHONPYCACHEPREFIX=$(abspath $(VENV))/pycache
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(TEST_ENV) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Every tier but those that need a container engine or a browser (tests/conftest.py), on
 # as many workers as the machine has cores (pytest-xdist; each worker makes its own
@@ -45,7 +50,7 @@ test: $(STAMP)
 # they can, so that a module's server is started once, and steal when one is idle.
 TEST_WORKERS ?= auto
 test-fast: $(STAMP)
-	SANDBAR_TEST_QUICK=1 $(BIN)/python -m pytest -m "not containers and not browser" \
+	$(TEST_ENV) SANDBAR_TEST_QUICK=1 $(BIN)/python -m pytest -m "not containers and not browser" \
 		-n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 # ruff, then mypy (strict for domain/, application/ and projections/: pyproject.toml).
