@@ -13,9 +13,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from uuid import UUID
 
-import anthropic
 import httpx
 import psycopg
 import pytest
@@ -40,6 +40,11 @@ from tests.conftest import (
 )
 from tests.upstream import serving
 from tests.waiting import wait_until
+
+# The official SDK is imported by the tests that call it: its import cost each xdist
+# worker over a second of CPU, in collection.
+if TYPE_CHECKING:
+    import anthropic
 
 MAX_BODY = 64 * 1024
 
@@ -79,6 +84,8 @@ class Box:
     url: str
 
     def sdk(self, **kwargs: object) -> anthropic.Anthropic:
+        import anthropic
+
         return anthropic.Anthropic(api_key=self.token, base_url=self.url, max_retries=0, **kwargs)
 
 
@@ -138,6 +145,8 @@ def test_the_sdk_plain_and_streaming(
 def test_tokens_are_checked(
     make_box: Callable[[], Box], api_server: ServerProcess, sandbar: Sandbar
 ) -> None:
+    import anthropic
+
     box = make_box()
     with pytest.raises(anthropic.AuthenticationError) as e:
         anthropic.Anthropic(
