@@ -101,6 +101,13 @@ def test_api_and_sandboxes_share_nginx_kept_alive_connections(
             assert echo.json()["query"] == f"n={n}"
         docs = owner.client.get("/docs")
         assert docs.status_code == 200 and "text/html" in docs.headers["content-type"]
+        # The console's page and its script, on the same kept-alive connections.
+        page = owner.client.get("/")
+        assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+        assert '<script type="module" src="/assets/js/main.js">' in page.text
+        script = owner.client.get("/assets/js/main.js")
+        assert script.status_code == 200 and "javascript" in script.headers["content-type"]
+        assert sandbox.get("/echo?after=console").json()["query"] == "after=console"
         # SSE and a WebSocket to the sandbox through nginx.
         sse = sandbox.get("/sse?n=4")
         assert sse.status_code == 200 and sse.text.count("data: event") == 4
