@@ -95,8 +95,12 @@ def page(listing: Listing, limit: int, after: str | None) -> Page:
 def next_link(request: Request, listing: Listing, limit: int, key: Key | None) -> dict[str, str]:
     """The headers of a page: a Link to the next one, when ``key`` says it may exist.
     The link keeps the request's other query parameters."""
-    if key is None:
-        return {}
+    return {} if key is None else link(request, limit, encode(listing, key))
+
+
+def link(request: Request, limit: int, cursor: str) -> dict[str, str]:
+    """The Link header to the page after ``cursor``, keeping the request's other query
+    parameters (any list's: the history's cursor is a log position)."""
     others = [(k, v) for k, v in request.query_params.multi_items() if k not in ("limit", "after")]
-    query = urlencode([("limit", str(limit)), ("after", encode(listing, key)), *others])
+    query = urlencode([("limit", str(limit)), ("after", cursor), *others])
     return {"link": f'<{quote(request.url.path)}?{query}>; rel="next"'}

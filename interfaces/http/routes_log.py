@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Annotated
-from urllib.parse import urlencode
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
@@ -14,7 +13,7 @@ from starlette.responses import StreamingResponse
 from application.errors import Invalid
 from application.paging import DEFAULT_LIMIT
 from application.workspace_log import MAX_PAGE
-from interfaces.http import present
+from interfaces.http import paging, present
 from interfaces.http import responses as r
 from interfaces.http.deps import App, Caller, parse_id, sandbox_origin, session_token
 from interfaces.http.event_stream import BATCH, Stream, StreamHub
@@ -97,11 +96,7 @@ def history(
     who = parse_id(person, "person") if person else None
     rows = sb.workspace_log.history(user_id, wid, after, limit, who, kind or None)
     origin = sandbox_origin(request)
-    headers = {}
-    if len(rows) == limit:
-        query = {"limit": limit, "after": rows[-1]["position"]}
-        query |= {k: v for k, v in (("person", person), ("kind", kind)) if v}
-        headers["link"] = f'<{request.url.path}?{urlencode(query)}>; rel="next"'
+    headers = paging.link(request, limit, str(rows[-1]["position"])) if len(rows) == limit else {}
     return present.JSON([render(row, origin) for row in rows], headers=headers)
 
 
