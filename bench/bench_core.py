@@ -100,6 +100,18 @@ def postgres_server() -> Iterator[tuple[str, str]]:
         server.cleanup()
 
 
+def bench_env(url: str) -> dict[str, str]:
+    """A Sandbar on the database at ``url``: worker off, a throwaway data folder and key,
+    cheap hashing (for the users made to set up; no timed path hashes)."""
+    return {
+        **FAST_HASHING,
+        "SANDBAR_DATABASE_URL": url,
+        "SANDBAR_DATA_DIR": tempfile.mkdtemp(prefix="sandbar-bench-"),
+        "SANDBAR_SECRET_KEY": uuid.uuid4().hex,
+        "SANDBAR_WORKER": "false",
+    }
+
+
 @contextmanager
 def fresh_database(server_url: str) -> Iterator[str]:
     name = f"sandbar_bench_{uuid.uuid4().hex[:8]}"
@@ -431,13 +443,7 @@ def main() -> int:
     print(f"machine load before the run: {load_before:.2f} cores", file=sys.stderr)
     started = time.perf_counter()
     with postgres_server() as (server_url, where), fresh_database(server_url) as url:
-        env = {
-            **FAST_HASHING,  # for the users made to set up; no timed path hashes
-            "SANDBAR_DATABASE_URL": url,
-            "SANDBAR_DATA_DIR": tempfile.mkdtemp(prefix="sandbar-bench-"),
-            "SANDBAR_SECRET_KEY": uuid.uuid4().hex,
-            "SANDBAR_WORKER": "false",
-        }
+        env = bench_env(url)
         sandbar = build(Settings.from_env(env))
         try:
             print("write path ...", file=sys.stderr, flush=True)

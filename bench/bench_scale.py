@@ -30,8 +30,6 @@ import importlib.util
 import os
 import platform
 import sys
-import tempfile
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,10 +39,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import scale_create, scale_lists  # noqa: E402
-from bench.bench_core import fresh_database, postgres_server, write_results  # noqa: E402
+from bench.bench_core import bench_env, fresh_database, postgres_server, write_results  # noqa: E402
 from infrastructure.settings import Settings  # noqa: E402
 from interfaces.bootstrap import build  # noqa: E402
-from tests.conftest import FAST_HASHING  # noqa: E402
 
 CREATE_RATIO = 1.2  # create into the fullest workspace / into an empty one, p50
 LIST_P50_MS = scale_lists.TARGET_MS
@@ -60,13 +57,7 @@ Row = tuple[str, str, str, str]  # (what, figure, target, verdict)
 def create_part(quick: bool, _: argparse.Namespace) -> tuple[dict[str, Any], list[Row]]:
     sizes, samples = ([0, 1000], 50) if quick else ([0, 1000, 10000], 200)
     with postgres_server() as (server_url, _), fresh_database(server_url) as url:
-        env = {
-            **FAST_HASHING,
-            "SANDBAR_DATABASE_URL": url,
-            "SANDBAR_DATA_DIR": tempfile.mkdtemp(prefix="sandbar-bench-"),
-            "SANDBAR_SECRET_KEY": uuid.uuid4().hex,
-            "SANDBAR_WORKER": "false",
-        }
+        env = bench_env(url)
         sandbar = build(Settings.from_env(env))
         try:
             figures = scale_create.measure(sandbar, env, sizes, samples, http=True)

@@ -22,7 +22,6 @@ import json
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,10 +30,10 @@ from uuid import UUID
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_core import fresh_database, pct, postgres_server  # noqa: E402
+from bench.bench_core import bench_env, fresh_database, pct, postgres_server  # noqa: E402
 from infrastructure.settings import Settings  # noqa: E402
 from interfaces.bootstrap import Sandbar, build  # noqa: E402
-from tests.conftest import FAST_HASHING, ServerProcess, register  # noqa: E402
+from tests.conftest import ServerProcess, register  # noqa: E402
 
 Create = Callable[[UUID], None]
 
@@ -127,13 +126,7 @@ def main() -> int:
     sizes = [int(s) for s in args.sizes.split(",")]
 
     with postgres_server() as (server_url, _), fresh_database(server_url) as url:
-        env = {
-            **FAST_HASHING,
-            "SANDBAR_DATABASE_URL": url,
-            "SANDBAR_DATA_DIR": tempfile.mkdtemp(prefix="sandbar-bench-"),
-            "SANDBAR_SECRET_KEY": uuid.uuid4().hex,
-            "SANDBAR_WORKER": "false",
-        }
+        env = bench_env(url)
         sandbar = build(Settings.from_env(env))
         try:
             results = measure(sandbar, env, sizes, args.samples, args.http)
